@@ -194,7 +194,8 @@ class GameView(BaseModel):
             max_utterance_chars=state.rules.max_utterance_chars,
             end_reason=state.end_reason,
             outcome=state.outcome,
-            pay=PayView.of(pay) if pay is not None else None,
+            # Pay counts correct selections: the listener sees it only once targets are shown.
+            pay=PayView.of(pay) if pay is not None and show_targets else None,
             completion_code=completion_code,
             cause=cause,
         )

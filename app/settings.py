@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         description="Signs seat tokens and keys worker-id hashes. Empty: a random key is made "
         "once and kept in the database, so every server process shares it.",
     )
+    admin_token: str = Field(
+        default="", description="Bearer token for admin and operator routes (kept only hashed)."
+    )
+    admin_token_sha256: list[str] = Field(
+        default_factory=list, description="SHA-256 hex digests of further admin tokens."
+    )
     max_frame_bytes: int = 8192
     max_messages_per_second: float = 20.0  # per connection, burst of twice that
     max_connections_per_address: int = 50
@@ -71,6 +77,7 @@ class Settings(BaseSettings):
     model_system: str = "model"
     click_delay_seconds: float = 0.4  # pace of a model listener's clicks as streamed to the speaker
 
+    role_assignment: Literal["random", "arrival"] = "random"  # "arrival": first to wait speaks
     # --- timers inside the server
     sweep_interval_seconds: float = 1.0
 

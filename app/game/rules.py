@@ -536,8 +536,15 @@ def _tick_once(state: GameState, cmd: Tick) -> list[Event]:
     """Events for the earliest deadline that has passed at ``cmd.at`` (empty when none)."""
     at = cmd.at
     r = state.rules
+    # Deadlines fire in time order: an expired grace wins only if it ran out no later than the
+    # phase's own deadline (join timeout while waiting).
+    if state.phase is Phase.WAITING:
+        phase_due: float | None = state.created_at + r.join_timeout_seconds
+    else:
+        phase_due = state.phase_deadline
     for seat, since in sorted(state.disconnected_since, key=lambda x: x[1]):
-        if at >= since + r.disconnect_grace_seconds:
+        grace_end = since + r.disconnect_grace_seconds
+        if at >= grace_end and (phase_due is None or at < phase_due or grace_end <= phase_due):
             return [_end(state, DISCONNECT_END[seat], at)]
     if state.phase is Phase.WAITING:
         if at >= state.created_at + r.join_timeout_seconds:
@@ -600,20 +607,22 @@ def decide(state: GameState, cmd: Command) -> list[Event] | Rejection:
         case Leave(seat=seat, at=at):
             return [_end(state, LEAVE_END[seat], at)]
         case AdminEnd(at=at, note=note, reason=reason):
+            if reason in (EndReason.SUCCESS, EndReason.MAX_TURNS):
+                return Rejection("invalid_end_reason", f"A game cannot be ended with {reason}.")
             return [_end(state, reason, at, note=note)]
         case SendUtterance(seat=seat, text=text, at=at):
             if seat is not Seat.SPEAKER:
                 return Rejection("not_your_seat", "Only the speaker can send messages.")
             if state.phase is not Phase.SPEAKING:
                 return Rejection("not_your_turn", "You can send one message per turn; wait for the listener.")
-            if len(text) > state.rules.max_utterance_chars:
+            clean = " ".join(text.split())  # the bound applies to the message as sent
+            if not clean:
+                return Rejection("empty_utterance", "The message is empty.")
+            if len(clean) > state.rules.max_utterance_chars:
                 return Rejection(
                     "utterance_too_long",
                     f"Messages are limited to {state.rules.max_utterance_chars} characters.",
                 )
-            clean = _clean_utterance(text, state.rules)
-            if not clean:
-                return Rejection("empty_utterance", "The message is empty.")
             return [UtteranceSent(turn=state.turn, text=clean, at=at)]
         case Click(seat=seat, tangram_id=tid, at=at):
             if seat is not Seat.LISTENER:

@@ -1,0 +1,167 @@
+"""SQLAlchemy 2 models. ``game_events`` is the append-only source of truth; the other game tables
+are projections of it, rebuilt and checked by ``app.db.checker``.
+
+Times are stored as epoch seconds (double precision), the same clock the rules engine uses.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER keys only
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Secret(Base):
+    """Server-wide secrets made once and shared by every process (signing and hashing keys)."""
+
+    __tablename__ = "secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class Game(Base):
+    __tablename__ = "games"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # live | ended
+    phase: Mapped[str] = mapped_column(String(16))
+    turn: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer)  # seq of the last event
+    listener_kind: Mapped[str] = mapped_column(String(16))
+    system: Mapped[str | None] = mapped_column(String(64), index=True)
+    round: Mapped[int | None] = mapped_column(Integer)
+    checkpoint: Mapped[str | None] = mapped_column(String(200))
+    split: Mapped[str | None] = mapped_column(String(16))
+    config_index: Mapped[int | None] = mapped_column(Integer)
+    config: Mapped[dict] = mapped_column(JSONType)
+    rules: Mapped[dict] = mapped_column(JSONType)
+    selection: Mapped[list] = mapped_column(JSONType, default=list)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+    next_deadline: Mapped[float | None] = mapped_column(Float, index=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    speaker_draft: Mapped[str] = mapped_column(Text, default="")
+    speaker_id: Mapped[str | None] = mapped_column(String(32))
+    listener_id: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16), default="live")  # live | imported
+
+
+class GameEvent(Base):
+    __tablename__ = "game_events"
+    __table_args__ = (UniqueConstraint("game_id", "seq", name="uq_game_events_game_seq"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(32), ForeignKey("games.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(32))
+    at: Mapped[float] = mapped_column(Float)  # the server's clock when the event happened
+    data: Mapped[dict] = mapped_column(JSONType)
+    actor: Mapped[str | None] = mapped_column(String(16))  # speaker | listener | server | admin
+
+
+class Turn(Base):
+    __tablename__ = "turns"
+    game_id: Mapped[str] = mapped_column(String(32), ForeignKey("games.id"), primary_key=True)
+    turn: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    utterance: Mapped[str | None] = mapped_column(Text)
+    auto_sent: Mapped[bool] = mapped_column(Boolean, default=False)
+    sent_at: Mapped[float | None] = mapped_column(Float)
+    selection_before: Mapped[list] = mapped_column(JSONType)
+    selection_after: Mapped[list | None] = mapped_column(JSONType)
+    selected: Mapped[list] = mapped_column(JSONType)
+    deselected: Mapped[list] = mapped_column(JSONType)
+    clicks: Mapped[list] = mapped_column(JSONType)
+    auto_submitted: Mapped[bool] = mapped_column(Boolean, default=False)
+    submitted_at: Mapped[float | None] = mapped_column(Float)
+    sec_until_send: Mapped[float | None] = mapped_column(Float)
+    sec_until_submit: Mapped[float | None] = mapped_column(Float)
+
+
+class Participant(Base):
+    """A crowdworker visit. The platform worker id is kept only as a keyed hash."""
+
+    __tablename__ = "participants"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(16))  # prolific | mturk | local | bot
+    worker_hash: Mapped[str] = mapped_column(String(64), index=True)
+    study_id: Mapped[str | None] = mapped_column(String(128))
+    session_id: Mapped[str | None] = mapped_column(String(128))
+    assignment_id: Mapped[str | None] = mapped_column(String(128))
+    hit_id: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    consented_at: Mapped[float | None] = mapped_column(Float)
+    waiting_since: Mapped[float | None] = mapped_column(Float, index=True)
+    game_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    seat: Mapped[str | None] = mapped_column(String(16))
+    released_reason: Mapped[str | None] = mapped_column(String(32))
+    completion_code: Mapped[str | None] = mapped_column(String(32))
+    pay_base_cents: Mapped[int] = mapped_column(Integer, default=0)
+    pay_bonus_cents: Mapped[int] = mapped_column(Integer, default=0)
+    pay_success_cents: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+class BlockedWorker(Base):
+    __tablename__ = "blocked_workers"
+    worker_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[float] = mapped_column(Float)
+
+
+class ListenerRequest(Base):
+    """A model listener's pending turn, claimed by a policy worker under a lease."""
+
+    __tablename__ = "listener_requests"
+    __table_args__ = (
+        UniqueConstraint("game_id", "turn", name="uq_listener_requests_game_turn"),
+        Index("ix_listener_requests_pending", "status", "system"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(32), ForeignKey("games.id"), index=True)
+    turn: Mapped[int] = mapped_column(Integer)
+    system: Mapped[str] = mapped_column(String(64))
+    checkpoint: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # pending | claimed | done | applied | failed
+    created_at: Mapped[float] = mapped_column(Float)
+    deadline: Mapped[float] = mapped_column(Float)
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    action: Mapped[str | None] = mapped_column(String(200))
+    prob_action: Mapped[float | None] = mapped_column(Float)
+    prob_unconstrained: Mapped[float | None] = mapped_column(Float)
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    model_input: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    done_at: Mapped[float | None] = mapped_column(Float)
+
+
+class WorkerHeartbeat(Base):
+    __tablename__ = "worker_heartbeats"
+    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(128))
+    systems: Mapped[list] = mapped_column(JSONType)
+    checkpoints: Mapped[dict] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[float] = mapped_column(Float)
+    beat_at: Mapped[float] = mapped_column(Float)

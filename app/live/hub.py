@@ -1,0 +1,341 @@
+"""The live driver of games: runs commands through the rules engine, commits, then broadcasts.
+
+The database is the truth; this process only caches the state of games that have a player
+connected here. A command is decided against the cached state and appended with optimistic
+concurrency (``app.db.gamelog.append``): if another process wrote first, the cache is reloaded
+and the command decided again, so nothing is applied twice. Every committed change is sent on
+the bus, which is how players connected to different processes see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import select
+
+from app.db.database import Database
+from app.db.gamelog import Conflict, append, event_json, load_events, load_state
+from app.db.models import Game, ListenerRequest, Participant
+from app.game.rules import (
+    Command,
+    Event,
+    GameEnded,
+    GameState,
+    Join,
+    Disconnect,
+    ListenerKind,
+    Rejection,
+    Seat,
+    UtteranceSent,
+    decide,
+    evolve,
+    event_from_dict,
+    game_pay,
+)
+from app.live.bus import Bus
+from app.live.participants import settle_game
+from app.protocol import ErrorFrame, GameView, StateFrame
+
+log = logging.getLogger("multiref.hub")
+
+Clock = Callable[[], float]
+
+
+class Connection:
+    """One player's websocket, with an outbox so a slow client never blocks a broadcast."""
+
+    OUTBOX = 512
+
+    def __init__(self, send_text: Callable[[str], Awaitable[None]], address: str = "") -> None:
+        self._send_text = send_text
+        self.address = address
+        self.participant_id: str | None = None
+        self.game_id: str | None = None
+        self.seat: Seat | None = None
+        self.on_participant_change: Callable[[], Awaitable[None]] | None = None
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(self.OUTBOX)
+        self._writer = asyncio.create_task(self._write())
+        self.closed = asyncio.Event()
+
+    def send(self, payload: str) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            self._queue.put_nowait(payload)
+        except asyncio.QueueFull:  # a client that stopped reading: drop it, it will reconnect
+            log.warning("outbox full, closing connection of %s", self.participant_id)
+            self.closed.set()
+
+    def send_frame(self, frame) -> None:
+        self.send(frame.model_dump_json())
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                payload = await self._queue.get()
+                if payload is None:
+                    return
+                await self._send_text(payload)
+        except Exception:
+            self.closed.set()
+
+    async def close(self, drain_seconds: float = 1.0) -> None:
+        """Send what is queued (up to ``drain_seconds``), then stop the writer."""
+        try:
+            self._queue.put_nowait(None)
+            await asyncio.wait_for(asyncio.shield(self._writer), timeout=drain_seconds)
+        except (asyncio.QueueFull, TimeoutError, Exception):
+            pass
+        self.closed.set()
+        self._writer.cancel()
+        try:
+            await self._writer
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
+class GameHub:
+    def __init__(self, db: Database, bus: Bus, clock: Clock = time.time) -> None:
+        self.db = db
+        self.bus = bus
+        self.clock = clock
+        self.states: dict[str, GameState] = {}
+        self.codes: dict[str, dict[Seat, str]] = {}
+        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.game_conns: defaultdict[str, set[Connection]] = defaultdict(set)
+        self.participant_conns: defaultdict[str, set[Connection]] = defaultdict(set)
+        self.on_listener_request: Callable[[], None] | None = None
+        self.stats = {"commands": 0, "events": 0, "conflicts": 0, "rejections": 0}
+        bus.subscribe(self.on_bus)
+
+    # ------------------------------------------------------------ state
+
+    async def state(self, game_id: str) -> GameState | None:
+        """The latest committed state (cached for games with local players)."""
+        state = self.states.get(game_id)
+        async with self.db.session() as s:
+            if state is None:
+                state = await load_state(s, game_id)
+            else:
+                for e in await load_events(s, game_id, state.version):
+                    state = evolve(state, e)
+        if state is not None and game_id in self.game_conns:
+            self.states[game_id] = state
+        return state
+
+    async def execute(
+        self, game_id: str, cmd: Command, *, version: int | None = None, actor: str = "server"
+    ) -> tuple[GameState | None, list[Event] | Rejection]:
+        """Decide ``cmd``; commit and broadcast its events. ``version``: the client's view."""
+        self.stats["commands"] += 1
+        async with self.locks[game_id]:
+            for _ in range(6):
+                state = self.states.get(game_id) or await self.state(game_id)
+                if state is None:
+                    return None, Rejection("unknown_game", "There is no such game.")
+                if version is not None and version != state.version and not state.ended:
+                    self.stats["rejections"] += 1
+                    return state, Rejection(
+                        "stale_version",
+                        "The game changed before your action arrived; it was not applied.",
+                    )
+                result = decide(state, cmd)
+                if isinstance(result, Rejection):
+                    self.stats["rejections"] += 1
+                    return state, result
+                if not result:
+                    return state, result
+                after = state
+                for e in result:
+                    after = evolve(after, e)
+                try:
+                    staged, codes = await self._commit(state, result, after, actor)
+                except Conflict:
+                    self.stats["conflicts"] += 1
+                    self.states.pop(game_id, None)
+                    continue
+                self.stats["events"] += len(result)
+                if codes:
+                    self.codes[game_id] = codes
+                if game_id in self.game_conns:
+                    self.states[game_id] = after
+                self._broadcast(after, result[-1].type)
+                await self.bus.flush(staged)
+                return after, result
+            return None, Rejection("busy", "The game is busy; please try again.")
+
+    async def _commit(self, before: GameState, events: list[Event], after: GameState, actor: str):
+        async with self.db.session() as s:
+            async with s.begin():
+                await append(s, before, events, after, actor)
+                codes = await self._react(s, before, events, after)
+                message = {
+                    "k": "g",
+                    "id": after.game_id,
+                    "v": after.version,
+                    "e": [event_json(e) for e in events],
+                }
+                staged = [await self.bus.stage(s, message)]
+                if any(isinstance(e, UtteranceSent) for e in events) and (
+                    after.listener_kind is ListenerKind.MODEL
+                ):
+                    staged.append(await self.bus.stage(s, {"k": "r", "id": after.game_id}))
+        if len(staged) > 1 and self.on_listener_request:
+            self.on_listener_request()
+        return staged, codes
+
+    async def _react(self, s, before: GameState, events: list[Event], after: GameState):
+        """Lifecycle reactions committed with the events: pay on end, model-turn requests."""
+        codes = None
+        if any(isinstance(e, GameEnded) for e in events):
+            codes = await settle_game(s, after)
+            if after.listener_kind is ListenerKind.MODEL:
+                await s.execute(
+                    ListenerRequest.__table__.update()
+                    .where(
+                        ListenerRequest.game_id == after.game_id,
+                        ListenerRequest.status.in_(("pending", "claimed")),
+                    )
+                    .values(status="cancelled")
+                )
+        elif after.listener_kind is ListenerKind.MODEL:
+            for e in events:
+                if isinstance(e, UtteranceSent):
+                    game = await s.get(Game, after.game_id)
+                    s.add(
+                        ListenerRequest(
+                            game_id=after.game_id,
+                            turn=e.turn,
+                            system=game.system or "model",
+                            checkpoint=game.checkpoint,
+                            status="pending",
+                            created_at=e.at,
+                            deadline=after.phase_deadline or e.at,
+                        )
+                    )
+        return codes
+
+    # ------------------------------------------------------------ fan-out
+
+    async def on_bus(self, message: dict) -> None:
+        kind = message.get("k")
+        if kind == "g":
+            await self._on_game_message(message)
+        elif kind == "p":
+            for conn in list(self.participant_conns.get(message.get("id", ""), ())):
+                if conn.on_participant_change:
+                    await conn.on_participant_change()
+        elif kind == "r" and self.on_listener_request:
+            self.on_listener_request()
+
+    async def _on_game_message(self, message: dict) -> None:
+        game_id = message.get("id", "")
+        if game_id not in self.game_conns:
+            return
+        async with self.locks[game_id]:
+            state = self.states.get(game_id)
+            version = int(message.get("v", 0))
+            if state is not None and state.version >= version:
+                return  # our own write, or already caught up
+            events = message.get("e")
+            if state is not None and events and state.version == version - len(events):
+                for data in events:
+                    state = evolve(state, event_from_dict(data))
+            else:
+                self.states.pop(game_id, None)
+                state = await self.state(game_id)
+            if state is None:
+                return
+            self.states[game_id] = state
+            cause = events[-1]["type"] if events else None
+        if state.ended and game_id not in self.codes:
+            await self._load_codes(game_id)
+        self._broadcast(state, cause)
+
+    async def catch_up(self) -> None:
+        """After a bus outage: reload every cached game and resend its view."""
+        for game_id in list(self.game_conns):
+            async with self.locks[game_id]:
+                self.states.pop(game_id, None)
+                state = await self.state(game_id)
+            if state is not None:
+                if state.ended:
+                    await self._load_codes(game_id)
+                self._broadcast(state, None)
+
+    async def _load_codes(self, game_id: str) -> None:
+        async with self.db.session() as s:
+            rows = await s.execute(
+                select(Participant.seat, Participant.completion_code).where(
+                    Participant.game_id == game_id
+                )
+            )
+            self.codes[game_id] = {Seat(seat): code for seat, code in rows if seat and code}
+
+    def view_frame(self, state: GameState, seat: Seat, cause: str | None) -> StateFrame:
+        pay = game_pay(state) if state.ended else None
+        code = self.codes.get(state.game_id, {}).get(seat) if state.ended else None
+        return StateFrame(
+            view=GameView.of(
+                state, seat, self.clock(), cause=cause, pay=pay, completion_code=code
+            )
+        )
+
+    def _broadcast(self, state: GameState, cause: str | None) -> None:
+        conns = self.game_conns.get(state.game_id)
+        if not conns:
+            return
+        payloads: dict[Seat, str] = {}
+        for conn in list(conns):
+            if conn.seat is None:
+                continue
+            if conn.seat not in payloads:
+                payloads[conn.seat] = self.view_frame(state, conn.seat, cause).model_dump_json()
+            conn.send(payloads[conn.seat])
+
+    async def update_draft(self, game_id: str, seat: Seat, text: str) -> None:
+        """Keep the speaker's unsent text, auto-sent when the typing window closes."""
+        if seat is not Seat.SPEAKER:
+            return
+        async with self.db.session() as s, s.begin():
+            await s.execute(
+                Game.__table__.update()
+                .where(Game.id == game_id, Game.status == "live")
+                .values(speaker_draft=text[:2000])
+            )
+
+    # ------------------------------------------------------------ connections
+
+    async def attach(self, conn: Connection, game_id: str, seat: Seat) -> None:
+        """Seat a connection in its game (a first join, a reload or a reconnect)."""
+        conn.game_id, conn.seat = game_id, seat
+        self.game_conns[game_id].add(conn)
+        state, result = await self.execute(game_id, Join(seat=seat, at=self.clock()), actor=seat.value)
+        if state is None:
+            conn.send_frame(ErrorFrame(code="unknown_game", message="There is no such game."))
+            return
+        if state.ended and game_id not in self.codes:
+            await self._load_codes(game_id)
+        if isinstance(result, Rejection) or not result:  # nothing changed: send the view anyway
+            conn.send_frame(self.view_frame(state, seat, None))
+
+    async def detach(self, conn: Connection) -> None:
+        if conn.participant_id:
+            self.participant_conns[conn.participant_id].discard(conn)
+            if not self.participant_conns[conn.participant_id]:
+                del self.participant_conns[conn.participant_id]
+        game_id, seat = conn.game_id, conn.seat
+        if game_id is None or seat is None:
+            return
+        conns = self.game_conns.get(game_id, set())
+        conns.discard(conn)
+        if not any(c.seat is seat for c in conns):
+            await self.execute(game_id, Disconnect(seat=seat, at=self.clock()), actor=seat.value)
+        if not conns:
+            self.game_conns.pop(game_id, None)
+            self.states.pop(game_id, None)
+            self.locks.pop(game_id, None)

@@ -1,0 +1,170 @@
+"""The FastAPI application: wiring of database, bus, hub, lobby and sweeper in a lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.db.database import Database
+from app.game.configs import ConfigQueue
+from app.live.bus import Bus, PostgresBus, asyncpg_dsn
+from app.live.hub import GameHub
+from app.live.lobby import Lobby, LobbyPolicy
+from app.live.sweeper import Sweeper
+from app.settings import Settings
+from app.tangrams.store import TangramSet, load_splits, resolve_tangram_set
+from app.web.auth import ParticipantTokens, token_digest
+
+log = logging.getLogger("multiref.server")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConnectionLimiter:
+    """Caps concurrent websockets per client address."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: Counter[str] = Counter()
+
+    def acquire(self, address: str) -> bool:
+        if self.limit and self.counts[address] >= self.limit:
+            return False
+        self.counts[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.counts[address] -= 1
+        if self.counts[address] <= 0:
+            del self.counts[address]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    bus: Bus
+    hub: GameHub
+    lobby: Lobby
+    sweeper: Sweeper
+    tangrams: TangramSet
+    tokens: ParticipantTokens
+    hash_key: str
+    connections: ConnectionLimiter
+    admin_digests: list[str] = field(default_factory=list)
+    background: list = field(default_factory=list)  # extra start/stop pairs (e.g. a worker)
+
+
+def tangram_pool(tangrams: TangramSet, settings: Settings) -> list[str]:
+    """The ids games draw from: the configured split of the set, or the whole set."""
+    ids = tangrams.ids()
+    splits_file = settings.splits_file
+    if splits_file is None and (tangrams.folder / "splits.json").is_file():
+        splits_file = tangrams.folder / "splits.json"  # the built-in set ships its own split
+    if splits_file:
+        split = set(load_splits(splits_file)[settings.split])
+        pool = [t for t in ids if t in split]
+        if len(pool) < settings.rules.num_images:
+            raise SystemExit(
+                f"The {settings.split} split has {len(pool)} tangrams in {tangrams}; "
+                f"a game needs {settings.rules.num_images}."
+            )
+        return pool
+    return ids
+
+
+async def build_services(settings: Settings) -> Services:
+    db = Database(settings.database_url, settings.db_pool_size)
+    await db.migrate(auto=settings.auto_migrate)
+    hash_key = settings.secret_key or await db.secret("worker_hash_key")
+    token_key = settings.secret_key or await db.secret("token_key")
+    tangrams = resolve_tangram_set(settings.tangrams, ROOT / "var" / "tangrams")
+    pool = tangram_pool(tangrams, settings)
+    hub_holder: list[GameHub] = []
+
+    async def on_reconnect() -> None:
+        if hub_holder:
+            await hub_holder[0].catch_up()
+
+    bus: Bus = (
+        PostgresBus(asyncpg_dsn(settings.database_url), on_reconnect=on_reconnect)
+        if db.dialect == "postgresql"
+        else Bus()
+    )
+    hub = GameHub(db, bus)
+    hub_holder.append(hub)
+    policy = LobbyPolicy(
+        listener=settings.listener,
+        timeout_seconds=settings.lobby_timeout_seconds,
+        fallback=settings.lobby_fallback,
+        system=settings.model_system,
+        role_assignment=settings.role_assignment,
+    )
+    lobby = Lobby(
+        db, bus, settings.rules, ConfigQueue(pool, settings.config_seed, settings.rules), policy,
+        split=settings.split,
+    )
+    admin = list(settings.admin_token_sha256)
+    if settings.admin_token:
+        admin.append(token_digest(settings.admin_token))
+    return Services(
+        settings=settings,
+        db=db,
+        bus=bus,
+        hub=hub,
+        lobby=lobby,
+        sweeper=Sweeper(hub, lobby, settings.sweep_interval_seconds),
+        tangrams=tangrams,
+        tokens=ParticipantTokens(token_key),
+        hash_key=hash_key,
+        connections=ConnectionLimiter(settings.max_connections_per_address),
+        admin_digests=admin,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services = await build_services(settings)
+        app.state.services = services
+        await services.bus.start()
+        await services.sweeper.start()
+        for start, _ in services.background:
+            await start()
+        log.info(
+            "MultiRef Live serving on %s (database %s, %d tangrams)",
+            settings.url(), services.db.describe(), len(services.tangrams),
+        )
+        try:
+            yield
+        finally:
+            for _, stop in reversed(services.background):
+                await stop()
+            await services.sweeper.stop()
+            await services.bus.stop()
+            await services.db.close()
+
+    from app.web import admin, api, play
+
+    app = FastAPI(title="MultiRef Live", version=__import__("app").__version__, lifespan=lifespan)
+    app.include_router(api.router)
+    app.include_router(play.router)
+    app.include_router(admin.router)
+    try:
+        from app.web import pages
+    except ImportError:  # pages arrive with the browser client
+        pages = None
+    if pages is not None:
+        app.include_router(pages.router)
+    static = ROOT / "static"
+    if static.is_dir():
+        app.mount("/static", StaticFiles(directory=static), name="static")
+    return app

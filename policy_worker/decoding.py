@@ -1,0 +1,477 @@
+"""Constrained decoding of listener actions, and exact action probabilities (MULTIREF.md §3).
+
+Only legal actions can come out: for a state (selected letters among A–J) the legal actions are
+finite (subsets of selected to deselect × subsets of unselected to select, at most 1024), so we
+tokenize each in context, build a trie of token ids ending with `<end_of_utterance>`, and at each
+step mask the logits to the trie node's children. The probability stored with an action (needed
+by the RL and KTO losses) is the product over steps of the renormalised masked softmax at the
+sampling temperature: it is exact, and `score_actions` reproduces it by teacher forcing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import secrets
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .model import LoadedPolicy
+from .prompt import LETTERS, Chat, PromptGame, build_chat, legal_actions, render_prompt
+
+logger = logging.getLogger("multiref.policy")
+
+DEFAULT_MAX_NEW_TOKENS = 10
+
+
+@dataclass
+class DecodeRequest:
+    """One listener decision: the chat (ending on the speaker's utterance) and its images.
+
+    `selected` are the letters selected before the action; `letters` the image letters in play
+    (default: the first len(images) of A–J). `adapter=None` decodes with the bare base model.
+    Temperature 0 is greedy. A None seed is drawn at random and reported in the result.
+    """
+
+    chat: Chat
+    images: Sequence[Any]  # PIL images in the listener's order, one per {"type": "image"}
+    selected: Sequence[str]
+    adapter: str | None = None
+    temperature: float = 1.0
+    seed: int | None = None
+    letters: Sequence[str] | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+
+    @classmethod
+    def for_game(cls, game: PromptGame, images: Sequence[Any], **kwargs: Any) -> DecodeRequest:
+        """The request for deciding the last turn of `game` (whose action must be None)."""
+        if not game.turns or game.turns[-1].action is not None:
+            raise ValueError("the game's last turn must be the undecided current turn")
+        return cls(
+            chat=build_chat(game),
+            images=images,
+            selected=game.current_selected_letters(),
+            letters=list(LETTERS[: len(game.listener_order)]),
+            **kwargs,
+        )
+
+    def letters_in_play(self) -> list[str]:
+        return list(self.letters) if self.letters is not None else list(LETTERS[: len(self.images)])
+
+
+@dataclass
+class DecodeResult:
+    """A decoded action with the numbers the turn record needs.
+
+    prob_constrained: probability of `action` under the masked, renormalised policy at the
+    effective temperature (the deployed policy's π(a|x)). prob_unconstrained: product of the
+    full-vocabulary softmax probabilities of its tokens. Greedy requests (temperature 0) report
+    both at temperature 1, the model's own distribution, since a point mass is useless to RL/KTO.
+    """
+
+    action: str
+    prob_constrained: float
+    prob_unconstrained: float
+    num_prompt_tokens: int
+    latency_s: float
+    adapter: str | None = None
+    temperature: float = 1.0
+    seed: int | None = None
+    prompt: str = ""
+    token_ids: list[int] = field(default_factory=list)
+
+
+# --- the action trie ---------------------------------------------------------------------------
+
+
+class _Node:
+    __slots__ = ("children", "action", "_allowed")
+
+    def __init__(self) -> None:
+        self.children: dict[int, _Node] = {}
+        self.action: str | None = None  # set on the node reached by the stop token
+        self._allowed: dict[torch.device, torch.Tensor] = {}
+
+    def allowed(self, device: torch.device) -> torch.Tensor:
+        """Child token ids as a tensor, cached per device."""
+        t = self._allowed.get(device)
+        if t is None:
+            t = torch.tensor(sorted(self.children), dtype=torch.long, device=device)
+            self._allowed[device] = t
+        return t
+
+
+@dataclass
+class ActionTrie:
+    """Token-id trie of the legal actions of one state, each path ending with the stop token."""
+
+    root: _Node
+    token_ids: dict[str, tuple[int, ...]]  # action -> its continuation tokens (stop included)
+    pruned: list[str]  # legal actions longer than max_new_tokens (unreachable)
+
+    @property
+    def actions(self) -> list[str]:
+        return list(self.token_ids)
+
+    @property
+    def depth(self) -> int:
+        return max(len(ids) for ids in self.token_ids.values())
+
+
+# tokenizer -> {(chat template, letters, selected, max_new_tokens): ActionTrie}
+_TRIE_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], ActionTrie]] = (
+    weakref.WeakKeyDictionary()
+)
+_CONTEXT_CACHE: weakref.WeakKeyDictionary[Any, dict[str, tuple[str, str, str, list[int]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_SENTINEL = "\u2063ACTION\u2063"
+
+
+def _continuation_context(processor: Any) -> tuple[str, str, str, list[int]]:
+    """How the chat template wraps an assistant action after the generation prompt.
+
+    Returns (prompt, before, after, prompt_ids) such that the full rendering of a finished turn
+    is prompt + before + action + after. Derived from the template itself, so any Idefics2-style
+    template works without hard-coding "Assistant: …<end_of_utterance>".
+    """
+    tokenizer = processor.tokenizer
+    template = getattr(processor, "chat_template", None) or tokenizer.chat_template
+    per_tok = _CONTEXT_CACHE.setdefault(tokenizer, {})
+    if template in per_tok:
+        return per_tok[template]
+    user = {"role": "user", "content": [{"type": "text", "text": "x"}]}
+    prompt = render_prompt(processor, [user], add_generation_prompt=True)
+    full = processor.apply_chat_template(
+        [user, {"role": "assistant", "content": [{"type": "text", "text": _SENTINEL}]}],
+        add_generation_prompt=False,
+        tokenize=False,
+    )
+    if not full.startswith(prompt) or full.count(_SENTINEL) != 1:
+        raise ValueError("chat template: an assistant turn does not extend the generation prompt")
+    before, after = full[len(prompt) :].split(_SENTINEL)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    per_tok[template] = (prompt, before, after, prompt_ids)
+    return per_tok[template]
+
+
+def action_token_ids(policy: LoadedPolicy, actions: Sequence[str]) -> list[tuple[int, ...]]:
+    """Token ids the model emits after the generation prompt for each action, stop token included.
+
+    Tokenized in context (prompt + action) so boundary merges match what a training forward
+    over the full chat sees.
+    """
+    processor, tokenizer, stop = policy.processor, policy.tokenizer, policy.stop_token_id
+    prompt, before, after, prompt_ids = _continuation_context(processor)
+    texts = [prompt + before + a + after for a in actions]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    out: list[tuple[int, ...]] = []
+    for action, ids in zip(actions, encoded):
+        if ids[: len(prompt_ids)] != prompt_ids:
+            raise ValueError(f"tokenizer merges the generation prompt with action {action!r}")
+        cont = ids[len(prompt_ids) :]
+        if stop not in cont:
+            raise ValueError(f"action {action!r} does not end with the stop token")
+        out.append(tuple(cont[: cont.index(stop) + 1]))
+    return out
+
+
+def action_trie(
+    policy: LoadedPolicy,
+    selected: Sequence[str],
+    letters: Sequence[str] = LETTERS,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> ActionTrie:
+    """The (cached) trie of legal actions for a state; actions over max_new_tokens are pruned."""
+    tokenizer = policy.tokenizer
+    template = getattr(policy.processor, "chat_template", None) or tokenizer.chat_template
+    key = (template, tuple(letters), frozenset(selected), max_new_tokens)
+    per_tok = _TRIE_CACHE.setdefault(tokenizer, {})
+    trie = per_tok.get(key)
+    if trie is not None:
+        return trie
+    actions = legal_actions(selected, letters)
+    root = _Node()
+    kept: dict[str, tuple[int, ...]] = {}
+    pruned: list[str] = []
+    for action, ids in zip(actions, action_token_ids(policy, actions)):
+        if len(ids) > max_new_tokens:
+            pruned.append(action)
+            continue
+        node = root
+        for tok in ids:
+            node = node.children.setdefault(tok, _Node())
+            if node.action is not None:
+                raise ValueError(f"action {action!r} extends {node.action!r}: trie not prefix-free")
+        if node.children:
+            raise ValueError(f"action {action!r} is a token prefix of another action")
+        node.action = action
+        kept[action] = ids
+    if not kept:
+        raise ValueError(f"no legal action fits in max_new_tokens={max_new_tokens}")
+    if pruned:
+        logger.debug("%d legal actions exceed %d tokens and are unreachable", len(pruned), max_new_tokens)
+    trie = ActionTrie(root=root, token_ids=kept, pruned=pruned)
+    per_tok[key] = trie
+    return trie
+
+
+# --- model calls -------------------------------------------------------------------------------
+
+
+def _base_model(policy: LoadedPolicy) -> Any:
+    model = policy.model
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _cache_kwarg(policy: LoadedPolicy) -> str:
+    """transformers 5 renames `past_key_values` to `cache`; use whichever forward accepts."""
+    params = inspect.signature(_base_model(policy).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _output_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _encode(policy: LoadedPolicy, requests: Sequence[DecodeRequest]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Render and process prompts (left-padded) with their images, on the policy's device."""
+    prompts = [render_prompt(policy.processor, r.chat) for r in requests]
+    batch = policy.processor(
+        text=prompts,
+        images=[list(r.images) for r in requests],
+        padding=True,
+        return_tensors="pt",
+    )
+    inputs: dict[str, torch.Tensor] = {}
+    for k, v in batch.items():
+        v = v.to(policy.device)
+        if k == "pixel_values":
+            v = v.to(policy.dtype)
+        inputs[k] = v
+    mask = inputs["attention_mask"]
+    if (mask[:, -1] == 0).any():
+        raise RuntimeError("prompts must be left-padded for batched decoding")
+    inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return inputs, prompts
+
+
+def _effective_temperature(t: float) -> float:
+    if t < 0 or math.isnan(t):
+        raise ValueError(f"temperature must be >= 0, got {t}")
+    return t if t > 0 else 1.0
+
+
+def _decode_group(
+    policy: LoadedPolicy, requests: Sequence[DecodeRequest], started: float
+) -> list[DecodeResult]:
+    """Batched constrained decoding for requests that share an adapter: one prefill, then steps."""
+    device = policy.device
+    stop = policy.stop_token_id
+    pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else stop
+    tries = [action_trie(policy, r.selected, r.letters_in_play(), r.max_new_tokens) for r in requests]
+    seeds = [
+        r.seed if r.seed is not None else (secrets.randbits(63) if r.temperature > 0 else None)
+        for r in requests
+    ]
+    gens = [torch.Generator().manual_seed(s) if s is not None else None for s in seeds]
+    temps = [_effective_temperature(r.temperature) for r in requests]
+    n = len(requests)
+
+    inputs, prompts = _encode(policy, requests)
+    attn = inputs["attention_mask"]
+    pos = inputs["position_ids"][:, -1:]
+    num_prompt = attn.sum(-1).tolist()
+    cache_kw = _cache_kwarg(policy)
+    temp_t = torch.tensor(temps, dtype=torch.float32, device=device)[:, None]
+
+    nodes = [t.root for t in tries]
+    logp_c = [0.0] * n
+    logp_u = [0.0] * n
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    latency = [0.0] * n
+    done = [False] * n
+
+    out = policy.model(**inputs, use_cache=True, logits_to_keep=1)
+    cache = _output_cache(out)
+    for _ in range(max(t.depth for t in tries)):
+        logprobs = torch.log_softmax(out.logits[:, -1, :].float() / temp_t, dim=-1)
+        next_tokens = []
+        for b in range(n):
+            if done[b]:
+                next_tokens.append(pad)
+                continue
+            allowed = nodes[b].allowed(device)
+            full = logprobs[b, allowed].double().cpu()
+            masked = full - torch.logsumexp(full, dim=0)
+            if requests[b].temperature == 0:
+                i = int(torch.argmax(masked))
+            else:
+                i = int(torch.multinomial(masked.exp(), 1, generator=gens[b]))
+            tok = int(allowed[i])
+            logp_c[b] += float(masked[i])
+            logp_u[b] += float(full[i])
+            tokens[b].append(tok)
+            nodes[b] = nodes[b].children[tok]
+            if nodes[b].action is not None:
+                done[b] = True
+                latency[b] = time.perf_counter() - started
+            next_tokens.append(tok)
+        if all(done):
+            break
+        attn = torch.cat([attn, attn.new_ones((n, 1))], dim=-1)
+        pos = pos + 1
+        out = policy.model(
+            input_ids=torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None],
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            **{cache_kw: cache},
+        )
+        cache = _output_cache(out)
+    if not all(done):  # cannot happen: every trie path fits in the step budget
+        raise RuntimeError("constrained decoding did not finish")
+
+    return [
+        DecodeResult(
+            action=str(nodes[b].action),
+            prob_constrained=math.exp(logp_c[b]),
+            prob_unconstrained=math.exp(logp_u[b]),
+            num_prompt_tokens=int(num_prompt[b]),
+            latency_s=latency[b],
+            adapter=requests[b].adapter,
+            temperature=requests[b].temperature,
+            seed=seeds[b],
+            prompt=prompts[b],
+            token_ids=tokens[b],
+        )
+        for b in range(n)
+    ]
+
+
+def decode_actions(
+    policy: LoadedPolicy, requests: Sequence[DecodeRequest], max_batch_size: int = 16
+) -> list[DecodeResult]:
+    """Decode one legal action per request, batching requests that share an adapter.
+
+    Results come back in request order. Each row's latency counts from this call's start to the
+    step its action finished. Sampling uses a per-row generator, so a seeded request gives the
+    same action whatever else is in the batch.
+    """
+    started = time.perf_counter()
+    results: list[DecodeResult | None] = [None] * len(requests)
+    groups: dict[str | None, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.adapter, []).append(i)
+    with torch.inference_mode():
+        for adapter, idx in groups.items():
+            with policy.use_adapter(adapter):
+                for k in range(0, len(idx), max_batch_size):
+                    chunk = idx[k : k + max_batch_size]
+                    for i, res in zip(chunk, _decode_group(policy, [requests[i] for i in chunk], started)):
+                        results[i] = res
+    for r in results:
+        assert r is not None
+        logger.debug("decoded %r p=%.4g in %.3fs (adapter %s)", r.action, r.prob_constrained, r.latency_s, r.adapter)
+    return [r for r in results if r is not None]
+
+
+def score_actions(
+    policy: LoadedPolicy,
+    request: DecodeRequest,
+    actions: Sequence[str],
+    constrained: bool = True,
+    chunk_size: int = 64,
+) -> list[float]:
+    """Probability of each action for a request by teacher forcing (same temperature rule as decoding).
+
+    Constrained (default): under the masked, renormalised policy decoding samples from, so it
+    equals `DecodeResult.prob_constrained`; illegal, non-canonical or too-long actions get 0.
+    Unconstrained: product of full-softmax token probabilities (actions must be legal).
+    The prompt is encoded once; continuations run in chunks on a repeated KV cache.
+    """
+    trie = action_trie(policy, request.selected, request.letters_in_play(), request.max_new_tokens)
+    temp = _effective_temperature(request.temperature)
+    scored = [a for a in dict.fromkeys(actions) if a in trie.token_ids]
+    if not constrained and len(scored) != len(set(actions)):
+        raise ValueError("unconstrained scores need legal, canonical actions")
+    probs: dict[str, float] = {}
+    if scored:
+        with torch.inference_mode(), policy.use_adapter(request.adapter):
+            probs = _score_in_trie(policy, request, trie, scored, temp, constrained, chunk_size)
+    return [probs.get(a, 0.0) for a in actions]
+
+
+def _score_in_trie(
+    policy: LoadedPolicy,
+    request: DecodeRequest,
+    trie: ActionTrie,
+    actions: list[str],
+    temp: float,
+    constrained: bool,
+    chunk_size: int,
+) -> dict[str, float]:
+    device = policy.device
+    inputs, _ = _encode(policy, [request])
+    cache_kw = _cache_kwarg(policy)
+    out = policy.model(**inputs, use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[0, -1, :].float() / temp, dim=-1)
+    cache = _output_cache(out)
+    next_pos = int(inputs["position_ids"][0, -1]) + 1
+    pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else 0
+
+    probs: dict[str, float] = {}
+    rows_in_cache = 1
+    for k in range(0, len(actions), chunk_size):
+        chunk = actions[k : k + chunk_size]
+        seqs = [trie.token_ids[a] for a in chunk]
+        n, width = len(chunk), max(len(s) for s in seqs)
+        # Reuse one cache for all chunks: grow it to n rows once, then crop back to the prompt.
+        if rows_in_cache == 1 and n > 1:
+            cache.batch_repeat_interleave(n)
+        elif rows_in_cache != n:
+            cache.batch_select_indices(torch.arange(n, device=device))
+        rows_in_cache = n
+        ids = torch.full((n, width), pad, dtype=torch.long, device=device)
+        cont_mask = torch.zeros((n, width), dtype=torch.long, device=device)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, device=device)
+            cont_mask[i, : len(s)] = 1
+        attn = torch.cat([inputs["attention_mask"].expand(n, -1), cont_mask], dim=-1)
+        pos = (next_pos + torch.arange(width, device=device)).expand(n, -1)
+        step = policy.model(
+            input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{cache_kw: cache}
+        )
+        cache = _output_cache(step)
+        cache.crop(-width)  # negative = tokens to remove (the same meaning in transformers 4 and 5)
+        logprobs = torch.log_softmax(step.logits.float() / temp, dim=-1)
+        for i, (action, s) in enumerate(zip(chunk, seqs)):
+            node, total = trie.root, 0.0
+            for j, tok in enumerate(s):
+                row = first if j == 0 else logprobs[i, j - 1]
+                lp = row[tok]
+                if constrained:
+                    lp = lp - torch.logsumexp(row[node.allowed(device)], dim=0)
+                total += float(lp)
+                node = node.children[tok]
+            probs[action] = math.exp(total)
+    return probs
+
+
+def most_probable_action(policy: LoadedPolicy, request: DecodeRequest) -> tuple[str, float]:
+    """The exact argmax action and its constrained probability, by scoring every legal action.
+
+    Temperature-0 decoding is token-greedy, which need not find this action; use this where the
+    single most probable action matters (evaluation), at the cost of ~1k teacher-forced rows.
+    """
+    trie = action_trie(policy, request.selected, request.letters_in_play(), request.max_new_tokens)
+    scores = score_actions(policy, request, trie.actions)
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return trie.actions[best], scores[best]

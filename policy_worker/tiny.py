@@ -1,0 +1,191 @@
+"""A tiny random-weight Idefics2 with its own tokenizer, for tests and local demos.
+
+It is saved in the same layout as a hub checkpoint (config, safetensors, tokenizer, processor
+config with the chat template), so `load_policy(str(dir))` exercises exactly the code path that
+loads `HuggingFaceM4/idefics2-8b`. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from pathlib import Path
+
+logger = logging.getLogger("multiref.policy")
+
+# Idefics2's chat template (HuggingFaceM4/idefics2-8b processor_config.json), verbatim: the tiny
+# model must render prompts exactly like the real one so the pinned prompt test means something.
+IDEFICS2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{message['role'].capitalize()}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+IMAGE_SIZE = 224  # MULTIREF.md §3: images at 224 px, no splitting.
+TINY_IMAGE_SEQ_LEN = 16  # perceiver latents per image (64 in the real model); kept small for speed.
+
+# Special tokens in Idefics2's order: <unk>=0, <s>=1, </s>=2, then the image and turn markers.
+_SPECIAL_TOKENS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<end_of_utterance>",
+]
+
+# Words the prompts and actions use, plus common speaker words: the BPE merges them into single
+# tokens so prompts stay short; any other ASCII text still tokenizes via the character alphabet.
+_CORPUS_LINES = [
+    "System: none is selected",
+    "\nSystem: A C currently selected",
+    "\nUser: choose the bird",
+    "\nAssistant: select A B",
+    "\nAssistant: deselect C select G",
+    "\nAssistant: nothing",
+    "Assistant:",
+    "none is selected",
+    "A B C D E F G H I J currently selected",
+    "select A B C D E F G H I J",
+    "deselect A B C D E F G H I J select A B C D E F G H I J",
+    "nothing",
+    "choose the shape that looks like a bird with wings on top of a triangle",
+    "correct now pick the person sitting down with a hat and the boat",
+    "incorrect delete your choice undo no not that one wrong try again yes good",
+    "the letter E turned on its side the double archway the hook small big square",
+    "left right top bottom corner middle head arms legs house dog cat fish rabbit",
+]
+
+
+def _train_tokenizer() -> "object":
+    """Train a small Llama-style (Metaspace BPE) tokenizer so word boundaries behave like the real one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=_SPECIAL_TOKENS,
+        initial_alphabet=list(string.printable.strip()) + ["▁", "\n", "\t"],
+        min_frequency=1,
+        show_progress=False,
+    )
+    corpus = [line for line in _CORPUS_LINES for _ in range(3)]
+    tok.train_from_iterator(corpus, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return tok
+
+
+def build_tiny_idefics2(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny random Idefics2 (model + processor) loadable with `load_policy`."""
+    import torch
+    from transformers import (
+        Idefics2Config,
+        Idefics2ForConditionalGeneration,
+        Idefics2ImageProcessorPil,
+        Idefics2Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        additional_special_tokens=["<fake_token_around_image>", "<image>", "<end_of_utterance>"],
+        chat_template=IDEFICS2_CHAT_TEMPLATE,
+        padding_side="left",
+    )
+    image_processor = Idefics2ImageProcessorPil(
+        do_image_splitting=False,
+        size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE},
+    )
+    processor = Idefics2Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=TINY_IMAGE_SEQ_LEN,
+        chat_template=IDEFICS2_CHAT_TEMPLATE,
+    )
+
+    config = Idefics2Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": IMAGE_SIZE,
+            "patch_size": 28,  # 8x8 patches per 224-px image: a cheap encoder at the real resolution
+        },
+        perceiver_config={
+            "hidden_size": 64,
+            "rms_norm_eps": 1e-5,
+            "resampler_n_latents": TINY_IMAGE_SEQ_LEN,
+            "resampler_depth": 1,
+            "resampler_n_heads": 2,
+            "resampler_head_dim": 16,
+            "num_key_value_heads": 1,
+        },
+        text_config={
+            "model_type": "mistral",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5,
+            "sliding_window": None,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Idefics2ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = [
+        tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
+        tokenizer.eos_token_id,
+    ]
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    logger.info("tiny idefics2 saved to %s (%d parameters)", out, model.num_parameters())
+    return out
+
+
+def make_tiny_lora(model_dir: str | Path, out_dir: str | Path, seed: int) -> Path:
+    """Save a random (non-zero) LoRA adapter for the tiny model: distinct seeds give distinct policies."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    base = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=8,
+        lora_dropout=0.1,
+        target_modules=r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",
+        init_lora_weights="gaussian",
+    )
+    peft_model = get_peft_model(base, lora)
+    # Gaussian init leaves B at zero (adapter == base); randomise B so the adapter changes outputs.
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    out = Path(out_dir)
+    peft_model.save_pretrained(out)
+    return out
