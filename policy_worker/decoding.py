@@ -114,6 +114,7 @@ class ActionTrie:
     root: _Node
     token_ids: dict[str, tuple[int, ...]]  # action -> its continuation tokens (stop included)
     pruned: list[str]  # legal actions longer than max_new_tokens (unreachable)
+    step_allowed: dict[str, list[list[int]]] = field(default_factory=dict)  # per step, the node's children
 
     @property
     def actions(self) -> list[str]:
@@ -217,7 +218,14 @@ def action_trie(
         raise ValueError(f"no legal action fits in max_new_tokens={max_new_tokens}")
     if pruned:
         logger.debug("%d legal actions exceed %d tokens and are unreachable", len(pruned), max_new_tokens)
-    trie = ActionTrie(root=root, token_ids=kept, pruned=pruned)
+    step_allowed: dict[str, list[list[int]]] = {}
+    for action, ids in kept.items():
+        node, steps = root, []
+        for tok in ids:
+            steps.append(sorted(node.children))
+            node = node.children[tok]
+        step_allowed[action] = steps
+    trie = ActionTrie(root=root, token_ids=kept, pruned=pruned, step_allowed=step_allowed)
     per_tok[key] = trie
     return trie
 
@@ -439,11 +447,8 @@ def _score_in_trie(
         elif rows_in_cache != n:
             cache.batch_select_indices(torch.arange(n, device=device))
         rows_in_cache = n
-        ids = torch.full((n, width), pad, dtype=torch.long, device=device)
-        cont_mask = torch.zeros((n, width), dtype=torch.long, device=device)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s, device=device)
-            cont_mask[i, : len(s)] = 1
+        ids = torch.tensor([list(q) + [pad] * (width - len(q)) for q in seqs], device=device)
+        cont_mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
         attn = torch.cat([inputs["attention_mask"].expand(n, -1), cont_mask], dim=-1)
         pos = (next_pos + torch.arange(width, device=device)).expand(n, -1)
         step = policy.model(
@@ -452,16 +457,22 @@ def _score_in_trie(
         cache = _output_cache(step)
         cache.crop(-width)  # negative = tokens to remove (the same meaning in transformers 4 and 5)
         logprobs = torch.log_softmax(step.logits.float() / temp, dim=-1)
-        for i, (action, s) in enumerate(zip(chunk, seqs)):
-            node, total = trie.root, 0.0
-            for j, tok in enumerate(s):
-                row = first if j == 0 else logprobs[i, j - 1]
-                lp = row[tok]
-                if constrained:
-                    lp = lp - torch.logsumexp(row[node.allowed(device)], dim=0)
-                total += float(lp)
-                node = node.children[tok]
-            probs[action] = math.exp(total)
+        # Row j predicts continuation token j: the prefill's last logits, then the chunk's.
+        rows = torch.cat([first.expand(n, 1, -1), logprobs[:, : width - 1]], dim=1)
+        valid = cont_mask.bool()
+        lp = rows.gather(-1, ids[..., None]).squeeze(-1)
+        if constrained:  # renormalise each step over the trie node's children
+            steps = [trie.step_allowed[a] for a in chunk]
+            k_max = max(len(c) for st in steps for c in st)
+            empty = [[0] * k_max]
+            padded = [[c + [0] * (k_max - len(c)) for c in st] + empty * (width - len(st)) for st in steps]
+            counts = torch.tensor([[len(c) for c in st] + [0] * (width - len(st)) for st in steps])
+            idx = torch.tensor(padded, dtype=torch.long, device=device)
+            ok = (torch.arange(k_max)[None, None, :] < counts[..., None]).to(device)
+            norm = torch.logsumexp(rows.gather(-1, idx).masked_fill(~ok, -math.inf), dim=-1)
+            lp = lp - torch.where(valid, norm, torch.zeros_like(norm))
+        totals = torch.where(valid, lp, torch.zeros_like(lp)).double().sum(-1).exp().tolist()
+        probs.update(zip(chunk, totals))
     return probs
 
 

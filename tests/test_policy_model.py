@@ -66,6 +66,15 @@ def first_reference_game() -> dict:
         return json.loads(f.readline())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Intra-op threads spin against each other on a small shared machine (30x slower here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_idefics2")
