@@ -54,6 +54,10 @@ def serve(
     with_worker: bool = typer.Option(
         False, "--with-worker", help="Also run a policy worker inside this process."
     ),
+    base: str = typer.Option(
+        "HuggingFaceM4/idefics2-8b", help="With --with-worker: base model (hub id or folder)."
+    ),
+    device: str = typer.Option("auto", help="With --with-worker: cuda, cpu or auto."),
     log_level: str = typer.Option("info", help="Logging level."),
 ) -> None:
     """Start the game server (migrates the database first)."""
@@ -65,11 +69,12 @@ def serve(
     settings = _settings(
         host=host, port=port, database_url=database_url, tangrams=tangrams, listener=listener
     )
-    application = create_app(settings)
+    background = []
     if with_worker:
-        from policy_worker.embedded import attach_worker
+        from policy_worker.embedded import worker_factory
 
-        attach_worker(application, settings)
+        background.append(worker_factory(_worker_options(settings, [settings.model_system], base, device)))
+    application = create_app(settings, background)
     uvicorn.run(
         application,
         host=settings.host,
@@ -78,6 +83,106 @@ def serve(
         ws_max_size=settings.max_frame_bytes * 2,
         timeout_graceful_shutdown=5,
     )
+
+
+def _worker_options(settings, systems, base, device, **extra):
+    from app.tangrams.store import resolve_tangram_set
+    from app.web.server import ROOT
+    from policy_worker.serve import WorkerOptions
+
+    tangrams = resolve_tangram_set(settings.tangrams, ROOT / "var" / "tangrams")
+    return WorkerOptions(systems=systems, base=base, tangrams=tangrams.folder, device=device, **extra)
+
+
+@app.command()
+def worker(
+    system: list[str] = typer.Option(
+        None, "--system", help="Model system(s) to serve (repeatable; default MULTIREF_MODEL_SYSTEM)."
+    ),
+    base: str = typer.Option("HuggingFaceM4/idefics2-8b", help="Base model: hub id or local folder."),
+    database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
+    tangrams: Optional[Path] = typer.Option(None, help="Tangram folder (env MULTIREF_TANGRAMS)."),
+    device: str = typer.Option("auto", help="cuda, cuda:1, cpu or auto."),
+    dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
+    batch_size: int = typer.Option(16, help="Maximum turns decoded in one batch."),
+    max_wait: float = typer.Option(0.02, help="Seconds to wait for a batch to fill."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
+    lease: float = typer.Option(20.0, help="Seconds a claimed turn stays this worker's."),
+    log_level: str = typer.Option("info", help="Logging level."),
+) -> None:
+    """Run a policy worker: claim model-listener turns from the database and play them."""
+    from app.db.database import Database
+    from policy_worker.serve import PolicyWorker
+
+    _logging(log_level)
+    settings = _settings(database_url=database_url, tangrams=tangrams)
+    options = _worker_options(
+        settings, system or [settings.model_system], base, device, dtype=dtype,
+        max_batch_size=batch_size, max_wait_seconds=max_wait, temperature=temperature,
+        lease_seconds=lease,
+    )
+
+    async def run() -> None:
+        db = Database(settings.database_url)
+        await db.migrate(auto=settings.auto_migrate)
+        w = PolicyWorker(db, options)
+        await w.start()
+        await w.preload_active()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await w.stop()
+            await db.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def deploy(
+    system: str = typer.Option(..., help="System name, e.g. B-SUP."),
+    round_: int = typer.Option(..., "--round", help="Deployment round."),
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder (a train output)."),
+    base: str = typer.Option("HuggingFaceM4/idefics2-8b", help="Base model: hub id or folder."),
+    database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
+) -> None:
+    """Register a checkpoint and make it the system's active one (new games get it)."""
+    from app.db.database import Database
+    from app.deploy import deploy_checkpoint
+
+    settings = _settings(database_url=database_url)
+    if adapter is not None and not adapter.is_dir():
+        raise typer.BadParameter(f"{adapter} is not a folder", param_hint="--adapter")
+
+    async def run() -> str:
+        db = Database(settings.database_url)
+        await db.migrate(auto=settings.auto_migrate)
+        async with db.session() as s, s.begin():
+            ck = await deploy_checkpoint(
+                s, system, round_, base, str(adapter.resolve()) if adapter else None, deployed_by="cli"
+            )
+            cid = ck.id
+        await db.close()
+        return cid
+
+    console.print(f"deployed {asyncio.run(run())} as the active checkpoint of {system}")
+
+
+model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("tiny")
+def model_tiny(
+    out: Path = typer.Argument(..., help="Folder to write the tiny model to."),
+    seed: int = typer.Option(0, help="Random seed of the weights."),
+) -> None:
+    """Build a tiny random-weight Idefics2 (and tokenizer) for demos and tests, offline."""
+    from policy_worker.tiny import build_tiny_idefics2
+
+    console.print(f"tiny model written to {build_tiny_idefics2(out, seed=seed)}")
 
 
 @db_app.command("upgrade")

@@ -16,6 +16,7 @@ import math
 import secrets
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,10 +92,11 @@ class DecodeResult:
 
 
 class _Node:
-    __slots__ = ("children", "action", "_allowed")
+    __slots__ = ("children", "child_ids", "action", "_allowed")
 
     def __init__(self) -> None:
         self.children: dict[int, _Node] = {}
+        self.child_ids: tuple[int, ...] = ()  # sorted children, set once the trie is complete
         self.action: str | None = None  # set on the node reached by the stop token
         self._allowed: dict[torch.device, torch.Tensor] = {}
 
@@ -102,7 +104,7 @@ class _Node:
         """Child token ids as a tensor, cached per device."""
         t = self._allowed.get(device)
         if t is None:
-            t = torch.tensor(sorted(self.children), dtype=torch.long, device=device)
+            t = torch.tensor(self.child_ids, dtype=torch.long, device=device)
             self._allowed[device] = t
         return t
 
@@ -114,7 +116,8 @@ class ActionTrie:
     root: _Node
     token_ids: dict[str, tuple[int, ...]]  # action -> its continuation tokens (stop included)
     pruned: list[str]  # legal actions longer than max_new_tokens (unreachable)
-    step_allowed: dict[str, list[list[int]]] = field(default_factory=dict)  # per step, the node's children
+    # action -> for each of its steps, the token ids the trie allows there (for renormalising)
+    step_allowed: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
 
     @property
     def actions(self) -> list[str]:
@@ -125,8 +128,10 @@ class ActionTrie:
         return max(len(ids) for ids in self.token_ids.values())
 
 
-# tokenizer -> {(chat template, letters, selected, max_new_tokens): ActionTrie}
-_TRIE_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], ActionTrie]] = (
+# tokenizer -> LRU of {(chat template, letters, selected, max_new_tokens): ActionTrie}. Bounded:
+# a trie is ~1k actions, and over many games most of the 1024 selection states turn up.
+TRIE_CACHE_SIZE = 64
+_TRIE_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[Any, ...], ActionTrie]] = (
     weakref.WeakKeyDictionary()
 )
 _CONTEXT_CACHE: weakref.WeakKeyDictionary[Any, dict[str, tuple[str, str, str, list[int]]]] = (
@@ -193,9 +198,10 @@ def action_trie(
     tokenizer = policy.tokenizer
     template = getattr(policy.processor, "chat_template", None) or tokenizer.chat_template
     key = (template, tuple(letters), frozenset(selected), max_new_tokens)
-    per_tok = _TRIE_CACHE.setdefault(tokenizer, {})
+    per_tok = _TRIE_CACHE.setdefault(tokenizer, OrderedDict())
     trie = per_tok.get(key)
     if trie is not None:
+        per_tok.move_to_end(key)
         return trie
     actions = legal_actions(selected, letters)
     root = _Node()
@@ -217,16 +223,23 @@ def action_trie(
     if not kept:
         raise ValueError(f"no legal action fits in max_new_tokens={max_new_tokens}")
     if pruned:
-        logger.debug("%d legal actions exceed %d tokens and are unreachable", len(pruned), max_new_tokens)
-    step_allowed: dict[str, list[list[int]]] = {}
+        logger.debug("%d legal actions exceed %d tokens: unreachable", len(pruned), max_new_tokens)
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        node.child_ids = tuple(sorted(node.children))
+        stack.extend(node.children.values())
+    step_allowed: dict[str, list[tuple[int, ...]]] = {}
     for action, ids in kept.items():
         node, steps = root, []
         for tok in ids:
-            steps.append(sorted(node.children))
+            steps.append(node.child_ids)
             node = node.children[tok]
         step_allowed[action] = steps
     trie = ActionTrie(root=root, token_ids=kept, pruned=pruned, step_allowed=step_allowed)
     per_tok[key] = trie
+    while len(per_tok) > TRIE_CACHE_SIZE:
+        per_tok.popitem(last=False)
     return trie
 
 
@@ -249,7 +262,9 @@ def _output_cache(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
-def _encode(policy: LoadedPolicy, requests: Sequence[DecodeRequest]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _encode(
+    policy: LoadedPolicy, requests: Sequence[DecodeRequest]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Render and process prompts (left-padded) with their images, on the policy's device."""
     prompts = [render_prompt(policy.processor, r.chat) for r in requests]
     batch = policy.processor(
@@ -284,7 +299,9 @@ def _decode_group(
     device = policy.device
     stop = policy.stop_token_id
     pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else stop
-    tries = [action_trie(policy, r.selected, r.letters_in_play(), r.max_new_tokens) for r in requests]
+    tries = [
+        action_trie(policy, r.selected, r.letters_in_play(), r.max_new_tokens) for r in requests
+    ]
     seeds = [
         r.seed if r.seed is not None else (secrets.randbits(63) if r.temperature > 0 else None)
         for r in requests
@@ -383,11 +400,15 @@ def decode_actions(
             with policy.use_adapter(adapter):
                 for k in range(0, len(idx), max_batch_size):
                     chunk = idx[k : k + max_batch_size]
-                    for i, res in zip(chunk, _decode_group(policy, [requests[i] for i in chunk], started)):
+                    decoded = _decode_group(policy, [requests[i] for i in chunk], started)
+                    for i, res in zip(chunk, decoded):
                         results[i] = res
     for r in results:
         assert r is not None
-        logger.debug("decoded %r p=%.4g in %.3fs (adapter %s)", r.action, r.prob_constrained, r.latency_s, r.adapter)
+        logger.debug(
+            "decoded %r p=%.4g in %.3fs (adapter %s)",
+            r.action, r.prob_constrained, r.latency_s, r.adapter,
+        )
     return [r for r in results if r is not None]
 
 
@@ -398,7 +419,7 @@ def score_actions(
     constrained: bool = True,
     chunk_size: int = 64,
 ) -> list[float]:
-    """Probability of each action for a request by teacher forcing (same temperature rule as decoding).
+    """Probability of each action for a request, by teacher forcing (temperature as in decoding).
 
     Constrained (default): under the masked, renormalised policy decoding samples from, so it
     equals `DecodeResult.prob_constrained`; illegal, non-canonical or too-long actions get 0.
@@ -448,11 +469,17 @@ def _score_in_trie(
             cache.batch_select_indices(torch.arange(n, device=device))
         rows_in_cache = n
         ids = torch.tensor([list(q) + [pad] * (width - len(q)) for q in seqs], device=device)
-        cont_mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
+        cont_mask = torch.tensor(
+            [[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device
+        )
         attn = torch.cat([inputs["attention_mask"].expand(n, -1), cont_mask], dim=-1)
         pos = (next_pos + torch.arange(width, device=device)).expand(n, -1)
         step = policy.model(
-            input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{cache_kw: cache}
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            **{cache_kw: cache},
         )
         cache = _output_cache(step)
         cache.crop(-width)  # negative = tokens to remove (the same meaning in transformers 4 and 5)
@@ -465,7 +492,10 @@ def _score_in_trie(
             steps = [trie.step_allowed[a] for a in chunk]
             k_max = max(len(c) for st in steps for c in st)
             empty = [[0] * k_max]
-            padded = [[c + [0] * (k_max - len(c)) for c in st] + empty * (width - len(st)) for st in steps]
+            padded = [
+                [[*c, *[0] * (k_max - len(c))] for c in st] + empty * (width - len(st))
+                for st in steps
+            ]
             counts = torch.tensor([[len(c) for c in st] + [0] * (width - len(st)) for st in steps])
             idx = torch.tensor(padded, dtype=torch.long, device=device)
             ok = (torch.arange(k_max)[None, None, :] < counts[..., None]).to(device)

@@ -87,10 +87,10 @@ class LoadedPolicy:
         """Load a LoRA adapter under `name` onto the shared base (hot swap: no base reload)."""
         from peft import PeftModel
 
-        if not name or name in self.adapters:
-            raise ValueError(f"adapter name {name!r} is empty or already loaded")
         path = str(path)
         with self.lock:
+            if not name or name in self.adapters:
+                raise ValueError(f"adapter name {name!r} is empty or already loaded")
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(path, adapter_name=name, is_trainable=False)
             else:
@@ -164,6 +164,8 @@ def load_policy(
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if dev.type != "cpu":
+        kwargs["device_map"] = str(dev)  # load weights straight onto the accelerator
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     logger.info("loading base %s (%s) on %s", base, torch_dtype, dev)

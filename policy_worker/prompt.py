@@ -248,7 +248,9 @@ def game_from_selections(
         action = None
         if current_turn is None or t < current_turn:
             action = action_text(before, selections_after[t], letters)
-        turns.append(PromptTurn(utterance=utterances[t], selection_before=sorted(before), action=action))
+        turns.append(
+            PromptTurn(utterance=utterances[t], selection_before=sorted(before), action=action)
+        )
         if t < len(selections_after):
             before = list(selections_after[t])
     return PromptGame(listener_order=list(listener_order), turns=turns)

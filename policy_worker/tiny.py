@@ -23,6 +23,9 @@ IDEFICS2_CHAT_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
+# MULTIREF.md §5: LoRA on the text model's attention and MLP projections.
+TEXT_LORA_TARGETS = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
 IMAGE_SIZE = 224  # MULTIREF.md §3: images at 224 px, no splitting.
 TINY_IMAGE_SEQ_LEN = 16  # perceiver latents per image (64 in the real model); kept small for speed.
 
@@ -60,12 +63,13 @@ _CORPUS_LINES = [
 
 
 def _train_tokenizer() -> "object":
-    """Train a small Llama-style (Metaspace BPE) tokenizer so word boundaries behave like the real one."""
+    """Train a small Llama-style (Metaspace BPE) tokenizer: word boundaries act like the real's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    metaspace = {"replacement": "▁", "prepend_scheme": "first", "split": True}
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(**metaspace)
+    tok.decoder = decoders.Metaspace(**metaspace)
     trainer = trainers.BpeTrainer(
         vocab_size=400,
         special_tokens=_SPECIAL_TOKENS,
@@ -124,7 +128,7 @@ def build_tiny_idefics2(out_dir: str | Path, seed: int = 0) -> Path:
             "num_hidden_layers": 1,
             "num_attention_heads": 2,
             "image_size": IMAGE_SIZE,
-            "patch_size": 28,  # 8x8 patches per 224-px image: a cheap encoder at the real resolution
+            "patch_size": 28,  # 8x8 patches per 224-px image: cheap, at the real resolution
         },
         perceiver_config={
             "hidden_size": 64,
@@ -166,7 +170,7 @@ def build_tiny_idefics2(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def make_tiny_lora(model_dir: str | Path, out_dir: str | Path, seed: int) -> Path:
-    """Save a random (non-zero) LoRA adapter for the tiny model: distinct seeds give distinct policies."""
+    """Save a random non-zero LoRA adapter for the tiny model: distinct seeds, distinct policies."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
@@ -177,7 +181,7 @@ def make_tiny_lora(model_dir: str | Path, out_dir: str | Path, seed: int) -> Pat
         r=8,
         lora_alpha=8,
         lora_dropout=0.1,
-        target_modules=r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",
+        target_modules=TEXT_LORA_TARGETS,
         init_lora_weights="gaussian",
     )
     peft_model = get_peft_model(base, lora)

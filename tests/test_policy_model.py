@@ -1,4 +1,4 @@
-"""The policy's model side on a tiny random Idefics2: prompt, loading, adapters, constrained decoding."""
+"""The policy's model side on a tiny random Idefics2: prompt, loading, adapters, decoding."""
 
 from __future__ import annotations
 
@@ -126,14 +126,17 @@ def make_game(selected: list[str], utterance: str, history: int = 1) -> PromptGa
     return PromptGame(listener_order=list(TANGRAMS), turns=turns)
 
 
-def request(images: list[Image.Image], selected: list[str], utterance: str = "the bird", **kw) -> DecodeRequest:
+def request(
+    images: list[Image.Image], selected: list[str], utterance: str = "the bird", **kw: object
+) -> DecodeRequest:
     return DecodeRequest.for_game(make_game(selected, utterance), images, **kw)
 
 
 # --- prompt -----------------------------------------------------------------------------------
 
 PINNED_TRANSCRIPT = (
-    "System:<image>A<image>B<image>C<image>D<image>E<image>F<image>G<image>H<image>I<image>J<end_of_utterance>\n"
+    "System:<image>A<image>B<image>C<image>D<image>E<image>F<image>G<image>H<image>I<image>J"
+    "<end_of_utterance>\n"
     "System: none is selected<end_of_utterance>\n"
     "User: choose the spatula<end_of_utterance>\n"
     "Assistant: select C<end_of_utterance>\n"
@@ -167,7 +170,8 @@ PINNED_TRANSCRIPT = (
 )
 
 PINNED_TURN_3_PROMPT = (
-    "System:<image>A<image>B<image>C<image>D<image>E<image>F<image>G<image>H<image>I<image>J<end_of_utterance>\n"
+    "System:<image>A<image>B<image>C<image>D<image>E<image>F<image>G<image>H<image>I<image>J"
+    "<end_of_utterance>\n"
     "System: none is selected<end_of_utterance>\n"
     "User: choose the spatula<end_of_utterance>\n"
     "Assistant: select C<end_of_utterance>\n"
@@ -268,6 +272,22 @@ def test_load_tiny_through_load_policy(policy: LoadedPolicy, images: list[Image.
     assert res.latency_s > 0 and res.prompt.endswith("Assistant:")
 
 
+def test_processor_forced_to_224_px_without_splitting(tiny_dir: Path, tmp_path: Path) -> None:
+    """The hub checkpoint ships 378-980 px with splitting; load_processor must override both."""
+    from policy_worker.model import load_processor
+
+    for name in ("processor_config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((tiny_dir / "model" / name).read_bytes())
+    cfg = json.loads((tmp_path / "processor_config.json").read_text())
+    cfg["image_processor"]["size"] = {"shortest_edge": 378, "longest_edge": 980}
+    cfg["image_processor"]["do_image_splitting"] = True
+    (tmp_path / "processor_config.json").write_text(json.dumps(cfg))
+    proc = load_processor(tmp_path)
+    assert proc.image_processor.do_image_splitting is False
+    out = proc(text=["<image>x"], images=[[Image.new("RGB", (600, 600))]], return_tensors="pt")
+    assert out["pixel_values"].shape[-2:] == (224, 224)
+
+
 def test_adapters_switch_add_remove(tiny_dir: Path, images: list[Image.Image]) -> None:
     pol = load_policy(str(tiny_dir / "model"), dtype="float32", device="cpu")
     req = request(images, ["B", "D"], "the rabbit")
@@ -288,7 +308,10 @@ def test_adapters_switch_add_remove(tiny_dir: Path, images: list[Image.Image]) -
     assert scores("a") == pytest.approx(with_a, rel=1e-6)  # switching back is exact
 
     # One batch mixing adapters: rows are grouped by adapter and come back in order.
-    mixed = [DecodeRequest(**{**req.__dict__, "adapter": a, "temperature": 0}) for a in ["b", None, "a", "b"]]
+    mixed = [
+        DecodeRequest(**{**req.__dict__, "adapter": a, "temperature": 0})
+        for a in ["b", None, "a", "b"]
+    ]
     out = decode_actions(pol, mixed)
     for r, m in zip(out, mixed):
         assert r.adapter == m.adapter
@@ -336,12 +359,16 @@ def test_decoding_only_yields_legal_actions(
     assert 0.0 < res.prob_unconstrained <= res.prob_constrained <= 1.0
 
 
-def test_batched_greedy_equals_one_at_a_time(policy: LoadedPolicy, images: list[Image.Image]) -> None:
+def test_batched_greedy_equals_one_at_a_time(
+    policy: LoadedPolicy, images: list[Image.Image]
+) -> None:
     reqs = [
         request(images, [], "choose the bird", adapter="a", temperature=0),
-        request(images, ["A", "C"], "no, not that one, the rabbit with long ears", adapter="a", temperature=0),
+        request(images, ["A", "C"], "no, not that one, the long ears", adapter="a", temperature=0),
         request(images, ["J"], "x", adapter="a", temperature=0),
-        DecodeRequest.for_game(make_game(["B"], "the house", history=3), images, adapter="a", temperature=0),
+        DecodeRequest.for_game(
+            make_game(["B"], "the house", history=3), images, adapter="a", temperature=0
+        ),
         request(images, list(LETTERS[:5]), "undo all", adapter="a", temperature=0),
     ]
     batched = decode_actions(policy, reqs)
@@ -354,15 +381,19 @@ def test_batched_greedy_equals_one_at_a_time(policy: LoadedPolicy, images: list[
         assert b.prob_unconstrained == pytest.approx(single.prob_unconstrained, rel=1e-4)
 
 
-def test_constrained_probabilities_are_exact(policy: LoadedPolicy, images: list[Image.Image]) -> None:
-    req = request(images, ["A", "D", "H"], "the one on the left", adapter="a", temperature=1.0, seed=7)
+def test_constrained_probabilities_are_exact(
+    policy: LoadedPolicy, images: list[Image.Image]
+) -> None:
+    req = request(images, ["A", "D", "H"], "the left one", adapter="a", temperature=1.0, seed=7)
     trie = action_trie(policy, req.selected, max_new_tokens=req.max_new_tokens)
+    assert action_trie(policy, ["H", "D", "A"]) is trie  # cached per (tokenizer, selected set)
     every = legal_actions(req.selected)
     scores = score_actions(policy, req, every)
     assert sum(scores) == pytest.approx(1.0, abs=1e-5)
     # Legal actions too long for max_new_tokens are unreachable, hence probability 0.
     assert all(s == 0.0 for a, s in zip(every, scores) if a in trie.pruned)
-    assert score_actions(policy, req, ["select A", "select D C"]) == [0.0, 0.0]  # illegal, non-canonical
+    # Illegal (A is selected) and non-canonical (letters out of order) actions have probability 0.
+    assert score_actions(policy, req, ["select A", "select D C"]) == [0.0, 0.0]
 
     for seed in range(5):
         r = DecodeRequest(**{**req.__dict__, "seed": seed})
@@ -375,7 +406,9 @@ def test_constrained_probabilities_are_exact(policy: LoadedPolicy, images: list[
     assert sum(score_actions(policy, hot, every)) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_greedy_follows_the_argmax_of_each_step(policy: LoadedPolicy, images: list[Image.Image]) -> None:
+def test_greedy_follows_the_argmax_of_each_step(
+    policy: LoadedPolicy, images: list[Image.Image]
+) -> None:
     req = request(images, ["B", "E"], "pick the fish", adapter="a", temperature=0)
     trie = action_trie(policy, req.selected, max_new_tokens=req.max_new_tokens)
     probs = dict(zip(trie.actions, score_actions(policy, req, trie.actions)))
@@ -398,24 +431,28 @@ def test_greedy_follows_the_argmax_of_each_step(policy: LoadedPolicy, images: li
 
 
 def test_seeded_sampling_is_reproducible(policy: LoadedPolicy, images: list[Image.Image]) -> None:
-    reqs = [request(images, ["C"], "the dog", adapter="a", temperature=1.0, seed=s) for s in range(6)]
+    reqs = [
+        request(images, ["C"], "the dog", adapter="a", temperature=1.0, seed=s) for s in range(6)
+    ]
     first = decode_actions(policy, reqs)
     again = decode_actions(policy, reqs[::-1])[::-1]  # other batch order, same per-row seeds
     assert [r.action for r in first] == [r.action for r in again]
     assert [r.seed for r in first] == list(range(6))
     assert len({r.action for r in first}) > 1  # different seeds do sample different actions
     [unseeded] = decode_actions(policy, [DecodeRequest(**{**reqs[0].__dict__, "seed": None})])
-    [replayed] = decode_actions(policy, [DecodeRequest(**{**reqs[0].__dict__, "seed": unseeded.seed})])
+    replay = DecodeRequest(**{**reqs[0].__dict__, "seed": unseeded.seed})
+    [replayed] = decode_actions(policy, [replay])
     assert replayed.action == unseeded.action
 
 
-def test_action_tokens_match_training_tokenization(policy: LoadedPolicy, images: list[Image.Image]) -> None:
+def test_action_tokens_match_training_tokenization(policy: LoadedPolicy) -> None:
     """Serving's action tokens are exactly what a training forward over the full chat sees."""
     game = make_game(["A"], "the cat", history=2)
     tok = policy.tokenizer
     prompt_ids = tok(render_prompt(policy.processor, build_chat(game)))["input_ids"]
     for action in ["nothing", "deselect A select B C", "select J"]:
-        turns = game.turns[:-1] + [PromptTurn(game.turns[-1].utterance, game.turns[-1].selection_before, action)]
+        last = game.turns[-1]
+        turns = game.turns[:-1] + [PromptTurn(last.utterance, last.selection_before, action)]
         full = render_prompt(policy.processor, build_chat(PromptGame(game.listener_order, turns)))
         full_ids = tok(full)["input_ids"]
         [cont] = action_token_ids(policy, [action])

@@ -471,6 +471,13 @@ def test_an_auto_sent_draft_is_cut_to_the_length_bound() -> None:
     assert events[0].text == "abcd efg" and events[0].auto
 
 
+def test_a_cut_draft_does_not_end_with_a_space() -> None:
+    g = Game(GameRules(max_utterance_chars=5))
+    start = g.start()
+    events = g.tick_at(start + g.rules.speaker_seconds, draft="tall  one")
+    assert events[0].text == "tall"
+
+
 @pytest.mark.parametrize("draft", ["", "   \n "])
 def test_an_idle_speaker_is_warned_and_gets_more_time(draft) -> None:
     g = Game()

@@ -165,3 +165,34 @@ class WorkerHeartbeat(Base):
     status: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[float] = mapped_column(Float)
     beat_at: Mapped[float] = mapped_column(Float)
+
+
+class System(Base):
+    """A listener policy deployed under a name (``B-SUP``), or the special system ``human``."""
+
+    __tablename__ = "systems"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # model | human
+    share: Mapped[float] = mapped_column(Float, default=1.0)  # traffic share among active systems
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    quota: Mapped[int | None] = mapped_column(Integer)  # completed games per round, then stop
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Checkpoint(Base):
+    """One deployed checkpoint of a model system: a base model plus an optional LoRA adapter.
+
+    Games record the checkpoint they started with and keep it; a new active checkpoint of a
+    system serves new games only.
+    """
+
+    __tablename__ = "checkpoints"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    system: Mapped[str] = mapped_column(String(64), ForeignKey("systems.name"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    base: Mapped[str] = mapped_column(String(500))
+    adapter: Mapped[str | None] = mapped_column(String(1000))
+    manifest: Mapped[dict] = mapped_column(JSONType, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    deployed_by: Mapped[str | None] = mapped_column(String(64))

@@ -568,7 +568,7 @@ def _tick_once(state: GameState, cmd: Tick) -> list[Event]:
 
 
 def _clean_utterance(text: str, rules: GameRules) -> str:
-    return " ".join(text.split())[: rules.max_utterance_chars]
+    return " ".join(text.split())[: rules.max_utterance_chars].rstrip()
 
 
 def decide(state: GameState, cmd: Command) -> list[Event] | Rejection:

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 
 from app.db.database import Database
 from app.db.gamelog import create_game
+from app.deploy import active_checkpoint
 from app.db.models import Game, Participant
 from app.game.configs import ConfigQueue
 from app.game.rules import GameConfig, GameCreated, GameRules, ListenerKind, Seat, base_pay
@@ -143,11 +144,13 @@ class Lobby:
         index = None
         if config is None:
             index, config = await self._next_config(s, system)
+        checkpoint = await active_checkpoint(s, system) if system else None
         now = self.clock()
         await create_game(
             s,
             GameCreated(game_id=game_id, config=config, rules=self.rules, listener_kind=kind, at=now),
             system=system,
+            checkpoint=checkpoint,
             split=self.split,
             config_index=index,
             speaker_id=speaker.id,

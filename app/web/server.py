@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from app.game.configs import ConfigQueue
 from app.live.bus import Bus, PostgresBus, asyncpg_dsn
 from app.live.hub import GameHub
 from app.live.lobby import Lobby, LobbyPolicy
+from app.live.model_listener import ModelListenerDriver
 from app.live.sweeper import Sweeper
 from app.settings import Settings
 from app.tangrams.store import TangramSet, load_splits, resolve_tangram_set
@@ -57,8 +59,9 @@ class Services:
     tokens: ParticipantTokens
     hash_key: str
     connections: ConnectionLimiter
+    model_listener: ModelListenerDriver
     admin_digests: list[str] = field(default_factory=list)
-    background: list = field(default_factory=list)  # extra start/stop pairs (e.g. a worker)
+    background: list = field(default_factory=list)  # extra (start, stop) pairs, e.g. a worker
 
 
 def tangram_pool(tangrams: TangramSet, settings: Settings) -> list[str]:
@@ -124,11 +127,19 @@ async def build_services(settings: Settings) -> Services:
         tokens=ParticipantTokens(token_key),
         hash_key=hash_key,
         connections=ConnectionLimiter(settings.max_connections_per_address),
+        model_listener=ModelListenerDriver(hub, settings.click_delay_seconds),
         admin_digests=admin,
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+BackgroundFactory = Callable[[Services], tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]]
+
+
+def create_app(
+    settings: Settings | None = None, background: list[BackgroundFactory] | None = None
+) -> FastAPI:
+    """The application. ``background``: factories of extra (start, stop) pairs run in the
+    lifespan, such as an embedded policy worker (``multiref serve --with-worker``)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -137,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         await services.bus.start()
         await services.sweeper.start()
+        await services.model_listener.start()
+        services.background = [factory(services) for factory in background or []]
         for start, _ in services.background:
             await start()
         log.info(
@@ -148,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for _, stop in reversed(services.background):
                 await stop()
+            await services.model_listener.stop()
             await services.sweeper.stop()
             await services.bus.stop()
             await services.db.close()

@@ -1,0 +1,128 @@
+"""Plays a model listener's decided actions into its game, click by click.
+
+A policy worker writes the action of a listener turn to ``listener_requests`` (status ``done``).
+One server process takes it (status ``applying``, under a short lease so another process
+resumes it if this one dies), turns the letters into tangram ids in the listener's order, and
+runs the clicks through the hub with a small delay between them, so the speaker watches them
+arrive, then submits. Applying is idempotent: the clicks made are the difference between the
+current selection and the one the action asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sqlalchemy import and_, or_, select, update
+
+from app.db.models import ListenerRequest
+from app.game.rules import Click, Phase, Rejection, Seat, Submit
+from app.live.hub import GameHub
+from policy_worker.prompt import apply_action, letter_map
+
+log = logging.getLogger("multiref.model_listener")
+
+APPLY_LEASE_SECONDS = 30.0
+
+
+def target_selection(action: str, before: set[str], listener_order: tuple[str, ...]) -> set[str]:
+    """The selection (tangram ids) an action text such as ``deselect C select G`` leads to."""
+    letters = letter_map(listener_order)
+    by_letter = {letter: tid for tid, letter in letters.items()}
+    after = apply_action(sorted(letters[t] for t in before), action)
+    return {by_letter[letter] for letter in after}
+
+
+class ModelListenerDriver:
+    def __init__(self, hub: GameHub, click_delay: float = 0.4) -> None:
+        self.hub = hub
+        self.click_delay = click_delay
+        self._running: set[int] = set()
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.hub.on_listener_request = self._kick.set
+        self._task = asyncio.create_task(self._run(), name="model-listener")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.apply_ready()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("applying model actions failed: %s", exc)
+            self._kick.clear()
+            try:
+                await asyncio.wait_for(self._kick.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    async def apply_ready(self) -> int:
+        """Take every decided request (or one whose applier died) and play it; returns count."""
+        now = time.time()
+        async with self.hub.db.session() as s, s.begin():
+            rows = (
+                await s.execute(
+                    update(ListenerRequest)
+                    .where(
+                        or_(
+                            ListenerRequest.status == "done",
+                            and_(ListenerRequest.status == "applying", ListenerRequest.lease_until < now),
+                        )
+                    )
+                    .values(status="applying", lease_until=now + APPLY_LEASE_SECONDS)
+                    .returning(ListenerRequest.id, ListenerRequest.game_id, ListenerRequest.turn, ListenerRequest.action)
+                )
+            ).all()
+        for rid, game_id, turn, action in rows:
+            if rid not in self._running:
+                self._running.add(rid)
+                asyncio.create_task(self._apply(rid, game_id, turn, action))
+        return len(rows)
+
+    async def _apply(self, rid: int, game_id: str, turn: int, action: str) -> None:
+        try:
+            status = await self._play(game_id, turn, action)
+        except Exception:
+            log.exception("could not apply %r to game %s turn %s", action, game_id, turn)
+            status = "failed"
+        finally:
+            self._running.discard(rid)
+        async with self.hub.db.session() as s, s.begin():
+            await s.execute(
+                update(ListenerRequest).where(ListenerRequest.id == rid).values(status=status, lease_until=None)
+            )
+
+    async def _play(self, game_id: str, turn: int, action: str) -> str:
+        hub = self.hub
+        state = await hub.state(game_id)
+        if state is None or state.ended or state.turn != turn or state.phase is not Phase.SELECTING:
+            return "stale"
+        wanted = target_selection(
+            action, set(state.turns[-1].selection_before), state.config.listener_order
+        )
+        while True:
+            state = await hub.state(game_id)
+            if state is None or state.ended or state.turn != turn or state.phase is not Phase.SELECTING:
+                return "stale"
+            todo = sorted(state.selection - wanted) + sorted(wanted - state.selection)
+            if not todo:
+                break
+            await asyncio.sleep(self.click_delay)
+            _, result = await hub.execute(game_id, Click(seat=Seat.LISTENER, tangram_id=todo[0], at=hub.clock()), actor="model")
+            if isinstance(result, Rejection):
+                return "stale"
+        await asyncio.sleep(self.click_delay)
+        _, result = await hub.execute(game_id, Submit(seat=Seat.LISTENER, at=hub.clock()), actor="model")
+        return "stale" if isinstance(result, Rejection) else "applied"

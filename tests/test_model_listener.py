@@ -1,0 +1,204 @@
+"""A model listener in live games: real server, real database, a real policy worker process
+running a tiny random-weight Idefics2 built offline. Bot speakers play against it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.bot import BotClient, join, play_speaker
+from app.db.database import Database
+from app.db.models import ListenerRequest, WorkerHeartbeat
+from app.deploy import deploy_checkpoint
+from app.db.gamelog import load_state
+from policy_worker.prompt import apply_action, is_legal_action, letter_map
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from policy_worker.tiny import build_tiny_idefics2
+
+    return build_tiny_idefics2(tmp_path_factory.mktemp("tiny-idefics2"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
+    from policy_worker.tiny import make_tiny_lora
+
+    root = tmp_path_factory.mktemp("adapters")
+    return make_tiny_lora(tiny_model, root / "a", seed=1), make_tiny_lora(tiny_model, root / "b", seed=2)
+
+
+class WorkerProcess:
+    def __init__(self, database_url: str, base: Path, tangrams: Path, log_path: Path, lease: float = 20.0):
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--base", str(base), "--device", "cpu",
+             "--dtype", "float32", "--lease", str(lease), "--log-level", "info"],
+            cwd=ROOT,
+            env={**os.environ, "MULTIREF_DATABASE_URL": database_url, "MULTIREF_TANGRAMS": str(tangrams),
+                 "HF_HUB_OFFLINE": "1"},
+            stdout=open(log_path, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def start_worker(tmp_path, kilogram_dir):
+    started: list[WorkerProcess] = []
+
+    def start(database_url: str, base: Path, **kw) -> WorkerProcess:
+        w = WorkerProcess(database_url, base, kilogram_dir, tmp_path / f"worker-{len(started)}.log", **kw)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+MODEL_ENV = {
+    "MULTIREF_LISTENER": "model",
+    "MULTIREF_RULES__MAX_TURNS": "3",
+    "MULTIREF_RULES__MODEL_TURN_SECONDS": "60",
+    "MULTIREF_CLICK_DELAY_SECONDS": "0.05",
+}
+
+
+async def _requests(url: str, game_id: str) -> list[ListenerRequest]:
+    db = Database(url)
+    try:
+        async with db.session() as s:
+            rows = await s.execute(
+                select(ListenerRequest).where(ListenerRequest.game_id == game_id).order_by(ListenerRequest.turn)
+            )
+            return list(rows.scalars())
+    finally:
+        await db.close()
+
+
+async def _speaker_game(url: str, pid: str) -> tuple[BotClient, list[str]]:
+    bot = await BotClient(url, await join(url, {"PROLIFIC_PID": pid, "STUDY_ID": "s", "SESSION_ID": pid})).connect()
+    causes: list[str] = []
+    bot.on_state = lambda view, _t: causes.append(view.cause or "")
+    view = await bot.wait_for(lambda b: b.view, 20)
+    assert view.seat == "speaker" and view.listener_kind == "model"
+    return bot, causes
+
+
+async def test_bot_speakers_play_full_games_against_the_model_listener(start_server, start_worker, database_url, tiny_model):
+    server = start_server(database_url, **MODEL_ENV)
+    start_worker(database_url, tiny_model)
+    bots = [await _speaker_game(server.url, f"spk{i}") for i in range(2)]
+    views = await asyncio.gather(*(play_speaker(b, timeout=120) for b, _ in bots))
+    for (bot, causes), view in zip(bots, views):
+        assert view.phase == "ended" and view.end_reason in ("success", "max_turns"), view.end_reason
+        requests = await _requests(database_url, view.game_id)
+        assert [r.turn for r in requests] == list(range(1, view.turn + 1))
+        state = await _state(database_url, view.game_id)
+        letters = letter_map(state.config.listener_order)
+        for r, record in zip(requests, state.turns):
+            before = [letters[t] for t in record.selection_before]
+            assert is_legal_action(r.action, before), (r.action, before)
+            assert apply_action(before, r.action) == sorted(letters[t] for t in record.selection_after)
+            assert r.status == "applied"
+            assert 0 < r.prob_action <= 1 and 0 < r.prob_unconstrained <= r.prob_action + 1e-9
+            assert r.latency_s > 0 and r.model_input and "Assistant:" in r.model_input
+            assert r.worker_id and r.attempts == 1
+        clicks = causes.count("selection_toggled")
+        assert clicks == sum(len(_action_letters(r.action)) for r in requests)  # streamed one by one
+        await bot.close()
+
+
+def _action_letters(action: str) -> list[str]:
+    return [w for w in action.split() if len(w) == 1]
+
+
+async def _state(url: str, game_id: str):
+    db = Database(url)
+    try:
+        async with db.session() as s:
+            return await load_state(s, game_id)
+    finally:
+        await db.close()
+
+
+async def test_past_the_turn_deadline_the_game_ends_model_unavailable(start_server, sqlite_url):
+    server = start_server(sqlite_url, **{**MODEL_ENV, "MULTIREF_RULES__MODEL_TURN_SECONDS": "1.5"})
+    bot, _ = await _speaker_game(server.url, "alone")  # no worker runs
+    await bot.wait_for(lambda b: b.view.phase == "speaking")
+    await bot.say("the bird")
+    view = await bot.wait_for(lambda b: b.view.phase == "ended" and b.view.completion_code and b.view, 15)
+    assert view.end_reason == "model_unavailable" and view.outcome == "aborted"
+    assert view.pay is not None and view.pay.total_cents >= 0
+    await bot.close()
+
+
+async def test_a_turn_claimed_by_a_dead_worker_is_taken_over_after_its_lease(start_server, start_worker, pg_url, tiny_model, kilogram_dir):
+    from policy_worker.serve import PolicyWorker, WorkerOptions
+
+    server = start_server(pg_url, **MODEL_ENV)
+    bot, _ = await _speaker_game(server.url, "dies")
+    await bot.wait_for(lambda b: b.view.phase == "speaking")
+    await bot.say("the bird")
+    db = Database(pg_url)
+    doomed = PolicyWorker(db, WorkerOptions(systems=["model"], base=str(tiny_model), tangrams=kilogram_dir,
+                                            lease_seconds=2.0, worker_id="doomed"), policy=object())
+    claimed = []
+    for _ in range(50):
+        claimed = await doomed.claim(1)
+        if claimed:
+            break
+        await asyncio.sleep(0.1)
+    assert claimed and claimed[0].turn == 1  # claimed, then this "worker" dies without answering
+    start_worker(pg_url, tiny_model)
+    view = await bot.wait_for(lambda b: (b.view.turn == 2 or b.view.phase == "ended") and b.view, 90)
+    [request] = [r for r in await _requests(pg_url, view.game_id) if r.turn == 1]
+    assert request.attempts == 2 and request.worker_id != "doomed" and request.status == "applied"
+    await db.close()
+    await bot.close()
+
+
+async def test_hot_swap_keeps_running_games_on_their_checkpoint(start_server, start_worker, pg_url, tiny_model, tiny_adapters):
+    a, b = tiny_adapters
+    db = Database(pg_url)
+    await db.migrate()
+    async with db.session() as s, s.begin():
+        ck_a = (await deploy_checkpoint(s, "model", 1, str(tiny_model), str(a))).id
+    server = start_server(pg_url, **MODEL_ENV)
+    start_worker(pg_url, tiny_model)
+    first, _ = await _speaker_game(server.url, "early")
+    await first.wait_for(lambda b: b.view.phase == "speaking")
+    await first.say("select the bird")
+    await first.wait_for(lambda b: b.view.turn == 2 or b.view.phase == "ended", 90)
+    async with db.session() as s, s.begin():  # deploy round 2 while the first game is live
+        ck_b = (await deploy_checkpoint(s, "model", 2, str(tiny_model), str(b))).id
+    second, _ = await _speaker_game(server.url, "late")
+    v1, v2 = await asyncio.gather(play_speaker(first, timeout=120), play_speaker(second, timeout=120))
+    assert {r.checkpoint for r in await _requests(pg_url, v1.game_id)} == {ck_a}
+    assert {r.checkpoint for r in await _requests(pg_url, v2.game_id)} == {ck_b}
+    async with db.session() as s:
+        beats = list((await s.execute(select(WorkerHeartbeat))).scalars())
+    assert len(beats) == 1 and set(beats[0].checkpoints["loaded"]) == {ck_a, ck_b}  # no restart
+    assert time.time() - beats[0].beat_at < 10
+    await db.close()
+    await first.close()
+    await second.close()
