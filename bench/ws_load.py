@@ -187,6 +187,7 @@ class Generator:
         self.start_latencies: list[float] = []
         self.loop_lags: list[float] = []
         self.games_done = 0
+        self.actions_by_game: dict[str, list[ActionRecord]] = {}
 
     # ------------------------------------------------------------ phases
 
@@ -218,7 +219,6 @@ class Generator:
 
         await asyncio.gather(*(close(*g) for g in self.open_games.values()))
         await self.http.aclose()
-        self._resolve_latencies()
         return {
             "actions": [a.__dict__ for a in self.actions],
             "games": [
@@ -284,14 +284,18 @@ class Generator:
                 asyncio.create_task(self._listener(rec, li, sp)),
             ]
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            excs = [t.exception() for t in done if t.exception() is not None]
+            if excs and all(isinstance(e, Stop) for e in excs) and pending:
+                # the measurement ended: let the other seat finish its action in flight
+                more, pending = await asyncio.wait(pending, timeout=self.cfg.action_timeout + 5)
+                excs += [t.exception() for t in more if t.exception() is not None]
             for t in pending:
                 t.cancel()
-            for t in done:
-                exc = t.exception()
-                if isinstance(exc, Stop):
+            for exc in excs:
+                if not isinstance(exc, Stop):
                     raise exc
-                if exc is not None:
-                    raise exc
+            if excs:
+                raise excs[0]
             rec.outcome = sp.view.outcome
             self.games_done += 1
             finished = True
@@ -327,23 +331,12 @@ class Generator:
                 else:
                     a.latency = t - a.t_send
 
-    @property
-    def actions_by_game(self) -> dict[str, list[ActionRecord]]:
-        if not hasattr(self, "_by_game"):
-            self._by_game: dict[str, list[ActionRecord]] = {}
-        return self._by_game
-
-    def _resolve_latencies(self) -> None:
-        pass  # resolved per game in _finish_record
-
     async def _think(self, bounds: tuple[float, float]) -> None:
         await asyncio.sleep(self.rng.uniform(*bounds))
         if self.stopping:
             raise Stop()
 
     async def _act(self, rec: GameRecord, me: "Client", kind: str, frame, **extra) -> None:
-        from app.protocol import ErrorFrame  # noqa: F401  (documentation of what an error is)
-
         base = me.version
         n_errors = len(me.errors)
         payload = frame.model_dump_json()
@@ -521,9 +514,8 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if self.view is not None or not stoppable:
-                if (self.view is not None or not stoppable) and _safe(predicate, self):
-                    return
+            if _safe(predicate, self):
+                return
             if stoppable and self.gen.stopping:
                 raise Stop()
             if self.closed:
@@ -717,7 +709,7 @@ def pid_listening_on(url: str) -> int | None:
 class Sampler(threading.Thread):
     """Samples CPU time and RSS of the server, the generators and PostgreSQL."""
 
-    def __init__(self, server_pid: int | None, gen_pids: list[int], interval: float = 0.25) -> None:
+    def __init__(self, server_pid: int | None, gen_pids: list[int], interval: float = 0.5) -> None:
         super().__init__(daemon=True)
         import psutil
 
@@ -1063,7 +1055,7 @@ def report(runs: list[RunResult], baselines: dict[str, RunResult]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(150, shutil.get_terminal_size((150, 40)).columns))
+    console = Console(width=max(200, shutil.get_terminal_size((200, 40)).columns))
     t = Table(title="MultiRef Live websocket load (latency: send -> partner receives the state frame)")
     for col in ("db", "games", "sockets", "actions", "p50 ms", "p95 ms", "p99 ms", "max ms",
                 "events/s", "server CPU%", "peak RSS MB", "errors", "lost", "dup",

@@ -196,3 +196,43 @@ class Checkpoint(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     created_at: Mapped[float] = mapped_column(Float)
     deployed_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class Round(Base):
+    """A deployment period. Games carry the round they were played in."""
+
+    __tablename__ = "rounds"
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    note: Mapped[str] = mapped_column(Text, default="")
+    current: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuditEntry(Base):
+    """Every operator or admin action: who (a token fingerprint, never the token), what, when."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(200))
+    details: Mapped[dict] = mapped_column(JSONType, default=dict)
+
+
+class FeedbackLabel(Base):
+    """A retrospective label of one listener action, decoded from the speaker's next utterance."""
+
+    __tablename__ = "feedback_labels"
+    __table_args__ = (
+        UniqueConstraint("game_id", "turn", "decoder", "decoder_version", name="uq_feedback_label"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(32), ForeignKey("games.id"), index=True)
+    turn: Mapped[int] = mapped_column(Integer)
+    decoder: Mapped[str] = mapped_column(String(32))  # binary | ternary
+    decoder_version: Mapped[str] = mapped_column(String(64))
+    label: Mapped[int] = mapped_column(Integer)  # +1 | 0 | -1
+    heuristic: Mapped[int | None] = mapped_column(Integer)  # from targets, evaluation only
+    scores: Mapped[dict] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[float] = mapped_column(Float)
