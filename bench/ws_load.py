@@ -720,7 +720,7 @@ class Sampler(threading.Thread):
         self.samples: list[tuple[float, float, float, float, float]] = []  # t, srv, gen, pg, rss
         self.loads: list[float] = []
         self.peak_rss = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._pg: dict[int, object] = {}
 
     def _cpu(self, procs) -> float:
@@ -745,7 +745,7 @@ class Sampler(threading.Thread):
         return total
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             rss = 0
             if self.server is not None:
                 try:
@@ -763,10 +763,10 @@ class Sampler(threading.Thread):
                 )
             )
             self.loads.append(os.getloadavg()[0])
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
     def cpu_percent(self, t0: float, t1: float) -> tuple[float, float, float]:
@@ -986,11 +986,12 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
             cfg0 = children[0][1]
             spy_out = Path(args.py_spy).with_suffix(f".{db_kind}.{games}.txt")
             delay = max(0.0, cfg0.measure_start - time.time())
+            spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             spy = threading.Timer(delay, lambda: subprocess.Popen(
-                ["py-spy", "record", "--pid", str(server_pid), "--duration", str(int(duration)),
+                [spy_bin, "record", "--pid", str(server_pid), "--duration", str(int(duration)),
                  "--rate", "50", "--nonblocking", "--format", "raw", "-o", str(spy_out)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ) if shutil.which("py-spy") else None)
+            ) if Path(spy_bin).exists() else None)
             spy.daemon = True
             spy.start()
         results = []

@@ -132,8 +132,11 @@ def database_url(request, tmp_path: Path) -> str:
 class ServerProcess:
     """``multiref serve`` in a subprocess, which tests may kill -9 and start again."""
 
-    def __init__(self, database_url: str, tangrams: Path, log_dir: Path, **env: str) -> None:
+    def __init__(
+        self, database_url: str, tangrams: Path, log_dir: Path, args: tuple[str, ...] = (), **env: str
+    ) -> None:
         self.database_url = database_url
+        self.args = list(args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tangrams = tangrams
@@ -154,7 +157,7 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> "ServerProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning"],
+            [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning", *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -190,11 +193,11 @@ class ServerProcess:
 
 @pytest.fixture
 def start_server(tmp_path: Path, kilogram_dir: Path):
-    """Factory: start_server(database_url, **env) -> ServerProcess (stopped at teardown)."""
+    """Factory: start_server(database_url, args=(...), **env) -> ServerProcess (stopped at teardown)."""
     started: list[ServerProcess] = []
 
-    def start(database_url: str, **env: str) -> ServerProcess:
-        server = ServerProcess(database_url, kilogram_dir, tmp_path, **env).start()
+    def start(database_url: str, args: tuple[str, ...] = (), **env: str) -> ServerProcess:
+        server = ServerProcess(database_url, kilogram_dir, tmp_path, args, **env).start()
         started.append(server)
         return server
 

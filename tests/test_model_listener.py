@@ -202,3 +202,15 @@ async def test_hot_swap_keeps_running_games_on_their_checkpoint(start_server, st
     await db.close()
     await first.close()
     await second.close()
+
+
+async def test_serve_with_worker_runs_the_model_listener_in_process(start_server, sqlite_url, tiny_model):
+    """Zero setup: one command serves games against a model listener on one machine."""
+    server = start_server(
+        sqlite_url, args=("--with-worker", "--base", str(tiny_model), "--device", "cpu"), **MODEL_ENV
+    )
+    bot, causes = await _speaker_game(server.url, "solo")
+    view = await play_speaker(bot, timeout=120)
+    assert view.end_reason in ("success", "max_turns")
+    assert all(r.status == "applied" for r in await _requests(sqlite_url, view.game_id))
+    await bot.close()
