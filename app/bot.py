@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,23 @@ class BotError(RuntimeError):
     pass
 
 
+class ActionRejected(BotError):
+    """The server answered an action with an error frame (``code`` says why; ``version`` is
+    the server's current version, sent with stale actions)."""
+
+    def __init__(self, message: str, code: str, version: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.version = version
+
+
+# With ``reconnect=True`` these rejections are races with a drop or with the partner, not bugs:
+# the action may have been applied before the connection broke, or the game moved on meanwhile.
+RACE_CODES = frozenset({"stale_version", "not_your_turn", "game_ended", "busy", "rate_limited"})
+# Errors after which reopening the connection cannot help.
+FATAL_CODES = frozenset({"bad_token"})
+
+
 def ws_url(base_url: str) -> str:
     return re.sub(r"^http", "ws", base_url.rstrip("/")) + "/ws"
 
@@ -60,6 +78,10 @@ async def join(base_url: str, params: dict[str, str] | None = None, consent: boo
 
 @dataclass
 class BotClient:
+    """A player over one websocket. With ``reconnect=True`` a dropped connection (server killed,
+    network cut, database restarting) is reopened with backoff and ``hello`` is sent again with
+    the same token, which resumes the same seat; actions wait for the fresh view first."""
+
     base_url: str
     token: str
     view: GameView | None = None
@@ -72,14 +94,45 @@ class BotClient:
     _ws: object = None
     _reader: asyncio.Task | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # --- auto-reconnect (off by default: a drop ends the bot, as before)
+    reconnect: bool = False
+    reconnect_delay: float = 0.1  # first wait before reopening; doubles up to the maximum
+    reconnect_max_delay: float = 2.0
+    reconnect_timeout: float = 120.0  # give up after this long without a working connection
+    reconnects: int = 0  # connections reopened so far
+    drops: int = 0  # connections lost so far
+    gave_up: bool = False
+    resyncs: int = 0  # connections dropped on purpose to fetch the current view again
+    sent: Counter = field(default_factory=Counter)  # frames sent by type (actions, pings …)
+    _fresh: bool = False  # a view (or lobby/release) arrived on the current connection
+    _closing: bool = False
 
     async def connect(self) -> "BotClient":
-        self._ws = await websockets.connect(ws_url(self.base_url), max_size=2**20, open_timeout=20)
-        await self._ws.send(HelloFrame(token=self.token).model_dump_json())
+        self._ws = await self._open()
         self._reader = asyncio.create_task(self._read())
         return self
 
+    async def _open(self):
+        ws = await websockets.connect(ws_url(self.base_url), max_size=2**20, open_timeout=20)
+        self._fresh = False
+        await ws.send(HelloFrame(token=self.token).model_dump_json())
+        self.sent["hello"] += 1
+        return ws
+
+    @property
+    def local_port(self) -> int | None:
+        """The client-side port of the current connection (a proxy can cut exactly this one)."""
+        try:
+            return self._ws.local_address[1]
+        except Exception:
+            return None
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and getattr(self._ws, "state", None) is websockets.State.OPEN
+
     async def close(self) -> None:
+        self._closing = True
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
@@ -90,30 +143,65 @@ class BotClient:
 
     async def _read(self) -> None:
         try:
-            async for raw in self._ws:
-                frame = SERVER_FRAME.validate_json(raw)
-                now = time.time()
-                self.frames += 1
+            while True:
+                try:
+                    async for raw in self._ws:
+                        await self._receive(raw)
+                except (websockets.ConnectionClosed, OSError):
+                    pass
+                if not self.reconnect or self._closing:
+                    return
+                self.drops += 1
                 async with self._changed:
-                    if isinstance(frame, StateFrame):
-                        if self.view is None or frame.view.version >= self.view.version:
-                            self.view = frame.view
-                        if self.on_state:
-                            self.on_state(frame.view, now)
-                    elif isinstance(frame, ErrorFrame):
-                        self.errors.append(frame)
-                    elif isinstance(frame, LobbyFrame):
-                        self.lobby = frame
-                    elif isinstance(frame, ReleasedFrame):
-                        self.released = frame
-                    elif isinstance(frame, WelcomeFrame):
-                        self.welcome = frame
+                    self._fresh = False
                     self._changed.notify_all()
-        except websockets.ConnectionClosed:
-            pass
+                if not await self._reopen():
+                    return
         finally:
             async with self._changed:
                 self._changed.notify_all()
+
+    async def _reopen(self) -> bool:
+        """Reopen the connection with exponential backoff; False once it is hopeless."""
+        if self.errors and self.errors[-1].code in FATAL_CODES:
+            self.gave_up = True
+            return False
+        delay = self.reconnect_delay
+        give_up_at = time.monotonic() + self.reconnect_timeout
+        while not self._closing and time.monotonic() < give_up_at:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_delay)
+            try:
+                self._ws = await self._open()
+            except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed, TimeoutError):
+                continue
+            self.reconnects += 1
+            return True
+        self.gave_up = not self._closing
+        return False
+
+    async def _receive(self, raw) -> None:
+        frame = SERVER_FRAME.validate_json(raw)
+        now = time.time()
+        self.frames += 1
+        async with self._changed:
+            if isinstance(frame, StateFrame):
+                if self.view is None or frame.view.version >= self.view.version:
+                    self.view = frame.view
+                self._fresh = True
+                if self.on_state:
+                    self.on_state(frame.view, now)
+            elif isinstance(frame, ErrorFrame):
+                self.errors.append(frame)
+            elif isinstance(frame, LobbyFrame):
+                self.lobby = frame
+                self._fresh = True
+            elif isinstance(frame, ReleasedFrame):
+                self.released = frame
+                self._fresh = True
+            elif isinstance(frame, WelcomeFrame):
+                self.welcome = frame
+            self._changed.notify_all()
 
     async def send_raw(self, text: str) -> None:
         await self._ws.send(text)
@@ -139,14 +227,55 @@ class BotClient:
 
     async def _act(self, frame, timeout: float = 20.0) -> None:
         """Send one action and wait for the server's answer (a newer view or an error)."""
+        if self.reconnect:
+            await self._act_resilient(frame, timeout)
+            return
         version = self.view.version
         n_errors = len(self.errors)
         await self._ws.send(frame.model_dump_json())
+        self.sent[frame.type] += 1
         await self.wait_for(
             lambda b: (b.view and b.view.version > version) or len(b.errors) > n_errors, timeout
         )
         if len(self.errors) > n_errors:
-            raise BotError(f"{type(frame).__name__} rejected: {self.errors[-1]}")
+            error = self.errors[-1]
+            raise ActionRejected(f"{type(frame).__name__} rejected: {error}", error.code, error.version)
+
+    async def _act_resilient(self, frame, timeout: float) -> None:
+        """``_act`` across drops: wait for a working connection and a fresh view, send, and
+        return once answered or once the connection was reopened (the action's fate is then
+        unknown: the caller reads the view again and decides anew)."""
+        await self.wait_for(lambda b: (b._fresh and b.connected) or b.gave_up, timeout)
+        if self.gave_up:
+            raise BotError("the connection could not be reopened")
+        version = self.view.version if self.view else -1
+        n_errors, epoch = len(self.errors), self.reconnects
+        try:
+            await self._ws.send(frame.model_dump_json())
+            self.sent[frame.type] += 1
+        except websockets.ConnectionClosed:
+            pass
+        await self.wait_for(
+            lambda b: (b.view and b.view.version > version)
+            or len(b.errors) > n_errors
+            or (b.reconnects > epoch and b._fresh)
+            or b.gave_up,
+            timeout,
+        )
+        if len(self.errors) > n_errors and self.reconnects == epoch:
+            error = self.errors[-1]
+            raise ActionRejected(f"{type(frame).__name__} rejected: {error}", error.code, error.version)
+
+    async def resync(self) -> None:
+        """Drop the connection on purpose (``reconnect=True``): the reconnect's ``hello`` brings
+        the whole current view, as a browser reload does."""
+        self.resyncs += 1
+        async with self._changed:
+            self._fresh = False
+        try:
+            self._ws.transport.abort()
+        except Exception:
+            pass
 
     async def say(self, text: str) -> None:
         await self._act(UtteranceFrame(version=self.view.version, text=text))
@@ -159,6 +288,7 @@ class BotClient:
 
     async def leave(self) -> None:
         await self._ws.send(LeaveFrame().model_dump_json())
+        self.sent["leave"] += 1
 
     async def select_exactly(self, wanted: set[str]) -> None:
         """Toggle images until the selection is ``wanted`` (deselect first), then submit."""
@@ -226,6 +356,66 @@ async def play_listener(bot: BotClient, mistakes: int = 0, timeout: float = 60) 
         known = {t.tangram_id for t in view.tiles}
         deselect, select = parse_scripted(view.messages[-1].text, known)
         await bot.select_exactly((current - deselect) | select)
+
+
+def _actionable(view: GameView) -> bool:
+    if view.phase == "ended":
+        return True
+    if view.seat == "speaker":
+        return view.phase == "speaking" and not any(m.turn == view.turn for m in view.messages)
+    return view.phase == "selecting" and not view.turn_submitted
+
+
+async def play_resilient(bot: BotClient, timeout: float = 120) -> GameView:
+    """Play the bot's seat (either one) to the end, deciding every action from the latest view.
+
+    Made for bots with ``reconnect=True``: an action whose answer was lost in a drop is never
+    repeated blindly; the view after reconnecting says whether it happened, and the next action
+    is chosen from it (the listener clicks one image at a time towards the scripted selection).
+    Rejections caused by races (``RACE_CODES``) are expected and skipped.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(0.01, deadline - time.monotonic())
+        view = await bot.wait_for(
+            lambda b: b._fresh and b.view is not None and _actionable(b.view) and b.view, left
+        )
+        if view.phase == "ended":
+            return view
+        try:
+            if view.seat == "speaker":
+                await bot.say(scripted_utterance(view))
+                continue
+            current = {t.tangram_id for t in view.tiles if t.selected}
+            message = next((m.text for m in reversed(view.messages) if m.turn == view.turn), "")
+            deselect, select = parse_scripted(message, {t.tangram_id for t in view.tiles})
+            wanted = (current - deselect) | select
+            todo = sorted(current - wanted) + sorted(wanted - current)
+            if todo:
+                await bot.click(todo[0])
+            else:
+                await bot.submit()
+        except ActionRejected as exc:
+            if exc.code not in RACE_CODES:
+                raise
+            if exc.code == "rate_limited":
+                await asyncio.sleep(0.5)
+            elif exc.code == "stale_version" and exc.version is not None:
+                if bot.view.version < exc.version:
+                    # the server is ahead of our view: its newer view should be on its way
+                    try:
+                        await bot.wait_for(lambda b: b.view.version >= exc.version and b._fresh, 2.0)
+                    except BotError:
+                        if bot.reconnect:
+                            await bot.resync()  # it did not come: fetch it, as a reload would
+                elif bot.view.version > exc.version:
+                    await asyncio.sleep(0.2)  # that server has not caught up yet
+            else:  # the game moved on without our view knowing: wait for it, else fetch it
+                try:
+                    await bot.wait_for(lambda b: b.view.version > view.version and b._fresh, 1.0)
+                except BotError:
+                    if bot.reconnect:
+                        await bot.resync()
 
 
 @dataclass

@@ -22,6 +22,14 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema and consistency.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tangrams_app, name="tangrams")
+from learning.cli import learning_commands
+learning_commands(app)
+from app.opscli import ops_app  # noqa: E402  (operator commands: export, import, systems, round, block)
+
+for c in ops_app.registered_commands:
+    app.registered_commands.append(c)
+for g in ops_app.registered_groups:
+    app.registered_groups.append(g)
 console = Console()
 
 

@@ -639,7 +639,9 @@ class FreshDatabase:
 class Server:
     """``python -m app.cli serve`` in a subprocess, as tests/conftest.py's ServerProcess."""
 
-    def __init__(self, database_url: str, log_dir: Path, extra_env: dict[str, str]) -> None:
+    def __init__(self, database_url: str, log_dir: Path, extra_env: dict[str, str],
+                 wrapper: str | None = None) -> None:
+        self.wrapper = wrapper
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"server-{self.port}.log"
@@ -663,7 +665,8 @@ class Server:
 
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning"],
+            [sys.executable, self.wrapper] if self.wrapper
+            else [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
@@ -956,7 +959,7 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
         db = FreshDatabase(db_kind, args.pg_dsn, workdir)
         database_url = db.url
         extra = dict(kv.split("=", 1) for kv in args.server_env)
-        server = Server(db.url, workdir, extra).start()
+        server = Server(db.url, workdir, extra, args.server_wrapper).start()
         url = server.url
         server_pid = server.pid
     try:
@@ -987,13 +990,21 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
             spy_out = Path(args.py_spy).with_suffix(f".{db_kind}.{games}.txt")
             delay = max(0.0, cfg0.measure_start - time.time())
             spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            spy = threading.Timer(delay, lambda: subprocess.Popen(
-                [spy_bin, "record", "--pid", str(server_pid), "--duration", str(int(duration)),
-                 "--rate", "50", "--nonblocking", "--format", "raw", "-o", str(spy_out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ) if Path(spy_bin).exists() else None)
-            spy.daemon = True
-            spy.start()
+            targets = [(server_pid, spy_out), (children[0][0].pid, spy_out.with_suffix(".gen.txt"))]
+            for pid, out in targets:
+                spy = threading.Timer(delay, lambda pid=pid, out=out: subprocess.Popen(
+                    [spy_bin, "record", "--pid", str(pid), "--duration", str(int(duration)),
+                     "--rate", "100", "--nonblocking", "--gil", "--format", "raw", "-o", str(out)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ) if Path(spy_bin).exists() else None)
+                spy.daemon = True
+                spy.start()
+        if args.server_wrapper and server is not None:  # a profiler: profile the window only
+            cfg0 = children[0][1]
+            for at, sig in ((cfg0.measure_start, signal.SIGUSR1), (cfg0.measure_end, signal.SIGUSR2)):
+                timer = threading.Timer(max(0.0, at - time.time()), os.kill, (server.pid, sig))
+                timer.daemon = True
+                timer.start()
         results = []
         wait_s = args.ramp + args.settle + duration + args.action_timeout + 120
         for _ in children:
@@ -1078,13 +1089,15 @@ def report(runs: list[RunResult], baselines: dict[str, RunResult]) -> None:
         )
     console.print(t)
     d = Table(title="Diagnostics")
-    for col in ("db", "games", "actions/s", "games done", "ack p99 ms", "start p99 ms",
+    for col in ("db", "games", "actions/s", "games done", "srv CPU ms/action", "ack p99 ms", "start p99 ms",
                 "gen loop lag p99 ms", "gen CPU%", "pg CPU% (all)", "load avg (1m, max)",
                 "log checked", "error kinds", "lost/dup details"):
         d.add_column(col, justify="left" if col in ("db", "error kinds", "lost/dup details") else "right")
     for r in runs:
         d.add_row(
-            r.db, str(r.games), fmt(r.actions_per_s), str(r.games_done), fmt(r.ack_ms["p99"]),
+            r.db, str(r.games), fmt(r.actions_per_s), str(r.games_done),
+            fmt(10 * r.server_cpu / r.actions_per_s if r.actions_per_s else math.nan, 2),
+            fmt(r.ack_ms["p99"]),
             fmt(r.start_p99_ms), fmt(r.loop_lag_p99_ms), fmt(r.gen_cpu, 0), fmt(r.pg_cpu, 0),
             fmt(r.load, 2), "yes" if r.db_checked else "no",
             ", ".join(f"{k}={v}" for k, v in sorted(r.error_kinds.items())) or "-",
@@ -1109,7 +1122,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="speaker's think time after its turn starts")
     p.add_argument("--click-gap", type=float, nargs=2, default=(0.25, 0.35), metavar=("MIN", "MAX"),
                    help="listener's time before each click and before submitting")
-    p.add_argument("--targets-per-turn", type=int, default=2,
+    p.add_argument("--targets-per-turn", type=int, default=1,
                    help="missing targets the speaker names per message")
     p.add_argument("--wrong-click-rate", type=float, default=0.25,
                    help="chance per turn that the listener also clicks a wrong image")
@@ -1125,6 +1138,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra environment for the started server (repeatable)")
     p.add_argument("--py-spy", default=None, metavar="PREFIX",
                    help="record the server with py-spy (raw collapsed stacks) during the window")
+    p.add_argument("--server-wrapper", default=None, metavar="SCRIPT",
+                   help="start the server as `python SCRIPT` (e.g. a profiler around app.cli); it gets "
+                   "SIGUSR1 when the measurement window opens and SIGUSR2 when it closes")
     p.add_argument("--keep-db", action="store_true")
     p.add_argument("--keep-logs", action="store_true")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")

@@ -188,8 +188,13 @@ async function boot() {
     showNotice(
       "Preview",
       "This is a preview of a two-player picture game. Accept the HIT to start: you will read " +
-        "a consent form and short instructions, then play with a partner for up to about 10 minutes.",
+        "a consent form and short instructions, then play with a partner for up to about 10 minutes. " +
+        "How the game works is shown below.",
     );
+    // the rules and the worked example, to read only
+    $("screen-instructions").hidden = false;
+    $("instructions-continue").hidden = true;
+    for (const step of document.querySelectorAll("#screen-instructions .step")) step.hidden = true;
     return;
   }
   session = loadSession();
@@ -468,8 +473,8 @@ function showLobby(frame) {
       ? "you will play with a computer partner instead."
       : "you are paid for your waiting time and get a completion code.";
   const others = Math.max(0, (frame.waiting_players || 1) - 1);
-  $("lobby-status").textContent =
-    others > 0 ? `Looking for a partner (${others} other worker${others === 1 ? "" : "s"} waiting)…` : "Looking for a partner…";
+  $("lobby-others").textContent =
+    others > 0 ? `${others} other worker${others === 1 ? " is" : "s are"} waiting too.` : "";
   const update = () => {
     const waited = (performance.now() - since) / 1000;
     $("lobby-waited").textContent = formatClock(waited);

@@ -248,8 +248,12 @@ export class GameScreen {
       }
     }
     if (view.seat === "speaker" && view.phase === "speaking" && !this.input.value) {
-      const kept = sessionStorage.getItem(this.draftKey());
-      if (kept) this.input.value = kept;
+      try {
+        const kept = sessionStorage.getItem(this.draftKey()); // typed before a reload
+        if (kept) this.input.value = kept;
+      } catch {
+        /* storage disabled */
+      }
     }
     this.render();
     this.pump();
@@ -371,11 +375,19 @@ export class GameScreen {
   }
 
   pump() {
-    if (this.inflight && Date.now() - this.inflight.sentAt > INFLIGHT_LIMIT_MS) this.inflight = null;
+    let changed = false;
+    if (this.inflight && Date.now() - this.inflight.sentAt > INFLIGHT_LIMIT_MS) {
+      this.inflight = null; // no answer: the newest view tells what happened
+      changed = true;
+    }
     const v = this.view;
-    if (this.inflight || !v || !this.connected || v.version < this.minVersion) return;
+    if (this.inflight || !v || !this.connected || v.version < this.minVersion) {
+      if (changed && v) this.render();
+      return;
+    }
     while (this.queue.length) {
       const action = this.queue[0];
+      changed = true;
       if (!this.stillValid(action, v)) {
         this.queue.shift();
         continue;
@@ -388,7 +400,7 @@ export class GameScreen {
       setTimeout(() => this.pump(), INFLIGHT_LIMIT_MS + 100);
       break;
     }
-    this.render();
+    if (changed) this.render();
   }
 
   // ------------------------------------------------------------ drafts
@@ -494,7 +506,9 @@ export class GameScreen {
         : "The pictures in a dark frame are the targets. Your partner sees them in another order."
       : ended
         ? "The targets are now shown in a dark frame. Green = correct, red = wrong."
-        : "Click a picture to select it, click again to deselect. Only the speaker knows the targets.";
+        : v.phase === "selecting"
+          ? "Click a picture to select it, click again to deselect. Only the speaker knows the targets."
+          : "Wait for the speaker's message, then select the pictures it describes.";
     $("board-legend").textContent = speaker && !ended
       ? "Blue = your partner's selection (live). After they submit: green = correct, red = wrong."
       : "";
@@ -554,8 +568,15 @@ export class GameScreen {
     const speaker = v.seat === "speaker";
     if (v.phase === "ended") {
       tone = v.outcome === "successful" ? "good" : v.outcome === "unsuccessful" ? "bad" : "warn";
-      main = `${endTitle(v)} ${endReasonText(v)}`;
-      note = "Your pay and completion code are shown with the messages.";
+      main =
+        v.outcome === "successful"
+          ? `Success! ${endReasonText(v)}`
+          : v.outcome === "unsuccessful"
+            ? `Game over. ${endReasonText(v)}`
+            : endReasonText(v);
+      note = `Your completion code and pay are shown ${
+        window.matchMedia("(max-width: 900px)").matches ? "below the pictures" : "on the right"
+      }.`;
     } else if (v.phase === "waiting") {
       main = "Waiting for your partner to open the game…";
       note = "This usually takes a few seconds.";
@@ -584,7 +605,11 @@ export class GameScreen {
       main = this.submitPending()
         ? "Submitting your selection…"
         : "Select the pictures the speaker describes, then press Submit.";
-      note = "Click a picture to select it, click it again to deselect. Your selection carries over between turns.";
+      const last = v.messages.length ? v.messages[v.messages.length - 1] : null;
+      note =
+        last && last.turn === v.turn
+          ? `The speaker says: “${last.text}”`
+          : "Click a picture to select it, click it again to deselect.";
     }
     if (v.phase !== "ended") {
       if (v.idle_warning) {
@@ -707,13 +732,16 @@ export class GameScreen {
       value = "";
     } else if (v.deadline) {
       const left = v.deadline - now;
-      label = v.phase === "speaking" ? "Speaker's time" : v.phase === "selecting" ? "Time to select" : "Time left";
+      const mine = (v.phase === "speaking") === (v.seat === "speaker");
+      if (v.phase === "speaking") label = mine ? "Time to write" : "Speaker's time";
+      else if (v.phase === "selecting") label = mine ? "Time to select" : "Listener's time";
       value = formatClock(left);
       low = left <= 10;
     }
     if ($("timer-label").textContent !== label) $("timer-label").textContent = label;
     if ($("timer-value").textContent !== value) $("timer-value").textContent = value;
     timer.classList.toggle("low", low);
+    timer.classList.toggle("ended", v.phase === "ended");
     timer.setAttribute("aria-label", `${label} ${value}`.trim());
     const typing = $("typing-time");
     if (v.seat === "speaker" && v.phase === "speaking") {

@@ -28,6 +28,7 @@ from app.game.rules import (
     Command,
     Disconnect,
     EndReason,
+    IdleWarning,
     Event,
     GameConfig,
     GameCreated,
@@ -39,14 +40,21 @@ from app.game.rules import (
     ListenerKind,
     Outcome,
     Phase,
+    PlayerDisconnected,
+    PlayerJoined,
+    PlayerReconnected,
     Rejection,
     Seat,
     SelectionSubmitted,
+    SelectionToggled,
     SendUtterance,
     Submit,
     Tick,
+    TurnStarted,
+    UtteranceSent,
     decide,
     event_from_dict,
+    evolve,
     game_pay,
     new_game,
     replay,
@@ -55,19 +63,17 @@ from app.game.rules import (
 from app.protocol import GameView
 
 
-def _register(name: str, **kwargs) -> None:
-    try:
-        settings.get_profile(name)  # keep a profile the lead's conftest may have registered
-    except InvalidArgument:
-        settings.register_profile(name, **kwargs)
-
-
-_register("ci", max_examples=200, deadline=None)
-_register("long", max_examples=2000, deadline=None)
+# Own profile names, so that neither hypothesis's built-in "ci" profile (100 derandomized
+# examples) nor any profile registered elsewhere is clobbered or silently used instead.
+settings.register_profile("rules-ci", max_examples=200, deadline=None, print_blob=True)
+settings.register_profile("rules-long", max_examples=2000, deadline=None, print_blob=True)
+_PROFILE_NAME = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 try:
-    _PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+    _PROFILE = settings.get_profile(
+        {"ci": "rules-ci", "long": "rules-long"}.get(_PROFILE_NAME, _PROFILE_NAME)
+    )
 except InvalidArgument:
-    _PROFILE = settings.get_profile("ci")
+    _PROFILE = settings.get_profile("rules-ci")
 PROPS = settings(
     _PROFILE,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -158,7 +164,9 @@ KINDS = (
     + ["tick_before"] * 4
     + ["leave", "admin"]
 )
-COOPERATIVE_LISTENER = ["click_toward"] * 4 + ["click"] * 2 + ["submit"] * 2 + ["tick_deadline"]
+COOPERATIVE_LISTENER = (
+    ["click_toward"] * 4 + ["click_missing"] * 2 + ["click"] * 2 + ["submit"] * 3 + ["tick_deadline"]
+)
 SEATS = st.sampled_from(list(Seat))
 MOSTLY_SPEAKER = st.sampled_from([Seat.SPEAKER] * 4 + [Seat.LISTENER])
 MOSTLY_LISTENER = st.sampled_from([Seat.LISTENER] * 4 + [Seat.SPEAKER])
@@ -201,6 +209,10 @@ def draw_command(data, state: GameState, now: float, cooperative: bool = False) 
     if kind == "click_toward":
         wrong = sorted(state.selection ^ state.targets)
         tid = data.draw(st.sampled_from(wrong)) if wrong else data.draw(st.sampled_from(CONTEXT))
+        return Click(seat=Seat.LISTENER, tangram_id=tid, at=at)
+    if kind == "click_missing":  # select targets, then extras: supersets get submitted
+        missing = sorted(state.targets - state.selection) or sorted(set(CONTEXT) - state.selection)
+        tid = data.draw(st.sampled_from(missing or list(CONTEXT)))
         return Click(seat=Seat.LISTENER, tangram_id=tid, at=at)
     if kind == "submit":
         seat = Seat.LISTENER if cooperative else data.draw(MOSTLY_LISTENER)
@@ -310,6 +322,143 @@ def expected_rejection(state: GameState, cmd: Command) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- reference model of §1
+# An independent statement of what each accepted command causes, used as an oracle for decide.
+
+
+def _ended(reason: EndReason, at: float, note: str = "") -> GameEnded:
+    return GameEnded(
+        reason=reason, outcome=OUTCOME_OF.get(reason, Outcome.ABORTED), at=at, note=note
+    )
+
+
+def _after_submission(state: GameState, at: float, auto: bool) -> list[Event]:
+    submitted = SelectionSubmitted(
+        turn=state.turn, selection=tuple(sorted(state.selection)), auto=auto, at=at
+    )
+    if state.selection == state.targets:
+        return [submitted, _ended(EndReason.SUCCESS, at)]
+    if state.turn == state.rules.max_turns:
+        return [submitted, _ended(EndReason.MAX_TURNS, at)]
+    return [submitted, TurnStarted(turn=state.turn + 1, at=at)]
+
+
+def _idle_event(state: GameState, seat: Seat, at: float) -> Event:
+    r = state.rules
+    warned = sum(1 for s, _ in state.warnings if s is seat)
+    if r.idle_policy == "end" or warned == r.max_idle_warnings:
+        reason = EndReason.SPEAKER_IDLE if seat is Seat.SPEAKER else EndReason.LISTENER_IDLE
+        return _ended(reason, at)
+    return IdleWarning(seat=seat, turn=state.turn, deadline=at + r.idle_extension_seconds, at=at)
+
+
+def _first_due(state: GameState, cmd: Tick) -> list[Event]:
+    """The events of the earliest deadline due at ``cmd.at`` (graces first on a tie)."""
+    r, at = state.rules, cmd.at
+    due = [
+        (since + r.disconnect_grace_seconds, 0, i, seat)
+        for i, (seat, since) in enumerate(state.disconnected_since)
+    ]
+    if state.phase is Phase.WAITING:
+        due.append((state.created_at + r.join_timeout_seconds, 1, 0, None))
+    elif state.phase_deadline is not None:
+        due.append((state.phase_deadline, 1, 0, None))
+    due = [d for d in due if d[0] <= at]
+    if not due:
+        return []
+    _, kind, _, seat = min(due)
+    if kind == 0:
+        return [
+            _ended(
+                EndReason.SPEAKER_DISCONNECTED
+                if seat is Seat.SPEAKER
+                else EndReason.LISTENER_DISCONNECTED,
+                at,
+            )
+        ]
+    if state.phase is Phase.WAITING:
+        humans = {Seat.SPEAKER} | (
+            {Seat.LISTENER} if state.listener_kind is ListenerKind.HUMAN else set()
+        )
+        missing = " ".join(sorted(humans - state.joined))
+        return [_ended(EndReason.JOIN_TIMEOUT, at, note=missing)]
+    if state.phase is Phase.SPEAKING:
+        draft = " ".join(cmd.speaker_draft.split())[: r.max_utterance_chars].strip()
+        if draft:
+            return [UtteranceSent(turn=state.turn, text=draft, auto=True, at=at)]
+        return [_idle_event(state, Seat.SPEAKER, at)]
+    if state.listener_kind is ListenerKind.MODEL:
+        return [_ended(EndReason.MODEL_UNAVAILABLE, at)]
+    if state.turns[-1].clicks:
+        return _after_submission(state, at, auto=True)
+    return [_idle_event(state, Seat.LISTENER, at)]
+
+
+def expected_events(state: GameState, cmd: Command) -> list[Event]:
+    """What an accepted command causes according to MULTIREF.md §1."""
+    if isinstance(cmd, Tick):
+        events: list[Event] = []
+        for _ in range(8):  # the engine handles a bounded cascade of deadlines per Tick
+            if state.ended:
+                break
+            more = _first_due(state, cmd)
+            if not more:
+                break
+            for e in more:
+                state = evolve(state, e)
+            events += more
+        return events
+    at = cmd.at
+    if isinstance(cmd, Join):
+        if cmd.seat not in state.joined:
+            humans = {Seat.SPEAKER} | (
+                {Seat.LISTENER} if state.listener_kind is ListenerKind.HUMAN else set()
+            )
+            starts = state.phase is Phase.WAITING and humans <= state.joined | {cmd.seat}
+            return [PlayerJoined(seat=cmd.seat, at=at)] + (
+                [TurnStarted(turn=1, at=at)] if starts else []
+            )
+        if any(seat is cmd.seat for seat, _ in state.disconnected_since):
+            return [PlayerReconnected(seat=cmd.seat, at=at)]
+        return []
+    if isinstance(cmd, Disconnect):
+        return [PlayerDisconnected(seat=cmd.seat, at=at)] if cmd.seat in state.connected else []
+    if isinstance(cmd, Leave):
+        reason = EndReason.SPEAKER_LEFT if cmd.seat is Seat.SPEAKER else EndReason.LISTENER_LEFT
+        return [_ended(reason, at)]
+    if isinstance(cmd, AdminEnd):
+        return [_ended(cmd.reason, at, note=cmd.note)]
+    if isinstance(cmd, SendUtterance):
+        return [UtteranceSent(turn=state.turn, text=" ".join(cmd.text.split()), at=at)]
+    if isinstance(cmd, Click):
+        selected = cmd.tangram_id not in state.selection
+        tid = cmd.tangram_id
+        return [SelectionToggled(turn=state.turn, tangram_id=tid, selected=selected, at=at)]
+    assert isinstance(cmd, Submit)
+    return _after_submission(state, at, auto=False)
+
+
+def check_deadlines(before: GameState, events: list[Event], after: GameState) -> None:
+    """The phase deadline that the last event of a step sets (MULTIREF.md §1 timers)."""
+    if not events or after.ended:
+        return
+    r, last = after.rules, events[-1]
+    if isinstance(last, TurnStarted):
+        assert after.phase_deadline == last.at + r.speaker_seconds
+    elif isinstance(last, UtteranceSent):
+        if after.listener_kind is ListenerKind.MODEL:
+            assert after.phase_deadline == last.at + r.model_turn_seconds
+        else:
+            started = after.current_turn.started_at
+            assert after.phase_deadline == max(
+                started + r.turn_seconds, last.at + r.selection_seconds
+            )
+    elif isinstance(last, IdleWarning):
+        assert after.phase_deadline == last.deadline == last.at + r.idle_extension_seconds
+    else:
+        assert after.phase_deadline == before.phase_deadline
+
+
 # ---------------------------------------------------------------- invariants of every state
 
 
@@ -324,6 +473,11 @@ def check_state(state: GameState, log: list[Event]) -> None:
     assert set(per_turn) <= set(range(1, state.turn + 1))
     assert all(len(m.text) <= rules.max_utterance_chars and m.text.strip() for m in state.messages)
     assert all(m.text == " ".join(m.text.split()) for m in state.messages)
+    # A grace clock runs exactly for the joined human seats that are not connected.
+    humans = set(Seat) if state.listener_kind is ListenerKind.HUMAN else {Seat.SPEAKER}
+    dropped = [seat for seat, _ in state.disconnected_since]
+    assert len(dropped) == len(set(dropped))
+    assert set(dropped) == (state.joined - state.connected) & humans
     # The version counts the events applied, GameCreated included.
     assert state.version == len(log)
     assert [e.at for e in log] == sorted(e.at for e in log)
@@ -400,6 +554,17 @@ def test_a_rejected_command_changes_nothing(data) -> None:
                 assert (s.cmd.tangram_id in s.after.selection) != (
                     s.cmd.tangram_id in s.before.selection
                 )
+
+
+@PROPS
+@given(data=st.data())
+def test_decide_agrees_with_a_reference_model(data) -> None:
+    run = start(data)
+    for s in play(data, run, data.draw(STEPS, label="steps")):
+        if isinstance(s.result, Rejection):
+            continue
+        assert s.result == expected_events(s.before, s.cmd), s.cmd
+        check_deadlines(s.before, s.result, s.after)
 
 
 @PROPS

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sqlite3
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from alembic import command
@@ -58,11 +60,119 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+# The event log's hot path (``GameHub`` appending a player's action) bypasses the ORM session:
+# on SQLite it writes through one plain sqlite3 connection synchronously on the event loop (no
+# thread hop, never waits for a lock), on PostgreSQL through a small asyncpg pool of its own
+# (prepared statements, no pre-ping round trips). See ``app.db.gamelog.append_sqlite``.
+CHECKPOINT_EVERY = 200  # direct SQLite commits between two WAL checkpoints (run off the loop)
+_PG_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError)
+
+
 class Database:
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.pool_size = pool_size
+        self._sqlite_writer: sqlite3.Connection | None = None
+        self._direct_commits = 0
+        self._checkpointing = False
+        self._pg_pool = None
+        self._pg_pool_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ direct writers (hot path)
+
+    def _sqlite_file(self) -> str | None:
+        u = self.engine.url
+        if self.dialect != "sqlite" or u.query or not u.database or ":memory:" in u.database:
+            return None
+        if u.database.startswith("file:"):
+            return None
+        return u.database
+
+    def sqlite_writer(self) -> sqlite3.Connection | None:
+        """A plain sqlite3 connection for short write transactions run synchronously on the
+        event loop (SQLite files only, else None). It never waits for a lock (busy timeout 0:
+        callers fall back to a session) and never checkpoints on the loop: call
+        :meth:`sqlite_committed` after each commit, which checkpoints in a thread now and then."""
+        if self._sqlite_writer is None:
+            path = self._sqlite_file()
+            if path is None:
+                return None
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._sqlite_writer = conn
+        return self._sqlite_writer
+
+    def sqlite_committed(self) -> None:
+        self._direct_commits += 1
+        if self._direct_commits % CHECKPOINT_EVERY or self._checkpointing:
+            return
+        self._checkpointing = True
+        future = asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+        future.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, future) -> None:
+        self._checkpointing = False
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("WAL checkpoint failed: %s", future.exception())
+
+    def _checkpoint(self) -> None:
+        conn = sqlite3.connect(self._sqlite_file(), timeout=30)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    async def _asyncpg_pool(self):
+        if self._pg_pool is None:
+            async with self._pg_pool_lock:
+                if self._pg_pool is None:
+                    import asyncpg
+
+                    async def no_reset(_conn) -> None:  # every use ends its own transaction
+                        return None
+
+                    dsn = self.engine.url.render_as_string(hide_password=False).replace(
+                        "postgresql+asyncpg://", "postgresql://", 1
+                    )
+                    self._pg_pool = await asyncpg.create_pool(
+                        dsn, min_size=0, max_size=max(2, self.pool_size), reset=no_reset
+                    )
+        return self._pg_pool
+
+    @asynccontextmanager
+    async def asyncpg_transaction(self):
+        """An asyncpg connection in a transaction (PostgreSQL only), committed on exit.
+
+        A pooled connection found dead at ``BEGIN`` (the server restarted) is replaced, as
+        ``pool_pre_ping`` does for the engine; errors after that propagate."""
+        import asyncpg
+
+        pool = await self._asyncpg_pool()
+        for attempt in range(3):
+            async with pool.acquire() as conn:
+                tx = conn.transaction()
+                try:
+                    await tx.start()
+                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, *_PG_CONNECTION_ERRORS):
+                    if attempt == 2:
+                        raise
+                    pool.expire_connections()
+                    continue
+                try:
+                    yield conn
+                except BaseException:
+                    if not conn.is_closed():
+                        try:
+                            await tx.rollback()
+                        except Exception:
+                            conn.terminate()
+                    raise
+                await tx.commit()
+                return
 
     @property
     def dialect(self) -> str:
@@ -116,4 +226,10 @@ class Database:
             return (await s.execute(select(Secret.value).where(Secret.name == name))).scalar_one()
 
     async def close(self) -> None:
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.close()
+            self._sqlite_writer = None
+        if self._pg_pool is not None:
+            await self._pg_pool.close()
+            self._pg_pool = None
         await self.engine.dispose()

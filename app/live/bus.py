@@ -52,6 +52,10 @@ class Bus:
         """Called inside the writing transaction; returns what ``flush`` needs after commit."""
         return message
 
+    async def stage_direct(self, conn, message: dict) -> dict:
+        """``stage`` for a transaction on a plain driver connection (the hub's hot path)."""
+        return message
+
     async def flush(self, staged: list[dict]) -> None:
         """Called after commit."""
         for message in staged:
@@ -111,6 +115,10 @@ class PostgresBus(Bus):
             text("SELECT pg_notify(:channel, :payload)"),
             {"channel": CHANNEL, "payload": _shrink(message)},
         )
+        return message
+
+    async def stage_direct(self, conn, message: dict) -> dict:
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _shrink(message))
         return message
 
     async def flush(self, staged: list[dict]) -> None:

@@ -18,7 +18,16 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import select
 
 from app.db.database import Database
-from app.db.gamelog import Conflict, append, event_json, load_events, load_state
+from app.db.gamelog import (
+    AppendRows,
+    Conflict,
+    append,
+    append_asyncpg,
+    append_sqlite,
+    event_json,
+    load_events,
+    load_state,
+)
 from app.db.models import Game, ListenerRequest, Participant
 from app.game.rules import (
     Command,
@@ -43,6 +52,7 @@ from app.protocol import ErrorFrame, GameView, StateFrame
 log = logging.getLogger("multiref.hub")
 
 Clock = Callable[[], float]
+SQLITE_LOCK_PATIENCE = 0.25  # seconds of retries before a hot-path append queues for the lock
 
 
 class Connection:
@@ -57,6 +67,7 @@ class Connection:
         self.game_id: str | None = None
         self.seat: Seat | None = None
         self.on_participant_change: Callable[[], Awaitable[None]] | None = None
+        self.view_version = 0  # the newest game version whose view was queued to this socket
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(self.OUTBOX)
         self._writer = asyncio.create_task(self._write())
         self.closed = asyncio.Event()
@@ -124,6 +135,10 @@ class GameHub:
                 for e in await load_events(s, game_id, state.version):
                     state = evolve(state, e)
         if state is not None and game_id in self.game_conns:
+            cached = self.states.get(game_id)
+            if cached is not None and cached.version > state.version:
+                # a command committed while we read: never move the cache backwards
+                return cached
             self.states[game_id] = state
         return state
 
@@ -169,16 +184,20 @@ class GameHub:
             return None, Rejection("busy", "The game is busy; please try again.")
 
     async def _commit(self, before: GameState, events: list[Event], after: GameState, actor: str):
+        message = {
+            "k": "g",
+            "id": after.game_id,
+            "v": after.version,
+            "e": [event_json(e) for e in events],
+        }
+        if not self._has_reactions(events, after):
+            staged = await self._commit_direct(before, events, after, actor, message)
+            if staged is not None:
+                return staged, None
         async with self.db.session() as s:
             async with s.begin():
                 await append(s, before, events, after, actor)
                 codes = await self._react(s, before, events, after)
-                message = {
-                    "k": "g",
-                    "id": after.game_id,
-                    "v": after.version,
-                    "e": [event_json(e) for e in events],
-                }
                 staged = [await self.bus.stage(s, message)]
                 if any(isinstance(e, UtteranceSent) for e in events) and (
                     after.listener_kind is ListenerKind.MODEL
@@ -188,8 +207,50 @@ class GameHub:
             self.on_listener_request()
         return staged, codes
 
+    @staticmethod
+    def _has_reactions(events: list[Event], after: GameState) -> bool:
+        """Whether ``_react`` has anything to write for these events."""
+        if any(isinstance(e, GameEnded) for e in events):
+            return True
+        return after.listener_kind is ListenerKind.MODEL and any(
+            isinstance(e, UtteranceSent) for e in events
+        )
+
+    async def _commit_direct(
+        self, before: GameState, events: list[Event], after: GameState, actor: str, message: dict
+    ) -> list[dict] | None:
+        """The hot path, for events without lifecycle reactions (clicks, messages, submits that
+        do not end the game): the same rows in one transaction, through the database driver
+        instead of an ORM session. None when it is not available (then use a session)."""
+        db = self.db
+        if db.dialect == "sqlite":
+            conn = db.sqlite_writer()
+            if conn is None:
+                return None  # not a plain SQLite file
+            # Another connection (a session) may hold SQLite's write lock for a few ms: wait for
+            # it here, off the event loop's back, before queueing behind it in a session.
+            rows = AppendRows(before, events, after, actor)
+            delay = 0.0005
+            while not append_sqlite(conn, rows):
+                if delay > SQLITE_LOCK_PATIENCE:
+                    self.stats["direct_busy"] = self.stats.get("direct_busy", 0) + 1
+                    return None
+                self.stats["direct_retry"] = self.stats.get("direct_retry", 0) + 1
+                await asyncio.sleep(delay)
+                delay *= 2
+            db.sqlite_committed()
+            return [await self.bus.stage_direct(conn, message)]
+        if db.dialect == "postgresql":
+            rows = AppendRows(before, events, after, actor)
+            async with db.asyncpg_transaction() as conn:
+                await append_asyncpg(conn, rows)
+                return [await self.bus.stage_direct(conn, message)]
+        return None
+
     async def _react(self, s, before: GameState, events: list[Event], after: GameState):
-        """Lifecycle reactions committed with the events: pay on end, model-turn requests."""
+        """Lifecycle reactions committed with the events: pay on end, model-turn requests.
+
+        Keep ``_has_reactions`` in step: events it says have none skip this (and the session)."""
         codes = None
         if any(isinstance(e, GameEnded) for e in events):
             codes = await settle_game(s, after)
@@ -236,6 +297,9 @@ class GameHub:
         game_id = message.get("id", "")
         if game_id not in self.game_conns:
             return
+        cached = self.states.get(game_id)
+        if cached is not None and cached.version >= int(message.get("v", 0)):
+            return  # our own write, or already caught up (checked again under the lock below)
         async with self.locks[game_id]:
             state = self.states.get(game_id)
             version = int(message.get("v", 0))
@@ -296,6 +360,12 @@ class GameHub:
             if conn.seat not in payloads:
                 payloads[conn.seat] = self.view_frame(state, conn.seat, cause).model_dump_json()
             conn.send(payloads[conn.seat])
+            conn.view_version = max(conn.view_version, state.version)
+
+    def send_view(self, conn: Connection, state: GameState, seat: Seat, cause: str | None = None) -> None:
+        """Send one connection the view of ``state`` (a join that changed nothing, a refresh)."""
+        conn.send_frame(self.view_frame(state, seat, cause))
+        conn.view_version = max(conn.view_version, state.version)
 
     async def update_draft(self, game_id: str, seat: Seat, text: str) -> None:
         """Keep the speaker's unsent text, auto-sent when the typing window closes."""
@@ -321,7 +391,7 @@ class GameHub:
         if state.ended and game_id not in self.codes:
             await self._load_codes(game_id)
         if isinstance(result, Rejection) or not result:  # nothing changed: send the view anyway
-            conn.send_frame(self.view_frame(state, seat, None))
+            self.send_view(conn, state, seat)
 
     async def detach(self, conn: Connection) -> None:
         if conn.participant_id:

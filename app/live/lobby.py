@@ -1,25 +1,46 @@
-"""The lobby: FIFO pairing of waiting workers, model listeners, timeouts, game creation.
+"""The lobby: who plays with whom. Traffic shares, quotas and pauses of listener systems, FIFO
+pairing of waiting workers, model listeners, timeouts, game creation, blocking workers.
 
 Pairing runs in one transaction that locks the waiting rows (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, so two server processes never pair the same worker twice; SQLite has one writer).
 A worker is never paired with themself (same worker hash).
+
+**Which system an arriving speaker gets** (MULTIREF.md §2). Each waiting participant draws one
+number u in [0, 1) from a hash of (seed, participant id): a fixed draw that every server process
+computes alike and that survives restarts. u picks a system by the shares of the systems open
+now (share > 0, not paused, quota not reached), so a paused system's traffic goes to the others
+in proportion to their shares. A model system gives the worker a game at once, as speaker, with
+that system's active checkpoint; the special system ``human`` waits for another waiting worker
+who drew ``human`` too. As long as no system has a positive share, the settings decide as
+before: ``listener=human`` pairs humans, ``listener=model`` plays ``model_system``.
+
+**Fair comparison.** Every system replays the same shuffled config queue: a system's n-th game
+of a round gets config n (``ConfigQueue.config`` is a pure function of pool, seed and n), so
+systems deployed together play the same games.
+
+**Quotas** count a system's games of the current round that are live or were played to the
+end (successful or unsuccessful); aborted games do not use up the quota. With several server
+processes a quota can be overshot by at most one game per process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, text, update
 
+from app import audit
 from app.db.database import Database
 from app.db.gamelog import create_game
-from app.deploy import active_checkpoint
-from app.db.models import Game, Participant
+from app.db.models import BlockedWorker, Game, Participant, System
+from app.deploy import HUMAN, active_checkpoint, current_round
 from app.game.configs import ConfigQueue
 from app.game.rules import GameConfig, GameCreated, GameRules, ListenerKind, Seat, base_pay
 from app.live.bus import Bus
@@ -27,14 +48,58 @@ from app.live.participants import Status, release
 
 log = logging.getLogger("multiref.lobby")
 
+COMPLETED_OUTCOMES = ("successful", "unsuccessful")
+_UNSET = object()
+
 
 @dataclass
 class LobbyPolicy:
-    listener: str = "human"  # human | model: who fills the listener seat
+    listener: str = "human"  # human | model: who fills the listener seat (no shares configured)
     timeout_seconds: float = 300.0
     fallback: str = "release"  # at the timeout: "model" (play a model listener) or "release"
-    system: str = "model"  # the model system used for model listeners
+    system: str = "model"  # the model system used for model listeners (no shares configured)
     role_assignment: str = "random"  # random | arrival (the first to wait is the speaker)
+
+
+@dataclass(frozen=True)
+class Route:
+    system: str
+    kind: str  # model | human
+    share: float
+
+
+@dataclass
+class Routing:
+    """The systems open to new games now, with their shares, and the current round."""
+
+    routes: list[Route]
+    round: int | None
+    configured: bool  # some system has a share: the registry decides, not the settings
+    counts: dict[str, int] = field(default_factory=dict)  # quota use this round
+
+    def pick(self, u: float, kinds: tuple[str, ...] = ("model", "human")) -> Route | None:
+        """The system that the draw ``u`` in [0, 1) falls on, among open routes of ``kinds``."""
+        routes = [r for r in self.routes if r.kind in kinds and r.share > 0]
+        total = sum(r.share for r in routes)
+        if total <= 0:
+            return None
+        x = u * total
+        for r in routes:
+            x -= r.share
+            if x < 0:
+                return r
+        return routes[-1]
+
+
+def assignment_draw(seed: object, participant_id: str) -> float:
+    """The participant's fixed draw in [0, 1): the same in every process and after restarts."""
+    digest = hashlib.sha256(f"multiref-assign:{seed}:{participant_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _lock_key(*parts: object) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class Lobby:
@@ -48,6 +113,7 @@ class Lobby:
         split: str | None = None,
         clock=time.time,
         rng: random.Random | None = None,
+        assign_seed: object = None,
     ) -> None:
         self.db = db
         self.bus = bus
@@ -57,7 +123,52 @@ class Lobby:
         self.split = split
         self.clock = clock
         self.rng = rng or random.Random()
+        self.assign_seed = assign_seed if assign_seed is not None else getattr(configs, "seed", 0)
         self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ routing
+
+    def default_route(self) -> Route:
+        if self.policy.listener == "model":
+            return Route(self.policy.system, "model", 1.0)
+        return Route(HUMAN, "human", 1.0)
+
+    async def routing(self, s) -> Routing:
+        """Open systems and shares now (registry), or the settings' default."""
+        round_ = await current_round(s)
+        systems = list((await s.execute(select(System).order_by(System.name))).scalars())
+        configured = [x for x in systems if x.share > 0]
+        if not configured:
+            return Routing([self.default_route()], round_, configured=False)
+        open_ = [x for x in configured if not x.paused]
+        counts = await self.quota_use(s, [x.name for x in open_ if x.quota is not None], round_)
+        routes = [
+            Route(x.name, x.kind, x.share)
+            for x in open_
+            if x.quota is None or counts.get(x.name, 0) < x.quota
+        ]
+        return Routing(routes, round_, configured=True, counts=counts)
+
+    async def quota_use(self, s, systems: list[str], round_: int | None) -> dict[str, int]:
+        """Games of the round per system that count against a quota (live or played out)."""
+        if not systems:
+            return {}
+        rows = await s.execute(
+            select(Game.system, func.count())
+            .where(
+                Game.system.in_(systems),
+                Game.round.is_(None) if round_ is None else Game.round == round_,
+                Game.source == "live",
+                or_(Game.status == "live", Game.outcome.in_(COMPLETED_OUTCOMES)),
+            )
+            .group_by(Game.system)
+        )
+        return {name: n for name, n in rows}
+
+    def draw(self, participant_id: str) -> float:
+        return assignment_draw(self.assign_seed, participant_id)
+
+    # ------------------------------------------------------------ queue
 
     async def waiting_count(self) -> int:
         async with self.db.session() as s:
@@ -100,56 +211,87 @@ class Lobby:
                     select(Participant)
                     .where(Participant.status == Status.WAITING)
                     .order_by(Participant.waiting_since, Participant.id)
-                    .limit(50)
+                    .limit(100)
                 )
                 if self.db.dialect == "postgresql":
                     q = q.with_for_update(skip_locked=True)
                 waiting = list((await s.execute(q)).scalars())
                 if not waiting:
                     return None
-                if self.policy.listener == "model":
-                    speaker, listener = waiting[0], None
-                else:
-                    first = waiting[0]
-                    partner = next((p for p in waiting[1:] if p.worker_hash != first.worker_hash), None)
+                routing = await self.routing(s)
+                humans: list[Participant] = []  # waiting for a human partner, in arrival order
+                for p in waiting:
+                    route = routing.pick(self.draw(p.id))
+                    if route is None:
+                        continue  # nothing open for this worker now (paused, quotas reached)
+                    if route.kind == "model":
+                        game_id = await self._create(
+                            s, p, None, staged, system=route.system, round_=routing.round
+                        )
+                        break
+                    partner = next((h for h in humans if h.worker_hash != p.worker_hash), None)
                     if partner is None:
-                        return None
-                    pair = [first, partner]
+                        humans.append(p)
+                        continue
+                    pair = [partner, p]
                     if self.policy.role_assignment == "random":
                         self.rng.shuffle(pair)
-                    speaker, listener = pair
-                game_id = await self._create(s, speaker, listener, staged)
+                    game_id = await self._create(
+                        s, pair[0], pair[1], staged, system=route.system, round_=routing.round
+                    )
+                    break
+                else:
+                    return None
         await self.bus.flush(staged)
         return game_id
 
-    async def _next_config(self, s, system: str | None) -> tuple[int, GameConfig]:
-        """Configs are replayed per system from one shuffled queue (fair comparison, §2)."""
+    # ------------------------------------------------------------ games
+
+    async def _next_config(self, s, system: str, round_: int | None) -> tuple[int, GameConfig]:
+        """Configs are replayed per system from one shuffled queue (fair comparison, §2):
+        the system's n-th game of the round gets config n."""
+        if self.db.dialect == "postgresql":  # one creator per (system, round) at a time
+            await s.execute(
+                text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key("config", system, round_)}
+            )
         index = (
             await s.execute(
                 select(func.count()).select_from(Game).where(
-                    Game.system.is_(None) if system is None else Game.system == system,
+                    Game.system == system,
+                    Game.round.is_(None) if round_ is None else Game.round == round_,
                     Game.source == "live",
+                    Game.config_index.is_not(None),
                 )
             )
         ).scalar_one()
         return index, self.configs.config(index)
 
     async def _create(
-        self, s, speaker: Participant, listener: Participant | None, staged: list[dict],
+        self,
+        s,
+        speaker: Participant,
+        listener: Participant | None,
+        staged: list[dict],
         config: GameConfig | None = None,
+        system: str | None = None,
+        round_: object = _UNSET,
     ) -> str:
         game_id = uuid.uuid4().hex
         kind = ListenerKind.HUMAN if listener is not None else ListenerKind.MODEL
-        system = None if listener is not None else self.policy.system
+        if system is None:
+            system = HUMAN if listener is not None else self.policy.system
+        if round_ is _UNSET:
+            round_ = await current_round(s)
         index = None
         if config is None:
-            index, config = await self._next_config(s, system)
-        checkpoint = await active_checkpoint(s, system) if system else None
+            index, config = await self._next_config(s, system, round_)
+        checkpoint = await active_checkpoint(s, system) if kind is ListenerKind.MODEL else None
         now = self.clock()
         await create_game(
             s,
             GameCreated(game_id=game_id, config=config, rules=self.rules, listener_kind=kind, at=now),
             system=system,
+            round=round_,
             checkpoint=checkpoint,
             split=self.split,
             config_index=index,
@@ -161,11 +303,15 @@ class Lobby:
                 continue
             p.status, p.game_id, p.seat, p.waiting_since = Status.IN_GAME, game_id, seat.value, None
             staged.append(await self.bus.stage(s, {"k": "p", "id": p.id}))
-        log.info("game %s created (%s listener)", game_id, kind.value)
+        log.info("game %s created (%s, %s listener)", game_id, system, kind.value)
         return game_id
 
     async def create_game_for(
-        self, speaker_id: str, listener_id: str | None, config: GameConfig | None = None
+        self,
+        speaker_id: str,
+        listener_id: str | None,
+        config: GameConfig | None = None,
+        system: str | None = None,
     ) -> str:
         """Create a game for given participants (admin and test use), bypassing the queue."""
         staged: list[dict] = []
@@ -173,7 +319,7 @@ class Lobby:
             async with s.begin():
                 speaker = await s.get(Participant, speaker_id)
                 listener = await s.get(Participant, listener_id) if listener_id else None
-                game_id = await self._create(s, speaker, listener, staged, config=config)
+                game_id = await self._create(s, speaker, listener, staged, config=config, system=system)
         await self.bus.flush(staged)
         return game_id
 
@@ -194,14 +340,24 @@ class Lobby:
         for pid, since in due:
             if self.policy.fallback == "model":
                 staged: list[dict] = []
+                created = False
                 async with self.db.session() as s:
                     async with s.begin():
                         p = await s.get(Participant, pid, with_for_update=self.db.dialect == "postgresql")
                         if p is None or p.status != Status.WAITING:
                             continue
-                        await self._create(s, p, None, staged)
-                await self.bus.flush(staged)
-                continue
+                        routing = await self.routing(s)
+                        route = routing.pick(self.draw(pid), kinds=("model",))
+                        if route is None and not routing.configured:
+                            route = Route(self.policy.system, "model", 1.0)
+                        if route is not None:
+                            await self._create(
+                                s, p, None, staged, system=route.system, round_=routing.round
+                            )
+                            created = True
+                if created:
+                    await self.bus.flush(staged)
+                    continue
             async with self.db.session() as s:
                 async with s.begin():
                     p = await s.get(Participant, pid, with_for_update=self.db.dialect == "postgresql")
@@ -211,3 +367,60 @@ class Lobby:
                     staged = [await self.bus.stage(s, {"k": "p", "id": pid})]
             await self.bus.flush(staged)
             log.info("participant %s released after the lobby timeout", pid)
+
+    async def block(self, worker_hash: str, reason: str, actor: str, participant_id: str | None = None) -> list[str]:
+        """Block a worker (see :func:`block_worker`) and tell their open pages."""
+        async with self.db.session() as s:
+            async with s.begin():
+                released = await block_worker(
+                    s, worker_hash, reason, actor, participant_id=participant_id,
+                    rules=self.rules, now=self.clock(), notify=False,
+                )
+                staged = [await self.bus.stage(s, {"k": "p", "id": pid}) for pid in released]
+        await self.bus.flush(staged)
+        return released
+
+
+async def block_worker(
+    s,
+    worker_hash: str,
+    reason: str,
+    actor: str,
+    participant_id: str | None = None,
+    rules: GameRules | None = None,
+    now: float | None = None,
+    notify: bool = True,
+) -> list[str]:
+    """Refuse this worker from now on (``blocked_workers``, by keyed worker hash) and release
+    them from the lobby queue if they wait there, paid for the time waited. A game in progress
+    is not ended (end it separately). Returns the participants released. Caller commits."""
+    now = time.time() if now is None else now
+    row = await s.get(BlockedWorker, worker_hash)
+    if row is None:
+        s.add(BlockedWorker(worker_hash=worker_hash, reason=reason[:2000], at=now))
+    else:
+        row.reason, row.at = reason[:2000], now
+    waiting = (
+        await s.execute(
+            select(Participant.id, Participant.waiting_since).where(
+                Participant.worker_hash == worker_hash,
+                Participant.status.in_((Status.WAITING, Status.CONSENTED, Status.ARRIVED)),
+            )
+        )
+    ).all()
+    released = []
+    for pid, since in waiting:
+        await release(s, pid, "blocked", base_pay(rules or GameRules(), now - (since or now)))
+        released.append(pid)
+    await audit.record(
+        s, actor, audit.BLOCK, participant_id or worker_hash[:16],
+        {"worker_hash": worker_hash, "reason": reason, "released": released},
+    )
+    if notify and released and s.bind.dialect.name == "postgresql":  # pages in other processes
+        from app.live.bus import CHANNEL
+
+        for pid in released:
+            await s.execute(
+                text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": json.dumps({"k": "p", "id": pid})}
+            )
+    return released

@@ -124,8 +124,9 @@ class PlayerSession:
                 await self.hub.attach(self.conn, p.game_id, Seat(p.seat))
             elif not first:
                 state = await self.hub.state(p.game_id)
-                if state is not None:
-                    self.conn.send_frame(self.hub.view_frame(state, Seat(p.seat), None))
+                # a view this socket has already been sent would arrive twice
+                if state is not None and state.version > self.conn.view_version:
+                    self.hub.send_view(self.conn, state, Seat(p.seat))
         elif p.status == Status.RELEASED:
             self.conn.send_frame(
                 ReleasedFrame(

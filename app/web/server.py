@@ -166,12 +166,14 @@ def create_app(
             await services.bus.stop()
             await services.db.close()
 
-    from app.web import admin, api, play
+    from app.web import admin, api, dashboard, operator, play
 
     app = FastAPI(title="MultiRef Live", version=__import__("app").__version__, lifespan=lifespan)
     app.include_router(api.router)
     app.include_router(play.router)
     app.include_router(admin.router)
+    app.include_router(operator.router)
+    app.include_router(dashboard.router)
     try:
         from app.web import pages
     except ImportError:  # pages arrive with the browser client

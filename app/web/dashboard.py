@@ -1,0 +1,440 @@
+"""The admin dashboard: HTML pages under ``/admin`` (plain HTML, CSS and JavaScript).
+
+Authentication: the login form posts the admin token (never a query string); the server checks
+it like the bearer routes (SHA-256 digests, constant time) and sets a signed session cookie
+(HttpOnly, SameSite=Strict, path ``/admin``, Secure on https) that names the token by its
+fingerprint only. A session ends when it expires (12 h), on logout, or when its token is no
+longer configured. Every POST form carries a CSRF token bound to the session (the login form
+one bound to a pre-login cookie), and POSTs from another origin are refused.
+
+Pages: ``/admin`` (live games, lobby, per-system stats of the round, workers, systems, rounds,
+audit log; refreshed every 2 s), ``/admin/games`` (recent games), ``/admin/games/{id}`` (read-only
+live view of both screens, polled every second), ``/admin/games/{id}/replay`` (step through the
+event log). Their JSON comes from ``/admin/api/...``, authenticated by the same cookie.
+Everything shown is escaped: Jinja2 autoescapes, and the scripts only ever set ``textContent``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from app import audit
+from app.deploy import RegistryError, current_round, deploy_checkpoint, list_systems
+from app.deploy import set_paused, set_quota, set_share, start_round
+from app.game.rules import EndReason
+from app.web import admin as admin_api
+from app.web.auth import token_digest, token_matches
+
+ROOT = Path(__file__).resolve().parents[2]
+templates = Jinja2Templates(directory=str(ROOT / "templates"))
+# JSON as text (Jinja2 autoescapes it), written like the page's JSON.stringify
+templates.env.filters["jsontext"] = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+SESSION_COOKIE = "mr_admin"
+LOGIN_COOKIE = "mr_admin_login"
+SESSION_SECONDS = 12 * 3600
+LOGIN_FORM_SECONDS = 3600
+MAX_FORM_BYTES = 16_384
+LOGIN_FAILURES = 10  # per address and window, then 429
+LOGIN_WINDOW = 300.0
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make browsers send Origin: null
+    "Cache-Control": "no-store",
+}
+
+_failures: defaultdict[str, deque] = defaultdict(deque)
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    fingerprint: str  # 12 hex digits of the token's SHA-256
+    csrf: str
+
+    @property
+    def actor(self) -> str:
+        return audit.digest_fingerprint(self.fingerprint)
+
+
+def _serializer(request: Request, salt: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(request.app.state.services.hash_key, salt=salt)
+
+
+def current_session(request: Request) -> AdminSession | None:
+    raw = request.cookies.get(SESSION_COOKIE)
+    if not raw:
+        return None
+    try:
+        data = _serializer(request, "multiref-admin-session").loads(raw, max_age=SESSION_SECONDS)
+    except BadSignature:
+        return None
+    if not isinstance(data, dict):
+        return None
+    fp, csrf = data.get("fp"), data.get("csrf")
+    if not isinstance(fp, str) or not isinstance(csrf, str):
+        return None
+    live = [d[:12] for d in request.app.state.services.admin_digests]
+    ok = False
+    for d in live:  # the token must still be configured
+        ok |= hmac.compare_digest(fp, d)
+    return AdminSession(fp, csrf) if ok else None
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+
+
+def _headers(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _page(request: Request, name: str, context: dict, status_code: int = 200) -> Response:
+    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    return _headers(response)
+
+
+def _to_login() -> Response:
+    return _headers(RedirectResponse("/admin/login", status_code=303))
+
+
+def require_session(request: Request) -> AdminSession:
+    session = current_session(request)
+    if session is None:
+        raise HTTPException(401, "Log in to the dashboard first.")
+    return session
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:  # not sent by every browser for same-origin forms
+        return True
+    if origin == "null":
+        return False
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise HTTPException(413, "Form too large.")
+    fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=50)
+    return {k: v[0] for k, v in fields.items()}
+
+
+async def _checked_form(request: Request) -> tuple[AdminSession, dict[str, str]]:
+    """A POST from a logged-in dashboard page: session, same origin, CSRF token."""
+    session = require_session(request)
+    if not _same_origin(request):
+        raise HTTPException(403, "Cross-origin form refused.")
+    form = await _form(request)
+    if not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+        raise HTTPException(403, "The form has expired; reload the page.")
+    return session, form
+
+
+def _back(path: str = "/admin") -> Response:
+    return _headers(RedirectResponse(path, status_code=303))
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def _too_many_failures(address: str) -> bool:
+    q = _failures[address]
+    cutoff = time.monotonic() - LOGIN_WINDOW
+    while q and q[0] < cutoff:
+        q.popleft()
+    return len(q) >= LOGIN_FAILURES
+
+
+# ---------------------------------------------------------------- login
+
+
+@router.get("/login")
+async def login_page(request: Request):
+    nonce = secrets.token_urlsafe(24)
+    response = _page(request, "admin/login.html", {"csrf": nonce, "error": None})
+    response.set_cookie(
+        LOGIN_COOKIE,
+        _serializer(request, "multiref-admin-login").dumps(nonce),
+        max_age=LOGIN_FORM_SECONDS,
+        path="/admin/login",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+    return response
+
+
+@router.post("/login")
+async def login(request: Request):
+    address = _address(request)
+    if _too_many_failures(address):
+        raise HTTPException(429, "Too many failed logins; wait a few minutes.")
+    if not _same_origin(request):
+        raise HTTPException(403, "Cross-origin form refused.")
+    form = await _form(request)
+    try:
+        expected = _serializer(request, "multiref-admin-login").loads(
+            request.cookies.get(LOGIN_COOKIE, ""), max_age=LOGIN_FORM_SECONDS
+        )
+    except BadSignature:
+        expected = None
+    if not isinstance(expected, str) or not hmac.compare_digest(form.get("csrf", ""), expected):
+        raise HTTPException(403, "The login form has expired; reload the page.")
+    token = form.get("token", "").strip()
+    digests = request.app.state.services.admin_digests
+    if not token or not digests or not token_matches(token, digests):
+        _failures[address].append(time.monotonic())
+        nonce = secrets.token_urlsafe(24)
+        response = _page(
+            request, "admin/login.html", {"csrf": nonce, "error": "That token is not valid."}, 401
+        )
+        response.set_cookie(
+            LOGIN_COOKIE,
+            _serializer(request, "multiref-admin-login").dumps(nonce),
+            max_age=LOGIN_FORM_SECONDS, path="/admin/login", httponly=True, samesite="strict",
+            secure=_secure(request),
+        )
+        return response
+    fingerprint = token_digest(token)[:12]
+    session = {"fp": fingerprint, "csrf": secrets.token_urlsafe(24)}
+    response = _back("/admin")
+    response.set_cookie(
+        SESSION_COOKIE,
+        _serializer(request, "multiref-admin-session").dumps(session),
+        max_age=SESSION_SECONDS,
+        path="/admin",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+    response.delete_cookie(LOGIN_COOKIE, path="/admin/login")
+    async with request.app.state.services.db.session() as s, s.begin():
+        await audit.record(s, audit.digest_fingerprint(fingerprint), audit.LOGIN, "dashboard", {"address": address})
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request):
+    await _checked_form(request)
+    response = _to_login()
+    response.delete_cookie(SESSION_COOKIE, path="/admin")
+    return response
+
+
+# ---------------------------------------------------------------- pages
+
+
+def _reasons() -> list[str]:
+    return [r.value for r in admin_api.ADMIN_END_REASONS]
+
+
+@router.get("")
+@router.get("/")
+async def index(request: Request):
+    session = current_session(request)
+    if session is None:
+        return _to_login()
+    services = request.app.state.services
+    data = await admin_api.overview(services)
+    return _page(
+        request,
+        "admin/index.html",
+        {"csrf": session.csrf, "actor": session.actor, "o": data, "reasons": _reasons(), "now": time.time()},
+    )
+
+
+@router.get("/games")
+async def games_page(request: Request):
+    session = current_session(request)
+    if session is None:
+        return _to_login()
+    services = request.app.state.services
+    async with services.db.session() as s:
+        games = await admin_api.recent_games(s, None, 200, time.time())
+    return _page(request, "admin/games.html", {"csrf": session.csrf, "actor": session.actor, "games": games})
+
+
+@router.get("/games/{game_id}")
+async def game_page(game_id: str, request: Request):
+    session = current_session(request)
+    if session is None:
+        return _to_login()
+    detail = await admin_api.game_detail(request.app.state.services, game_id)
+    if detail is None:
+        raise HTTPException(404, "Unknown game.")
+    return _page(
+        request,
+        "admin/game.html",
+        {"csrf": session.csrf, "actor": session.actor, "game_id": game_id, "d": detail, "reasons": _reasons()},
+    )
+
+
+@router.get("/games/{game_id}/replay")
+async def replay_page(game_id: str, request: Request):
+    session = current_session(request)
+    if session is None:
+        return _to_login()
+    services = request.app.state.services
+    async with services.db.session() as s:
+        from app.db.models import Game
+
+        game = await s.get(Game, game_id)
+    if game is None:
+        raise HTTPException(404, "Unknown game.")
+    return _page(
+        request, "admin/replay.html", {"csrf": session.csrf, "actor": session.actor, "game_id": game_id}
+    )
+
+
+# ---------------------------------------------------------------- JSON for the pages
+
+
+def _json(data) -> Response:
+    return _headers(JSONResponse(data))
+
+
+@router.get("/api/overview")
+async def api_overview(request: Request):
+    require_session(request)
+    return _json(await admin_api.overview(request.app.state.services))
+
+
+@router.get("/api/games/{game_id}")
+async def api_game(game_id: str, request: Request):
+    require_session(request)
+    detail = await admin_api.game_detail(request.app.state.services, game_id)
+    if detail is None:
+        raise HTTPException(404, "Unknown game.")
+    return _json(detail)
+
+
+@router.get("/api/games/{game_id}/replay")
+async def api_replay(game_id: str, request: Request):
+    require_session(request)
+    replay = await admin_api.game_replay(request.app.state.services, game_id)
+    if replay is None:
+        raise HTTPException(404, "Unknown game.")
+    return _json(replay)
+
+
+# ---------------------------------------------------------------- actions (forms)
+
+
+@router.post("/games/{game_id}/end")
+async def end_game(game_id: str, request: Request):
+    session, form = await _checked_form(request)
+    try:
+        reason = EndReason(form.get("reason") or EndReason.ADMIN_ENDED.value)
+    except ValueError as exc:
+        raise HTTPException(422, "Unknown end reason.") from exc
+    if reason not in admin_api.ADMIN_END_REASONS:
+        raise HTTPException(422, f"A game cannot be ended with {reason.value}.")
+    note = form.get("note", "")[:500]
+    await admin_api.end_game(request.app.state.services, game_id, reason, note, session.actor)
+    return _back(form.get("next") if form.get("next") in ("/admin", f"/admin/games/{game_id}") else "/admin")
+
+
+@router.post("/block")
+async def block(request: Request):
+    session, form = await _checked_form(request)
+    pid = form.get("participant_id", "").strip()
+    if not pid:
+        raise HTTPException(422, "Give a participant id.")
+    await admin_api.block_participant(
+        request.app.state.services, pid, form.get("reason", "")[:500], session.actor
+    )
+    return _back()
+
+
+def _number(value: str | None, cast, field: str):
+    try:
+        return cast(value)
+    except (TypeError, ValueError) as exc:
+        raise HTTPException(422, f"{field} must be a number.") from exc
+
+
+@router.post("/systems/{name}")
+async def system_form(name: str, request: Request):
+    session, form = await _checked_form(request)
+    services = request.app.state.services
+    try:
+        async with services.db.session() as s, s.begin():
+            current = {x.name: x for x in await list_systems(s)}.get(name)
+            if current is None:
+                raise HTTPException(404, "Unknown system.")
+            if "share" in form and form["share"].strip() != "":
+                share = _number(form["share"], float, "share")
+                if share != current.share:
+                    await set_share(s, name, share, session.actor)
+            paused = form.get("paused") == "on"
+            if paused != current.paused:
+                await set_paused(s, name, paused, session.actor)
+            if "quota" in form:
+                raw = form["quota"].strip()
+                quota = None if raw == "" else _number(raw, int, "quota")
+                if quota != current.quota:
+                    await set_quota(s, name, quota, session.actor)
+    except RegistryError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return _back()
+
+
+@router.post("/rounds")
+async def round_form(request: Request):
+    session, form = await _checked_form(request)
+    raw = form.get("number", "").strip()
+    number = None if raw == "" else _number(raw, int, "round")
+    services = request.app.state.services
+    try:
+        async with services.db.session() as s, s.begin():
+            await start_round(s, number, session.actor, form.get("note", "")[:2000])
+    except RegistryError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return _back()
+
+
+@router.post("/deploy")
+async def deploy_form(request: Request):
+    session, form = await _checked_form(request)
+    system = form.get("system", "").strip()
+    round_ = _number(form.get("round"), int, "round")
+    adapter = form.get("adapter", "").strip() or None
+    base = form.get("base", "").strip() or "HuggingFaceM4/idefics2-8b"
+    if adapter and not Path(adapter).is_dir():
+        raise HTTPException(422, f"{adapter} is not a folder on the server.")
+    services = request.app.state.services
+    try:
+        async with services.db.session() as s, s.begin():
+            if form.get("start_round") == "on" and await current_round(s) != round_:
+                await start_round(s, round_, session.actor, note=f"started with the deploy of {system}")
+            await deploy_checkpoint(
+                s, system, round_, base, str(Path(adapter).resolve()) if adapter else None,
+                deployed_by=session.actor,
+            )
+    except RegistryError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return _back()

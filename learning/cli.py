@@ -1,0 +1,209 @@
+"""``multiref retrospect``, ``multiref train`` and ``multiref report`` (registered by app.cli)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+DEFAULT_BASE = "HuggingFaceM4/idefics2-8b"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _database_url(url: str | None) -> str:
+    if url:
+        return url
+    from app.settings import Settings
+
+    return Settings().database_url
+
+
+def _tangram_folder(folder: Path | None) -> Path:
+    from app.settings import Settings
+    from app.tangrams.store import resolve_tangram_set
+
+    return resolve_tangram_set(folder or Settings().tangrams, REPO_ROOT / "var" / "tangrams").folder
+
+
+def _rounds(values: list[str] | None) -> list[int] | None:
+    """``--rounds 0 --rounds 1``, ``--rounds 0,1,2`` or ``--rounds 0-3``."""
+    if not values:
+        return None
+    out: list[int] = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+    return sorted(set(out))
+
+
+def retrospect_command(
+    round_: Optional[int] = typer.Option(None, "--round", help="Label the games of this round."),
+    all_games: bool = typer.Option(
+        False, "--all", help="Label every ended game, whatever its round (NULL included)."
+    ),
+    decoder: str = typer.Option("binary", help="binary or ternary."),
+    database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
+    base: str = typer.Option(DEFAULT_BASE, help="Base model (hub id or folder); used without adapter."),
+    template: Optional[Path] = typer.Option(
+        None, help="Prompt template file with {dialogue} (default learning/prompts/feedback_<decoder>.txt)."
+    ),
+    batch_size: int = typer.Option(32, help="Actions per forward pass."),
+    method: str = typer.Option("scores", help="scores (label-word log-probs) or generate (parse an answer)."),
+    margin: float = typer.Option(
+        0.5, help="Binary: positive only if logp(positive) - logp(negative) exceeds this (nats)."
+    ),
+    scoring: str = typer.Option("auto", help="auto, first_token or sequence (scores method)."),
+    prefix_cache: bool = typer.Option(True, help="Encode the shared instructions once."),
+    device: str = typer.Option("auto", help="cuda, cpu or auto."),
+    dtype: Optional[str] = typer.Option(None, help="Default: bfloat16 on cuda, float32 on cpu."),
+    overwrite: bool = typer.Option(False, help="Relabel actions this decoder version already labelled."),
+    json_out: Optional[Path] = typer.Option(None, help="Also write the run's summary as JSON here."),
+) -> None:
+    """Decode implicit feedback: label each listener action from the speaker's next utterance."""
+    from app.db.database import Database
+    from learning.retrospect import (
+        DecoderConfig,
+        confusion_summary,
+        confusion_table,
+        load_decoder,
+        retrospect,
+    )
+
+    if round_ is None and not all_games:
+        raise typer.BadParameter("give --round R or --all", param_hint="--round")
+    config = DecoderConfig(
+        decoder=decoder, method=method, margin=margin, batch_size=batch_size,
+        prefix_cache=prefix_cache, scoring=scoring,
+    )
+    with console.status(f"loading {base}"):
+        dec = load_decoder(base, config, template, device=device, dtype=dtype)
+
+    async def run():
+        db = Database(_database_url(database_url))
+        try:
+            await db.migrate()
+            with _progress() as progress:
+                return await retrospect(db, dec, round_, all_games=all_games, overwrite=overwrite, progress=progress)
+        finally:
+            await db.close()
+
+    result = asyncio.run(run())
+    scope = "all games" if all_games else f"round {round_}"
+    console.print(
+        f"{scope}: {result.games} games, {result.actions} actions with a next utterance; "
+        f"labelled {result.labelled}, already labelled {result.skipped} ({result.version})"
+    )
+    counts = result.label_counts
+    console.print(f"labels: +1 {counts[1]}  0 {counts[0]}  -1 {counts[-1]}")
+    console.print(confusion_table(result.confusion, f"{decoder} decoder vs heuristic (rows: heuristic)"))
+    s = confusion_summary(result.confusion)
+    if s["n"]:
+        fp = s["false_positive_share"]
+        console.print(
+            f"agreement {100 * s['agreement']:.1f}%; decoded positives the heuristic calls negative: "
+            + ("—" if fp is None else f"{100 * fp:.1f}%")
+        )
+    console.print(f"throughput: {result.actions_per_s:.1f} actions/s ({result.labelled} in {result.seconds:.1f} s)")
+    if json_out:
+        json_out.write_text(json.dumps(result.json(), indent=2, default=str))
+
+
+def train_command(
+    system: str = typer.Option(..., help="System name, e.g. B-SUP (its variant unless the config names one)."),
+    round_: int = typer.Option(..., "--round", help="Train on D≤ρ: labelled games of rounds up to this one."),
+    out: Path = typer.Option(..., help="Output folder: adapter, manifest.json, resumable state."),
+    config: Optional[Path] = typer.Option(None, help="TOML or JSON file overriding the defaults."),
+    base: str = typer.Option(DEFAULT_BASE, help="Base model (hub id or folder)."),
+    database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
+    tangrams: Optional[Path] = typer.Option(None, help="Tangram folder (env MULTIREF_TANGRAMS)."),
+    init_adapter: Optional[Path] = typer.Option(
+        None, help="KTO: the adapter to continue from (default: the system's newest checkpoint of round ≤ R)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+    epochs: Optional[int] = typer.Option(None, help="Override the config's number of epochs."),
+    device: Optional[str] = typer.Option(None, help="Override the config's device (cuda, cpu, auto)."),
+) -> None:
+    """Train a system's next adapter (SUP, RL or KTO) and write it with its manifest."""
+    from learning.train import load_config, train
+
+    overrides = {k: v for k, v in {"epochs": epochs, "device": device}.items() if v is not None}
+    try:
+        cfg = load_config(system, config, overrides)
+        manifest = train(
+            _database_url(database_url), system, round_, base, out, _tangram_folder(tangrams), cfg,
+            init_adapter=init_adapter, resume=resume, console=console,
+        )
+    except ValueError as error:
+        console.print(f"[red]cannot train:[/] {error}")
+        raise typer.Exit(2) from None
+    best = manifest.get("best_exact_match")
+    console.print(
+        f"adapter written to {out} (epoch {manifest.get('best_epoch')} kept, held-out exact match "
+        + ("—" if best is None else f"{100 * best:.1f}%")
+        + f"); deploy it with: multiref deploy --system {system} --round {round_ + 1} --adapter {out}"
+    )
+
+
+def report_command(
+    out: Path = typer.Option(..., help="Folder for report.md, metrics.json and the PNG plots."),
+    rounds: Optional[list[str]] = typer.Option(None, help="Rounds to include: 0,1,2 or 0-6 (default all)."),
+    database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
+) -> None:
+    """Success, turns, click accuracy, decoder confusion and language per system and round."""
+    from app.db.database import Database
+    from learning.report import collect, rich_table, write_report
+
+    async def run():
+        db = Database(_database_url(database_url))
+        try:
+            await db.migrate()
+            return await collect(db, _rounds(rounds))
+        finally:
+            await db.close()
+
+    results = asyncio.run(run())
+    if not results:
+        console.print("no ended games match")
+        raise typer.Exit(1)
+    written = write_report(results, out)
+    console.print(rich_table(results))
+    console.print(f"report: {written['report']} ({len(written['plots'])} plots)")
+
+
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+    )
+
+
+def learning_commands(app: typer.Typer) -> None:
+    """Register ``retrospect``, ``train`` and ``report`` on the ``multiref`` command."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("multiref.learning").setLevel(logging.INFO)
+    app.command("retrospect")(retrospect_command)
+    app.command("train")(train_command)
+    app.command("report")(report_command)

@@ -1,0 +1,430 @@
+"""Training data D≤ρ and held-out human turns, from the database (MULTIREF.md §5).
+
+An example is one decoded listener action: the policy prompt for that turn — rebuilt from the
+game's event log with ``policy_worker.gamedata.prompt_game`` and ``prompt.build_chat``, the
+same code the policy worker used, and checked against the exact ``model_input`` the worker
+logged when there is one — the action taken, the decoded label, and the deployed policy's
+probability of the action (``ListenerRequest.prob_action``; none for human listeners).
+
+The held-out set is the turns of human–human games: model selection compares the greedy action
+with the human listener's action (exact match).
+
+:class:`ActionCollator` turns examples into tensors (prompt with images, action tokens, the
+tokens constrained decoding allowed at each step); the losses live in ``learning.losses``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from policy_worker.prompt import PromptGame, build_chat, remap_action, render_prompt, shuffle_letters
+
+logger = logging.getLogger("multiref.learning")
+
+HUMAN = "human"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One listener action with what the policy saw when deciding it."""
+
+    game_id: str
+    turn: int
+    game: PromptGame  # the dialogue up to this turn; its last turn has no action (undecided)
+    action: str  # canonical action text in the prompt's letters
+    label: int | None = None  # decoded feedback (+1 / 0 / −1); None for held-out turns
+    prob: float | None = None  # the deployed policy's probability of the action (None: unknown)
+    system: str | None = None
+    round: int | None = None
+    listener_kind: str = "model"
+    decoder_version: str | None = None
+
+    def key(self) -> str:
+        return f"{self.game_id}_{self.turn}"
+
+    @property
+    def selected(self) -> list[str]:
+        return self.game.current_selected_letters()
+
+
+@dataclass
+class DataStats:
+    """What went into a dataset, for the manifest."""
+
+    count: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    games: int = 0
+    rounds: list[int | None] = field(default_factory=list)
+    decoder_versions: list[str] = field(default_factory=list)
+    with_prob: int = 0
+    model_inputs_checked: int = 0
+    model_input_mismatches: int = 0
+    action_mismatches: int = 0
+    sha256: str = ""
+
+    def json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    """A fingerprint of a dataset: ids, actions, labels, probabilities (order-independent)."""
+    rows = sorted(
+        json.dumps([e.game_id, e.turn, e.action, e.label, e.prob], separators=(",", ":"))
+        for e in examples
+    )
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def _stats(examples: Sequence[Example], **extra: Any) -> DataStats:
+    labels = Counter("none" if e.label is None else f"{e.label:+d}" for e in examples)
+    return DataStats(
+        count=len(examples),
+        labels=dict(sorted(labels.items())),
+        games=len({e.game_id for e in examples}),
+        rounds=sorted({e.round for e in examples}, key=lambda r: -1 if r is None else r),
+        decoder_versions=sorted({e.decoder_version for e in examples if e.decoder_version}),
+        with_prob=sum(e.prob is not None for e in examples),
+        sha256=data_hash(examples),
+        **extra,
+    )
+
+
+def _round_filter(column: Any, max_round: int | None, include_unrounded: bool) -> Any:
+    from sqlalchemy import or_
+
+    if max_round is None:
+        return column.is_(None) if include_unrounded else column.is_not(None)
+    return or_(column <= max_round, column.is_(None)) if include_unrounded else column <= max_round
+
+
+async def load_examples(
+    db: Any,
+    decoder: str,
+    max_round: int | None,
+    systems: Sequence[str] | None = None,
+    include_unrounded: bool = True,
+    listener_kinds: Sequence[str] = ("model",),
+    decoder_version: str | None = None,
+    prob: str = "constrained",
+    renderer: Any = None,
+    strict: bool = False,
+) -> tuple[list[Example], DataStats]:
+    """D≤ρ: every action labelled by ``decoder`` in games of round ≤ ``max_round``.
+
+    ``systems`` limits the games to those systems (None: all); games whose round is NULL (such
+    as imported or replayed games) count when ``include_unrounded``. With several labels of one
+    action, ``decoder_version`` picks one, else the newest wins. ``prob`` chooses the stored
+    probability: ``constrained`` (``prob_action``, what decoding sampled from) or
+    ``unconstrained``. With a ``renderer`` (processor), each model turn's rebuilt prompt is
+    compared with the worker's ``model_input``: a mismatch is counted and logged (raised if
+    ``strict``).
+    """
+    from sqlalchemy import select
+
+    from app.db.gamelog import load_state
+    from app.db.models import FeedbackLabel, Game, ListenerRequest
+    from policy_worker.gamedata import prompt_game
+
+    q = (
+        select(FeedbackLabel, Game.round, Game.system, Game.listener_kind)
+        .join(Game, Game.id == FeedbackLabel.game_id)
+        .where(FeedbackLabel.decoder == decoder, Game.listener_kind.in_(list(listener_kinds)))
+        .where(_round_filter(Game.round, max_round, include_unrounded))
+        .order_by(FeedbackLabel.created_at, FeedbackLabel.id)
+    )
+    if systems is not None:
+        q = q.where(Game.system.in_(list(systems)))
+    if decoder_version is not None:
+        q = q.where(FeedbackLabel.decoder_version == decoder_version)
+    chosen: dict[tuple[str, int], tuple[Any, int | None, str | None, str]] = {}
+    async with db.session() as s:
+        for label, rnd, system, kind in await s.execute(q):
+            chosen[(label.game_id, label.turn)] = (label, rnd, system, kind)  # newest last
+        game_ids = sorted({g for g, _ in chosen})
+        requests: dict[tuple[str, int], Any] = {}
+        for k in range(0, len(game_ids), 500):
+            rows = await s.execute(
+                select(ListenerRequest).where(
+                    ListenerRequest.game_id.in_(game_ids[k : k + 500]),
+                    ListenerRequest.status.in_(("done", "applied")),
+                )
+            )
+            for r in rows.scalars():
+                requests[(r.game_id, r.turn)] = r
+        states = {g: await load_state(s, g) for g in game_ids}
+
+    examples: list[Example] = []
+    checked = mismatched = action_mismatch = 0
+    for (gid, turn), (label, rnd, system, kind) in sorted(chosen.items()):
+        state = states.get(gid)
+        if state is None:
+            continue
+        full = prompt_game(state, turn, include_action=True)
+        action = full.turns[-1].action
+        assert action is not None
+        game = PromptGame(
+            listener_order=full.listener_order,
+            turns=[*full.turns[:-1], _undecided(full.turns[-1])],
+        )
+        p = None
+        req = requests.get((gid, turn))
+        if req is not None and kind == "model":
+            if req.action is not None and req.action != action:
+                action_mismatch += 1
+                logger.warning("%s turn %d: applied %r, worker chose %r", gid, turn, action, req.action)
+            else:
+                p = req.prob_action if prob == "constrained" else req.prob_unconstrained
+            if renderer is not None and req.model_input:
+                checked += 1
+                rebuilt = render_prompt(renderer, build_chat(game))
+                if rebuilt != req.model_input:
+                    mismatched += 1
+                    msg = f"{gid} turn {turn}: rebuilt prompt differs from the worker's model_input"
+                    if strict:
+                        raise ValueError(msg)
+                    logger.warning(msg)
+        examples.append(
+            Example(
+                game_id=gid,
+                turn=turn,
+                game=game,
+                action=action,
+                label=label.label,
+                prob=p,
+                system=system,
+                round=rnd,
+                listener_kind=kind,
+                decoder_version=label.decoder_version,
+            )
+        )
+    stats = _stats(
+        examples,
+        model_inputs_checked=checked,
+        model_input_mismatches=mismatched,
+        action_mismatches=action_mismatch,
+    )
+    return examples, stats
+
+
+def _undecided(turn: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(turn, action=None)
+
+
+async def load_heldout(
+    db: Any,
+    max_round: int | None,
+    include_unrounded: bool = True,
+    limit: int | None = 500,
+    seed: int = 0,
+) -> tuple[list[Example], DataStats]:
+    """Turns of human–human games (round ≤ ``max_round``): the model-selection set.
+
+    Every submitted turn counts (no label needed). Above ``limit`` turns, a fixed sample is
+    kept (by a hash of seed and turn id, so it does not change as games are added).
+    """
+    from sqlalchemy import select
+
+    from app.db.gamelog import load_state
+    from app.db.models import Game
+    from policy_worker.gamedata import prompt_game
+
+    q = (
+        select(Game.id, Game.round, Game.system)
+        .where(Game.listener_kind == HUMAN, Game.status == "ended")
+        .where(_round_filter(Game.round, max_round, include_unrounded))
+        .order_by(Game.id)
+    )
+    examples: list[Example] = []
+    async with db.session() as s:
+        games = list(await s.execute(q))
+        for gid, rnd, system in games:
+            state = await load_state(s, gid)
+            if state is None:
+                continue
+            for record in state.turns:
+                if record.utterance is None or record.selection_after is None:
+                    continue
+                full = prompt_game(state, record.turn, include_action=True)
+                game = PromptGame(full.listener_order, [*full.turns[:-1], _undecided(full.turns[-1])])
+                examples.append(
+                    Example(
+                        game_id=gid,
+                        turn=record.turn,
+                        game=game,
+                        action=str(full.turns[-1].action),
+                        system=system or HUMAN,
+                        round=rnd,
+                        listener_kind=HUMAN,
+                    )
+                )
+    if limit is not None and len(examples) > limit:
+        def rank(e: Example) -> str:
+            return hashlib.sha256(f"{seed}:{e.key()}".encode()).hexdigest()
+
+        examples = sorted(sorted(examples, key=rank)[:limit], key=lambda e: (e.game_id, e.turn))
+    return examples, _stats(examples)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An example as fed to the model: possibly letter-shuffled."""
+
+    example: Example
+    game: PromptGame
+    action: str
+
+
+def example_seed(seed: int, epoch: int, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}:{key}".encode()).digest()[:8], "big")
+
+
+def augment(example: Example, rng: random.Random | None) -> Sample:
+    """Letter shuffling: a new on-screen order for the listener's images, every letter (past
+    actions and the target action) relabelled to match. ``rng=None``: unchanged (evaluation)."""
+    if rng is None:
+        return Sample(example, example.game, example.action)
+    game, mapping = shuffle_letters(example.game, rng)
+    return Sample(example, game, remap_action(example.action, mapping))
+
+
+class ActionDataset:
+    """Examples with per-epoch, per-example seeded augmentation (reproducible on resume)."""
+
+    def __init__(self, examples: Sequence[Example], shuffle: bool, seed: int) -> None:
+        self.examples = list(examples)
+        self.shuffle = shuffle
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def sample(self, i: int, epoch: int) -> Sample:
+        e = self.examples[i]
+        rng = random.Random(example_seed(self.seed, epoch, e.key())) if self.shuffle else None
+        return augment(e, rng)
+
+    def order(self, epoch: int) -> list[int]:
+        idx = list(range(len(self.examples)))
+        random.Random(example_seed(self.seed, epoch, "order")).shuffle(idx)
+        return idx
+
+
+# ---------------------------------------------------------------- collation
+
+
+class ActionCollator:
+    """Samples -> tensors: the prompt (with images), the action's tokens, and at each action
+    step the token ids constrained decoding allowed (to renormalise as the deployed policy did).
+
+    The prompt is processed as ``policy_worker.decoding`` does (left-padded processor call;
+    the images through the same image processor, cached per tangram) and the action tokens are ``decoding.action_token_ids``, so a teacher-
+    forced log-probability here equals the one decoding stored.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        images: Callable[[list[str]], list[Any]],
+        max_new_tokens: int = 10,
+    ) -> None:
+        self.policy = policy
+        self.images = images
+        self.max_new_tokens = max_new_tokens
+        self._pixels: dict[str, tuple[Any, Any]] = {}  # tangram id -> processed image, its mask
+
+    def pixels(self, orders: Sequence[Sequence[str]]) -> dict[str, Any]:
+        """``pixel_values`` [B, N, 3, H, W] and ``pixel_attention_mask`` [B, N, H, W] for the
+        listener orders, each tangram processed once and cached (the image processor treats
+        images one by one: without splitting, a batch only pads them to a common size)."""
+        import torch
+
+        for tid in {t for order in orders for t in order} - set(self._pixels):
+            one = self.policy.processor.image_processor([self.images([tid])], return_tensors="pt")
+            self._pixels[tid] = (one["pixel_values"][0, 0], one["pixel_attention_mask"][0, 0])
+        shapes = {self._pixels[t][0].shape for order in orders for t in order}
+        if len(shapes) != 1:  # images of several sizes: let the processor pad them
+            batch = self.policy.processor.image_processor(
+                [self.images(list(order)) for order in orders], return_tensors="pt"
+            )
+            return {"pixel_values": batch["pixel_values"], "pixel_attention_mask": batch["pixel_attention_mask"]}
+        return {
+            "pixel_values": torch.stack([torch.stack([self._pixels[t][0] for t in o]) for o in orders]),
+            "pixel_attention_mask": torch.stack([torch.stack([self._pixels[t][1] for t in o]) for o in orders]),
+        }
+
+    def _steps(self, game: PromptGame, action: str) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+        from policy_worker.decoding import action_token_ids, action_trie
+        from policy_worker.prompt import LETTERS
+
+        letters = list(LETTERS[: len(game.listener_order)])
+        selected = game.current_selected_letters()
+        for budget in (self.max_new_tokens, 64):  # an action too long to sample: the full trie
+            trie = action_trie(self.policy, selected, letters, budget)
+            if action in trie.token_ids:
+                return trie.token_ids[action], trie.step_allowed[action]
+        return action_token_ids(self.policy, [action])[0], []
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        import torch
+
+        policy = self.policy
+        prompts = [render_prompt(policy.processor, build_chat(s.game)) for s in samples]
+        batch = policy.processor(text=prompts, padding=True, return_tensors="pt")
+        batch.update(self.pixels([s.game.listener_order for s in samples]))
+        steps = [self._steps(s.game, s.action) for s in samples]
+        n, width = len(samples), max(len(t) for t, _ in steps)
+        k_max = max([len(a) for _, allowed in steps for a in allowed] or [1])
+        pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else 0
+        targets = torch.full((n, width), pad, dtype=torch.long)
+        target_mask = torch.zeros((n, width), dtype=torch.bool)
+        allowed = torch.zeros((n, width, k_max), dtype=torch.long)
+        allowed_mask = torch.zeros((n, width, k_max), dtype=torch.bool)
+        for b, (ids, allow) in enumerate(steps):
+            targets[b, : len(ids)] = torch.tensor(ids)
+            target_mask[b, : len(ids)] = True
+            for t, a in enumerate(allow):
+                allowed[b, t, : len(a)] = torch.tensor(a)
+                allowed_mask[b, t, : len(a)] = True
+        input_ids = torch.cat([batch["input_ids"], targets], dim=1)
+        attention_mask = torch.cat([batch["attention_mask"], target_mask.long()], dim=1)
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
+            "targets": targets,
+            "target_mask": target_mask,
+            "allowed": allowed,
+            "allowed_mask": allowed_mask,
+            "labels": torch.tensor([s.example.label or 0 for s in samples], dtype=torch.long),
+            "deployed_probs": torch.tensor(
+                [math.nan if s.example.prob is None else s.example.prob for s in samples],
+                dtype=torch.float64,
+            ),
+        }
+        for key in ("pixel_values", "pixel_attention_mask"):
+            if key in batch:
+                out[key] = batch[key]
+        return out
+
+
+def model_inputs(batch: dict[str, Any], device: Any, dtype: Any) -> dict[str, Any]:
+    """The forward's keyword arguments on ``device`` (pixels in the model's dtype)."""
+    out = {}
+    for key in ("input_ids", "attention_mask", "position_ids", "pixel_values", "pixel_attention_mask"):
+        if key in batch:
+            v = batch[key].to(device)
+            out[key] = v.to(dtype) if key == "pixel_values" else v
+    return out
