@@ -366,13 +366,14 @@ def _actionable(view: GameView) -> bool:
     return view.phase == "selecting" and not view.turn_submitted
 
 
-async def play_resilient(bot: BotClient, timeout: float = 120) -> GameView:
+async def play_resilient(bot: BotClient, timeout: float = 120, think: float = 0.0) -> GameView:
     """Play the bot's seat (either one) to the end, deciding every action from the latest view.
 
     Made for bots with ``reconnect=True``: an action whose answer was lost in a drop is never
     repeated blindly; the view after reconnecting says whether it happened, and the next action
     is chosen from it (the listener clicks one image at a time towards the scripted selection).
-    Rejections caused by races (``RACE_CODES``) are expected and skipped.
+    Rejections caused by races (``RACE_CODES``) are expected and skipped. ``think``: seconds
+    to wait before each action, as a person would.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -382,6 +383,11 @@ async def play_resilient(bot: BotClient, timeout: float = 120) -> GameView:
         )
         if view.phase == "ended":
             return view
+        if think > 0:
+            await asyncio.sleep(think)
+            view = bot.view
+            if not (bot._fresh and _actionable(view)) or view.phase == "ended":
+                continue
         try:
             if view.seat == "speaker":
                 await bot.say(scripted_utterance(view))

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learning.retrospect import CLASSES, confusion_matrix, confusion_summary
+from learning.retrospect import CLASSES, signed_label, confusion_matrix, confusion_summary
 
 RESET_RE = re.compile(
     r"\b(try again|start (?:over|again)|from scratch|reset|"
@@ -276,8 +276,9 @@ def plot_all(results: Sequence[SystemRound], out: Path) -> list[Path]:
             ax.imshow(m, cmap="Blues")
             for i in range(3):
                 for j in range(3):
-                    ax.text(j, i, str(m[i][j]), ha="center", va="center", fontsize=10)
-            ticks = [f"{c:+d}" for c in CLASSES]
+                    dark = m[i][j] > 0.5 * max(max(row) for row in m)
+                    ax.text(j, i, str(m[i][j]), ha="center", va="center", fontsize=10, color="white" if dark else "black")
+            ticks = [signed_label(c) for c in CLASSES]
             ax.set_xticks(range(3), ticks)
             ax.set_yticks(range(3), ticks)
             ax.set(xlabel="decoded", ylabel="heuristic", title=f"{decoder} decoder vs heuristic")
@@ -336,10 +337,10 @@ def markdown(results: Sequence[SystemRound], plots: Sequence[Path]) -> str:
                 f"decoded positives the heuristic calls negative {_pct(s['false_positive_share'])}"
             )
             lines.append("")
-            lines.append("| heuristic \\ decoded | −1 | 0 | +1 |")
+            lines.append("| heuristic \\ decoded | " + " | ".join(signed_label(d) for d in CLASSES) + " |")
             lines.append("|---|---|---|---|")
             for h in CLASSES:
-                lines.append(f"| {h:+d} | " + " | ".join(str(counts[h][d]) for d in CLASSES) + " |")
+                lines.append(f"| {signed_label(h)} | " + " | ".join(str(counts[h][d]) for d in CLASSES) + " |")
             lines.append("")
     lines += ["## Plots", ""]
     for p in plots:

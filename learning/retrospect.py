@@ -230,7 +230,8 @@ class FeedbackDecoder:
         self.config = config
         self.template = template
         self.version = decoder_version(config, template, policy.base)
-        self._label_ids: list[tuple[int, ...]] | None = None
+        # Each label word's tokens after the prompt; found from the tokenizer on first use.
+        self.label_ids: list[tuple[int, ...]] | None = None
 
     # -- prompts
 
@@ -244,7 +245,7 @@ class FeedbackDecoder:
 
     def label_token_ids(self, reference_prompt: str) -> list[tuple[int, ...]]:
         """Each label word's tokens as the model would write it after the prompt (in context)."""
-        if self._label_ids is None:
+        if self.label_ids is None:
             base = self._encode([reference_prompt])[0]
             out = []
             for word in self.config.words:
@@ -252,8 +253,8 @@ class FeedbackDecoder:
                 if ids[: len(base)] != base or len(ids) == len(base):
                     raise ValueError(f"the tokenizer merges the prompt's end with {word!r}")
                 out.append(tuple(ids[len(base) :]))
-            self._label_ids = out
-        return self._label_ids
+            self.label_ids = out
+        return self.label_ids
 
     # -- deciding
 
@@ -490,9 +491,9 @@ def confusion_table(counts: dict[int, dict[int, int]], title: str = "") -> Any:
     table = Table(title=title or "decoder vs heuristic (rows: heuristic)")
     table.add_column("heuristic \\ decoded", justify="right")
     for d in CLASSES:
-        table.add_column(_signed(d), justify="right")
+        table.add_column(signed_label(d), justify="right")
     for h in CLASSES:
-        table.add_row(_signed(h), *(str(counts[h][d]) for d in CLASSES))
+        table.add_row(signed_label(h), *(str(counts[h][d]) for d in CLASSES))
     return table
 
 
@@ -658,5 +659,6 @@ def load_decoder(
     return FeedbackDecoder(policy, config, FeedbackTemplate.load(template, config.decoder))
 
 
-def _signed(label: int) -> str:
+def signed_label(label: int) -> str:
+    """+1, 0, -1 as table headings."""
     return f"{label:+d}" if label else "0"

@@ -288,8 +288,12 @@ def exact_match(
     batch_size: int = 16,
     max_new_tokens: int = 10,
     on_batch: Callable[[int], None] | None = None,
+    adapter: str | None = None,
 ) -> float | None:
-    """Share of held-out turns where the greedy (temperature 0) action equals the human's."""
+    """Share of held-out turns where the greedy (temperature 0) action equals the human's.
+
+    ``adapter`` names a loaded adapter of a served policy; None runs ``policy.model`` as it is
+    (while training: the adapter being trained)."""
     from policy_worker.decoding import DecodeRequest, decode_actions
 
     if not heldout:
@@ -302,7 +306,8 @@ def exact_match(
             chunk = heldout[k : k + batch_size]
             requests = [
                 DecodeRequest.for_game(
-                    e.game, images(list(e.game.listener_order)), temperature=0.0, max_new_tokens=max_new_tokens
+                    e.game, images(list(e.game.listener_order)), temperature=0.0,
+                    max_new_tokens=max_new_tokens, adapter=adapter,
                 )
                 for e in chunk
             ]

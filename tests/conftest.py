@@ -154,7 +154,7 @@ class ServerProcess:
         }
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> "ServerProcess":
+    def start(self, timeout: float = 150) -> "ServerProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning", *self.args],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import sqlite3
 from contextlib import asynccontextmanager
@@ -65,7 +66,7 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
 # thread hop, never waits for a lock), on PostgreSQL through a small asyncpg pool of its own
 # (prepared statements, no pre-ping round trips). See ``app.db.gamelog.append_sqlite``.
 CHECKPOINT_EVERY = 200  # direct SQLite commits between two WAL checkpoints (run off the loop)
-_PG_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError)
+_DOLLAR_PARAM = re.compile(r"\$\d+")
 
 
 class Database:
@@ -103,6 +104,7 @@ class Database:
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.row_factory = sqlite3.Row
             self._sqlite_writer = conn
         return self._sqlite_writer
 
@@ -144,35 +146,43 @@ class Database:
         return self._pg_pool
 
     @asynccontextmanager
-    async def asyncpg_transaction(self):
-        """An asyncpg connection in a transaction (PostgreSQL only), committed on exit.
-
-        A pooled connection found dead at ``BEGIN`` (the server restarted) is replaced, as
-        ``pool_pre_ping`` does for the engine; errors after that propagate."""
-        import asyncpg
-
+    async def asyncpg_connection(self):
+        """A connection of the database's own asyncpg pool (PostgreSQL only), for the hot path:
+        no pre-ping round trips, prepared statements. Callers own their transactions."""
         pool = await self._asyncpg_pool()
-        for attempt in range(3):
-            async with pool.acquire() as conn:
-                tx = conn.transaction()
+        async with pool.acquire() as conn:
+            yield conn
+
+    async def fetch(self, query: str, *args) -> list | None:
+        """Rows (mappings by column name) of a read-only ``query`` with ``$1``-style parameters,
+        through the hot path's driver connections: the SQLite writer connection (readers never
+        wait in WAL mode) or the asyncpg pool. None when neither is available or SQLite is busy:
+        then read through a session."""
+        if self.dialect == "sqlite":
+            conn = self.sqlite_writer()
+            if conn is None:
+                return None
+            try:
+                return conn.execute(_DOLLAR_PARAM.sub("?", query), args).fetchall()
+            except sqlite3.OperationalError:
+                return None
+        if self.dialect == "postgresql":
+            import asyncpg
+
+            for attempt in (1, 2):
                 try:
-                    await tx.start()
-                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, *_PG_CONNECTION_ERRORS):
+                    async with self.asyncpg_connection() as conn:
+                        return await conn.fetch(query, *args)
+                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
                     if attempt == 2:
                         raise
-                    pool.expire_connections()
-                    continue
-                try:
-                    yield conn
-                except BaseException:
-                    if not conn.is_closed():
-                        try:
-                            await tx.rollback()
-                        except Exception:
-                            conn.terminate()
-                    raise
-                await tx.commit()
-                return
+                    self.expire_asyncpg_connections()
+        return None
+
+    def expire_asyncpg_connections(self) -> None:
+        """After a connection error: replace every pooled connection (the server restarted)."""
+        if self._pg_pool is not None:
+            self._pg_pool.expire_connections()
 
     @property
     def dialect(self) -> str:

@@ -257,24 +257,93 @@ def append_sqlite(conn: sqlite3.Connection, rows: AppendRows) -> bool:
     return True
 
 
-async def append_asyncpg(conn, rows: AppendRows) -> None:
-    """``append`` on an asyncpg connection, inside the caller's transaction (for instance
-    ``Database.asyncpg_transaction``). Raises :class:`Conflict` like ``append``."""
+@lru_cache(maxsize=None)
+def _pg_types(table_name: str) -> dict[str, str]:
+    from sqlalchemy.dialects import postgresql
+
+    table = {t.name: t for t in (GameEvent.__table__, Game.__table__, Turn.__table__)}[table_name]
+    return {c.name: c.type.compile(dialect=postgresql.dialect()) for c in table.columns}
+
+
+@lru_cache(maxsize=None)
+def _pg_append_statement(game_cols: tuple[str, ...], turn_cols: tuple[str, ...]) -> str:
+    """The whole append as one statement (one round trip, atomic on its own): update the game
+    row if it is still at the expected version, and only then insert the events and upsert
+    the turns. Parameters: game id, version, the game values, then one array per column."""
+    n = 2
+    game_set = []
+    for c in game_cols:
+        n += 1
+        game_set.append(f"{c} = ${n}")
+    ev_types = _pg_types("game_events")
+    ev_cols = EVENT_COLUMNS[1:5]  # seq, type, at, data (game_id from the update, actor below)
+    ev_arrays = []
+    for c in ev_cols:
+        n += 1
+        ev_arrays.append(f"${n}::{ev_types[c]}[]")
+    n += 1
+    actor = f"${n}"
+    t_types = _pg_types("turns")
+    t_cols = [c for c in turn_cols if c != "game_id"]
+    t_arrays = []
+    for c in t_cols:
+        n += 1
+        t_arrays.append(f"${n}::{t_types[c]}[]")
+    sql = (
+        "WITH g AS (UPDATE games SET " + ", ".join(game_set)
+        + " WHERE id = $1 AND version = $2 RETURNING id)"
+        f", e AS (INSERT INTO game_events ({', '.join(EVENT_COLUMNS)}) "
+        f"SELECT g.id, {', '.join('x.' + c for c in ev_cols)}, {actor} "
+        f"FROM g, unnest({', '.join(ev_arrays)}) AS x({', '.join(ev_cols)}))"
+    )
+    if t_cols:
+        sql += (
+            f", t AS (INSERT INTO turns (game_id, {', '.join(t_cols)}) "
+            f"SELECT g.id, {', '.join('x.' + c for c in t_cols)} "
+            f"FROM g, unnest({', '.join(t_arrays)}) AS x({', '.join(t_cols)}) "
+            "ON CONFLICT (game_id, turn) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in t_cols if c != "turn")
+            + ")"
+        )
+    return sql + " SELECT count(*) FROM g"
+
+
+async def append_asyncpg(db, rows: AppendRows) -> None:
+    """``append`` as one atomic statement on the database's own asyncpg pool (PostgreSQL), so
+    that a player's action costs one round trip. Raises :class:`Conflict` like ``append``.
+
+    When the connection breaks mid-statement (the server restarted) the outcome is unknown:
+    the log is read back on a fresh connection, and the statement is sent again only if its
+    events are not there, so an action is never applied twice."""
     import asyncpg
 
-    insert_events, update_game, upsert_turns = rows.sql("postgresql")
-    try:
-        if len(rows.events) == 1:
-            await conn.execute(insert_events, *rows.events[0])
-        else:
-            await conn.executemany(insert_events, rows.events)
-    except asyncpg.UniqueViolationError as exc:
-        raise Conflict(rows.game_id) from exc
-    status = await conn.execute(update_game, *rows.game, rows.game_id, rows.version)
-    if status != "UPDATE 1":
-        raise Conflict(rows.game_id)
-    for turn in rows.turns:
-        await conn.execute(upsert_turns, *turn)
+    statement = _pg_append_statement(rows.game_cols, rows.turn_cols)
+    args: list = [rows.game_id, rows.version, *rows.game]
+    args += [list(col) for col in zip(*(e[1:5] for e in rows.events))]
+    args.append(rows.events[0][5])
+    args += [list(col) for col in zip(*(t[1:] for t in rows.turns))]  # turns minus game_id
+    for attempt in range(3):
+        try:
+            async with db.asyncpg_connection() as conn:
+                if attempt:  # the last try may have committed before the connection broke
+                    found = await conn.fetch(
+                        "SELECT type, at FROM game_events WHERE game_id = $1 AND seq > $2 "
+                        "ORDER BY seq LIMIT $3",
+                        rows.game_id, rows.version, len(rows.events),
+                    )
+                    if [(r["type"], r["at"]) for r in found] == [(e[2], e[3]) for e in rows.events]:
+                        return
+                    if found:
+                        raise Conflict(rows.game_id)
+                if await conn.fetchval(statement, *args) != 1:
+                    raise Conflict(rows.game_id)
+                return
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(rows.game_id) from exc
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+            if attempt == 2:
+                raise
+            db.expire_asyncpg_connections()
 
 
 async def load_events(session: AsyncSession, game_id: str, after_seq: int = 0) -> list[Event]:
@@ -284,6 +353,17 @@ async def load_events(session: AsyncSession, game_id: str, after_seq: int = 0) -
         .order_by(GameEvent.seq)
     )
     return [event_from_dict(data) for (data,) in rows]
+
+
+async def load_events_direct(db, game_id: str, after_seq: int = 0) -> list[Event] | None:
+    """``load_events`` through ``Database.fetch`` (no session); None when it is not available."""
+    rows = await db.fetch(
+        "SELECT data FROM game_events WHERE game_id = $1 AND seq > $2 ORDER BY seq",
+        game_id, after_seq,
+    )
+    if rows is None:
+        return None
+    return [event_from_dict(json.loads(d) if isinstance(d, str) else d) for (d,) in rows]
 
 
 async def load_state(session: AsyncSession, game_id: str) -> GameState | None:

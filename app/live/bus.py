@@ -1,8 +1,16 @@
 """Fan-out of committed changes to every server process.
 
-On PostgreSQL a notification is sent with ``pg_notify`` inside the writing transaction, so it is
-delivered only once the events are committed, in commit order, to every process listening
-(LISTEN/NOTIFY). On SQLite there is one process; notifications are dispatched after commit.
+On PostgreSQL a notification is sent with ``pg_notify`` (LISTEN/NOTIFY) to every process
+listening, and is delivered only once the events are committed. ``stage`` sends it inside the
+writing transaction. The hub's game messages use ``stage_after_commit`` instead: ``flush``
+queues them and one task sends them right after the commit, many per round trip. A transaction
+that notifies holds PostgreSQL's cluster-wide notify lock through its commit, WAL flush
+included, which serialised the commits of every game (measured here: about 450 commits/s
+instead of 1,500, and four times the latency). Receivers do not rely on the order of
+notifications: a game message that does not follow the cached version makes the hub reload the
+game from the database, and a writer that finds the log ahead of its cache sends the reloaded
+view to its own sockets.
+On SQLite there is one process; notifications are dispatched after commit.
 Messages are small dicts: ``{"k": "g", "id": game_id, "v": version, "e": [events]}`` for a game,
 ``{"k": "p", "id": participant_id}`` for a participant, ``{"k": "r", ...}`` for listener requests.
 """
@@ -52,8 +60,9 @@ class Bus:
         """Called inside the writing transaction; returns what ``flush`` needs after commit."""
         return message
 
-    async def stage_direct(self, conn, message: dict) -> dict:
-        """``stage`` for a transaction on a plain driver connection (the hub's hot path)."""
+    def stage_after_commit(self, message: dict) -> dict:
+        """Like ``stage``, but the notification is sent by ``flush``, after the commit, not by
+        the writing transaction (the hub's game messages: see the module's docstring)."""
         return message
 
     async def flush(self, staged: list[dict]) -> None:
@@ -81,6 +90,10 @@ async def _cancel(task: asyncio.Task | None) -> None:
         pass
 
 
+class _AfterCommit(dict):
+    """A game message whose notification is sent after its transaction committed."""
+
+
 def _shrink(message: dict) -> str:
     payload = json.dumps(message, separators=(",", ":"))
     if len(payload.encode()) > MAX_PAYLOAD and "e" in message:
@@ -96,18 +109,26 @@ class PostgresBus(Bus):
         self.dsn = dsn
         self.on_reconnect = on_reconnect
         self._task: asyncio.Task | None = None
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._notifier: asyncio.Task | None = None
         self.connected.clear()
 
     async def start(self) -> None:
         await super().start()
         self._task = asyncio.create_task(self._listen_forever(), name="bus-listen")
+        self._notifier = asyncio.create_task(self._notify_forever(), name="bus-notify")
         try:
             await asyncio.wait_for(self.connected.wait(), timeout=15)
         except TimeoutError:
             log.warning("bus: not connected to PostgreSQL yet, will keep trying")
 
     async def stop(self) -> None:
+        for _ in range(100):  # up to a second for the last notifications to go out
+            if self._outbox.empty():
+                break
+            await asyncio.sleep(0.01)
         await _cancel(self._task)
+        await _cancel(self._notifier)
         await super().stop()
 
     async def stage(self, session: AsyncSession, message: dict) -> dict:
@@ -117,12 +138,46 @@ class PostgresBus(Bus):
         )
         return message
 
-    async def stage_direct(self, conn, message: dict) -> dict:
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _shrink(message))
-        return message
+    def stage_after_commit(self, message: dict) -> dict:
+        return _AfterCommit(message)  # sent by ``flush``, outside the writing transaction
 
     async def flush(self, staged: list[dict]) -> None:
-        return None  # delivered by PostgreSQL after commit, to this process too
+        """Queue the notifications staged for after the commit (the others went with it).
+
+        They are sent in order by one task, many per round trip, so a writer never waits for
+        them (nor for the notify lock)."""
+        for message in staged:
+            if isinstance(message, _AfterCommit):
+                self._outbox.put_nowait(_shrink(message))
+
+    async def _notify_forever(self) -> None:
+        import asyncpg
+
+        conn = None
+        try:
+            while True:
+                batch = [await self._outbox.get()]
+                while not self._outbox.empty() and len(batch) < 1000:
+                    batch.append(self._outbox.get_nowait())
+                args = [(CHANNEL, payload) for payload in batch]
+                for attempt in (1, 2):
+                    try:
+                        if conn is None or conn.is_closed():
+                            conn = await asyncpg.connect(self.dsn)
+                        await conn.executemany("SELECT pg_notify($1, $2)", args)
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # committed already: others catch up on the next change
+                        if conn is not None:
+                            conn.terminate()
+                            conn = None
+                        if attempt == 2:
+                            log.warning("bus: %d notifications not sent: %s", len(batch), exc)
+                            await asyncio.sleep(0.5)
+        finally:
+            if conn is not None:
+                conn.terminate()
 
     def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
         try:

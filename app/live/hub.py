@@ -26,6 +26,7 @@ from app.db.gamelog import (
     append_sqlite,
     event_json,
     load_events,
+    load_events_direct,
     load_state,
 )
 from app.db.models import Game, ListenerRequest, Participant
@@ -44,6 +45,7 @@ from app.game.rules import (
     evolve,
     event_from_dict,
     game_pay,
+    replay,
 )
 from app.live.bus import Bus
 from app.live.participants import settle_game
@@ -128,12 +130,20 @@ class GameHub:
     async def state(self, game_id: str) -> GameState | None:
         """The latest committed state (cached for games with local players)."""
         state = self.states.get(game_id)
-        async with self.db.session() as s:
+        events = await load_events_direct(self.db, game_id, state.version if state else 0)
+        if events is not None:
             if state is None:
-                state = await load_state(s, game_id)
+                state = replay(events) if events else None
             else:
-                for e in await load_events(s, game_id, state.version):
+                for e in events:
                     state = evolve(state, e)
+        else:
+            async with self.db.session() as s:
+                if state is None:
+                    state = await load_state(s, game_id)
+                else:
+                    for e in await load_events(s, game_id, state.version):
+                        state = evolve(state, e)
         if state is not None and game_id in self.game_conns:
             cached = self.states.get(game_id)
             if cached is not None and cached.version > state.version:
@@ -148,10 +158,13 @@ class GameHub:
         """Decide ``cmd``; commit and broadcast its events. ``version``: the client's view."""
         self.stats["commands"] += 1
         async with self.locks[game_id]:
+            reloaded = False
             for _ in range(6):
                 state = self.states.get(game_id) or await self.state(game_id)
                 if state is None:
                     return None, Rejection("unknown_game", "There is no such game.")
+                if reloaded:  # another writer got there first: our sockets may be behind it
+                    await self._send_if_behind(state)
                 if version is not None and version != state.version and not state.ended:
                     self.stats["rejections"] += 1
                     return state, Rejection(
@@ -172,6 +185,7 @@ class GameHub:
                 except Conflict:
                     self.stats["conflicts"] += 1
                     self.states.pop(game_id, None)
+                    reloaded = True
                     continue
                 self.stats["events"] += len(result)
                 if codes:
@@ -198,7 +212,7 @@ class GameHub:
             async with s.begin():
                 await append(s, before, events, after, actor)
                 codes = await self._react(s, before, events, after)
-                staged = [await self.bus.stage(s, message)]
+                staged = [self.bus.stage_after_commit(message)]
                 if any(isinstance(e, UtteranceSent) for e in events) and (
                     after.listener_kind is ListenerKind.MODEL
                 ):
@@ -239,12 +253,10 @@ class GameHub:
                 await asyncio.sleep(delay)
                 delay *= 2
             db.sqlite_committed()
-            return [await self.bus.stage_direct(conn, message)]
+            return [self.bus.stage_after_commit(message)]
         if db.dialect == "postgresql":
-            rows = AppendRows(before, events, after, actor)
-            async with db.asyncpg_transaction() as conn:
-                await append_asyncpg(conn, rows)
-                return [await self.bus.stage_direct(conn, message)]
+            await append_asyncpg(db, AppendRows(before, events, after, actor))
+            return [self.bus.stage_after_commit(message)]
         return None
 
     async def _react(self, s, before: GameState, events: list[Event], after: GameState):
@@ -349,13 +361,22 @@ class GameHub:
             )
         )
 
-    def _broadcast(self, state: GameState, cause: str | None) -> None:
+    async def _send_if_behind(self, state: GameState) -> None:
+        """Send ``state`` to the local sockets that have not seen it (after a reload)."""
+        conns = self.game_conns.get(state.game_id, ())
+        if not any(c.view_version < state.version for c in conns):
+            return
+        if state.ended and state.game_id not in self.codes:
+            await self._load_codes(state.game_id)
+        self._broadcast(state, None, behind_only=True)
+
+    def _broadcast(self, state: GameState, cause: str | None, behind_only: bool = False) -> None:
         conns = self.game_conns.get(state.game_id)
         if not conns:
             return
         payloads: dict[Seat, str] = {}
         for conn in list(conns):
-            if conn.seat is None:
+            if conn.seat is None or (behind_only and conn.view_version >= state.version):
                 continue
             if conn.seat not in payloads:
                 payloads[conn.seat] = self.view_frame(state, conn.seat, cause).model_dump_json()

@@ -31,6 +31,7 @@ from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app import audit
+from app.db.models import Game
 from app.deploy import RegistryError, current_round, deploy_checkpoint, list_systems
 from app.deploy import set_paused, set_quota, set_share, start_round
 from app.game.rules import EndReason
@@ -300,8 +301,6 @@ async def replay_page(game_id: str, request: Request):
         return _to_login()
     services = request.app.state.services
     async with services.db.session() as s:
-        from app.db.models import Game
-
         game = await s.get(Game, game_id)
     if game is None:
         raise HTTPException(404, "Unknown game.")

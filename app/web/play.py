@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from types import SimpleNamespace
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
@@ -93,10 +94,18 @@ class PlayerSession:
         self.hub.participant_conns[pid].add(self.conn)
         return await self.refresh(first=True)
 
+    async def _participant(self):
+        """The participant's row (attributes named as ``Participant``'s), or None."""
+        db = self.services.db
+        rows = await db.fetch("SELECT * FROM participants WHERE id = $1", self.participant_id)
+        if rows is None:  # no direct read: through a session
+            async with db.session() as s:
+                return await s.get(Participant, self.participant_id)
+        return SimpleNamespace(**{k: rows[0][k] for k in rows[0].keys()}) if rows else None
+
     async def refresh(self, first: bool = False) -> bool:
         """Bring this connection in line with its participant's status in the database."""
-        async with self.services.db.session() as s:
-            p = await s.get(Participant, self.participant_id)
+        p = await self._participant()
         if p is None:
             self.error("bad_token", "Unknown participant.")
             return False
@@ -107,8 +116,7 @@ class PlayerSession:
         elif p.status in (Status.CONSENTED, Status.WAITING):
             if p.status == Status.CONSENTED:
                 await self.services.lobby.enter(p.id)
-                async with self.services.db.session() as s:
-                    p = await s.get(Participant, self.participant_id)
+                p = await self._participant()
             if p.status == Status.WAITING:
                 policy = self.services.lobby.policy
                 self.conn.send_frame(
