@@ -1,7 +1,7 @@
 """Learning-loop throughput: retrospection (actions/s) and SUP training (examples/s).
 
     .venv/bin/python bench/loop_throughput.py                              # tiny model on the CPU
-    .venv/bin/python bench/loop_throughput.py --device cuda --full-size    # 8B-shaped, random weights
+    .venv/bin/python bench/loop_throughput.py --device cuda --full-size  # 8B-shaped, random
 
 Retrospection runs the feedback decoder (base model, text only, binary template, batched, shared
 instruction prefix) over the listener actions of the 100 recorded games in
@@ -48,7 +48,9 @@ TARGETS = {"retrospection": 500.0, "training": 10.0}  # one H100, full size
 
 
 @torch.no_grad()
-def random_idefics2_8b(tiny_dir: Path, device: str = "cuda", dtype: str = "bfloat16", seed: int = 0):
+def random_idefics2_8b(
+    tiny_dir: Path, device: str = "cuda", dtype: str = "bfloat16", seed: int = 0
+):
     """The 8B-shaped Idefics2 with random weights: built in ``dtype`` on the meta device (no
     memory), then materialised on ``device`` and initialised (normal(0, 0.02) matrices, unit
     norm weights, zero biases; rotary frequencies recomputed in float32)."""
@@ -105,12 +107,21 @@ def recorded_states(limit: int):
     for line in path.read_text().splitlines()[:limit]:
         g = json.loads(line)
         config = R.GameConfig(
-            context=tuple(sorted(g["speaker_order"])), targets=tuple(sorted(g["targets"])),
-            speaker_order=tuple(g["speaker_order"]), listener_order=tuple(g["listener_order"]),
+            context=tuple(sorted(g["speaker_order"])),
+            targets=tuple(sorted(g["targets"])),
+            speaker_order=tuple(g["speaker_order"]),
+            listener_order=tuple(g["listener_order"]),
         )
         t = 0.0
-        state = R.new_game(R.GameCreated(game_id=g["game_id"], config=config, rules=R.GameRules(),
-                                         listener_kind=R.ListenerKind.MODEL, at=t))
+        state = R.new_game(
+            R.GameCreated(
+                game_id=g["game_id"],
+                config=config,
+                rules=R.GameRules(),
+                listener_kind=R.ListenerKind.MODEL,
+                at=t,
+            )
+        )
         state, _ = R.step(state, R.Join(seat=R.Seat.SPEAKER, at=t))
         for text, selection in zip(g["utterances"], g["selection_after_turn"]):
             t += 10
@@ -139,10 +150,21 @@ def examples_of(states, n: int):
     for s in states:
         for record in s.turns:
             full = prompt_game(s, record.turn, include_action=True)
-            out.append(Example(f"{s.game_id}", record.turn, prompt_game(s, record.turn), str(full.turns[-1].action), 1, 0.5))
+            out.append(
+                Example(
+                    f"{s.game_id}",
+                    record.turn,
+                    prompt_game(s, record.turn),
+                    str(full.turns[-1].action),
+                    1,
+                    0.5,
+                )
+            )
     while len(out) < n:
         out += out
-    return [Example(f"{e.game_id}-{i}", e.turn, e.game, e.action, 1, 0.5) for i, e in enumerate(out[:n])]
+    return [
+        Example(f"{e.game_id}-{i}", e.turn, e.game, e.action, 1, 0.5) for i, e in enumerate(out[:n])
+    ]
 
 
 # ---------------------------------------------------------------- measurements
@@ -153,10 +175,21 @@ def sync(device: str):
         torch.cuda.synchronize()
 
 
-def bench_retrospection(policy, contexts, batch_size: int, device: str, emulate_single_token: bool) -> dict:
-    from learning.retrospect import DecoderConfig, FeedbackDecoder, FeedbackTemplate
+def bench_retrospection(
+    policy, contexts, batch_size: int, device: str, emulate_single_token: bool
+) -> dict:
+    from learning.retrospect import (
+        DecoderConfig,
+        FeedbackDecoder,
+        FeedbackTemplate,
+        common_prefix_len,
+    )
 
-    decoder = FeedbackDecoder(policy, DecoderConfig("binary", batch_size=batch_size), FeedbackTemplate.load(None, "binary"))
+    decoder = FeedbackDecoder(
+        policy,
+        DecoderConfig("binary", batch_size=batch_size),
+        FeedbackTemplate.load(None, "binary"),
+    )
     prompts = [decoder.prompt(c) for c in contexts[:64]]
     if emulate_single_token:
         # Mistral's tokenizer has "▁positive" and "▁negative" as single tokens: time that path.
@@ -169,21 +202,37 @@ def bench_retrospection(policy, contexts, batch_size: int, device: str, emulate_
     decisions = decoder.decide(contexts)
     sync(device)
     seconds = time.perf_counter() - start
-    tokens = sum(len(policy.tokenizer(p)["input_ids"]) for p in prompts) / len(prompts)
+    encoded = [policy.tokenizer(p)["input_ids"] for p in prompts]
+    tokens = sum(map(len, encoded)) / len(encoded)
+    shared = common_prefix_len(encoded)  # encoded once per run (prefix cache)
     scoring = decisions[0].scores.get("scoring")
-    return {"rate": len(contexts) / seconds, "n": len(contexts), "seconds": seconds, "tokens": tokens, "scoring": scoring}
+    return {
+        "shared": shared,
+        "rate": len(contexts) / seconds,
+        "n": len(contexts),
+        "seconds": seconds,
+        "tokens": tokens,
+        "scoring": scoring,
+    }
 
 
 def bench_training(policy, examples, images, micro: int, device: str) -> dict:
     from learning.train import SUPConfig, attach_adapter, fit
 
     config = SUPConfig(
-        variant="B-SUP", epochs=1, micro_batch_size=micro, effective_batch_size=micro * 4,
-        warmup_steps=0, eval_before_training=False, device=device,
+        variant="B-SUP",
+        epochs=1,
+        micro_batch_size=micro,
+        effective_batch_size=micro * 4,
+        warmup_steps=0,
+        eval_before_training=False,
+        device=device,
     )
     attach_adapter(policy, config, None)
     out = Path(tempfile.mkdtemp(prefix="loop-bench-"))
-    fit(policy, config, examples[: micro * 4], [], images, out / "warmup")  # warm-up (kernels, caches)
+    fit(
+        policy, config, examples[: micro * 4], [], images, out / "warmup"
+    )  # warm-up (kernels, caches)
     result = fit(policy, config, examples, [], images, out / "run")
     m = result.metrics[-1]
     from learning.datasets import ActionCollator, augment
@@ -203,14 +252,29 @@ def image_source():
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--full-size", action="store_true", help="8B-shaped Idefics2 with random weights")
+    ap.add_argument(
+        "--full-size", action="store_true", help="8B-shaped Idefics2 with random weights"
+    )
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
-    ap.add_argument("--actions", type=int, default=None, help="actions to label (default 588 tiny, 2400 full)")
-    ap.add_argument("--examples", type=int, default=None, help="training examples (default 32 tiny, 256 full)")
-    ap.add_argument("--batch-size", type=int, default=None, help="decoder batch (default 32 tiny, 128 full)")
-    ap.add_argument("--micro-batch", type=int, default=None, help="training micro-batch (default 4 tiny, 8 full)")
+    ap.add_argument(
+        "--actions", type=int, default=None, help="actions to label (default 588 tiny, 2400 full)"
+    )
+    ap.add_argument(
+        "--examples", type=int, default=None, help="training examples (default 32 tiny, 256 full)"
+    )
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="decoder batch (default 32 tiny, 128 full)"
+    )
+    ap.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="training micro-batch (default 4; 8 may fit on 80 GB)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--skip", choices=("retrospection", "training"), default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -219,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     actions = args.actions or (2400 if full else 588)
     n_examples = args.examples or (256 if full else 32)
     batch_size = args.batch_size or (128 if full else 32)
-    micro = args.micro_batch or (8 if full else 4)
+    micro = args.micro_batch or 4
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console()
@@ -231,33 +295,57 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     if args.skip != "retrospection":
         policy = make_policy()
-        rows["retrospection"] = bench_retrospection(policy, contexts_of(states, actions), batch_size, args.device, full)
+        rows["retrospection"] = bench_retrospection(
+            policy, contexts_of(states, actions), batch_size, args.device, full
+        )
         del policy
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     if args.skip != "training":
         policy = make_policy()
-        rows["training"] = bench_training(policy, examples_of(states, n_examples), image_source(), micro, args.device)
+        rows["training"] = bench_training(
+            policy, examples_of(states, n_examples), image_source(), micro, args.device
+        )
     name = "Idefics2 8B-shaped, random weights" if full else "tiny Idefics2"
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     table = Table(title=f"learning loop throughput — {name}, {device_name} {dtype}")
-    for col in ("stage", "rate", "items", "seconds", "tokens / prompt", "batch", "target (H100, full)"):
+    for col in (
+        "stage",
+        "rate",
+        "items",
+        "seconds",
+        "tokens / prompt",
+        "batch",
+        "target (H100, full)",
+    ):
         table.add_column(col, justify="right")
     if "retrospection" in rows:
         r = rows["retrospection"]
         table.add_row(
-            f"retrospection ({r['scoring']})", f"{r['rate']:.1f} actions/s", str(r["n"]), f"{r['seconds']:.2f}",
-            f"{r['tokens']:.0f}", str(batch_size), f"≥ {TARGETS['retrospection']:.0f} actions/s",
+            f"retrospection ({r['scoring']})",
+            f"{r['rate']:.1f} actions/s",
+            str(r["n"]),
+            f"{r['seconds']:.2f}",
+            f"{r['tokens']:.0f} ({r['shared']} shared)",
+            str(batch_size),
+            f"≥ {TARGETS['retrospection']:.0f} actions/s",
         )
     if "training" in rows:
         r = rows["training"]
         table.add_row(
-            "SUP training (fwd+bwd+step)", f"{r['rate']:.1f} examples/s", str(r["n"]), f"{r['seconds']:.2f}",
-            f"{r['tokens']:.0f}", f"{micro} × 4", f"≥ {TARGETS['training']:.0f} examples/s",
+            "SUP training (fwd+bwd+step)",
+            f"{r['rate']:.1f} examples/s",
+            str(r["n"]),
+            f"{r['seconds']:.2f}",
+            f"{r['tokens']:.0f}",
+            f"{micro} × 4",
+            f"≥ {TARGETS['training']:.0f} examples/s",
         )
     console.print(table)
     if args.json:
-        args.json.write_text(json.dumps({"device": device_name, "dtype": dtype, "full_size": full, **rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"device": device_name, "dtype": dtype, "full_size": full, **rows}, indent=2)
+        )
     return 0
 
 

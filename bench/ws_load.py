@@ -108,7 +108,7 @@ class GenConfig:
     wrong_click_rate: float
     action_timeout: float
     seed: int
-    http_connections: int = 32
+    http_connections: int = 16
 
     @property
     def measure_start(self) -> float:
@@ -193,8 +193,12 @@ class Generator:
 
     async def run(self) -> dict:
         cfg = self.cfg
-        limits = self.httpx.Limits(max_connections=cfg.http_connections)
+        limits = self.httpx.Limits(
+            max_connections=cfg.http_connections, max_keepalive_connections=cfg.http_connections
+        )
         self.http = self.httpx.AsyncClient(base_url=cfg.url, timeout=60, limits=limits)
+        # httpcore's pool scans every queued request on each change: keep its queue empty
+        self.http_slots = asyncio.Semaphore(cfg.http_connections)
         lag = asyncio.create_task(self._lag_monitor())
         slots = [asyncio.create_task(self._slot(i)) for i in range(cfg.slots)]
         await _sleep_until(cfg.measure_end)
@@ -259,11 +263,12 @@ class Generator:
 
     async def _game(self) -> None:
         t0 = time.time()
-        r = await self.http.post(
-            "/api/admin/games",
-            json={"config": None, "listener": "human"},
-            headers={"Authorization": f"Bearer {self.cfg.admin_token}"},
-        )
+        async with self.http_slots:
+            r = await self.http.post(
+                "/api/admin/games",
+                json={"config": None, "listener": "human"},
+                headers={"Authorization": f"Bearer {self.cfg.admin_token}"},
+            )
         if r.status_code != 200:
             self.errors[f"http_{r.status_code}"] += 1
             raise RuntimeError(f"create game: {r.status_code}")

@@ -57,12 +57,17 @@ def retrospect_command(
     ),
     decoder: str = typer.Option("binary", help="binary or ternary."),
     database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
-    base: str = typer.Option(DEFAULT_BASE, help="Base model (hub id or folder); used without adapter."),
+    base: str = typer.Option(
+        DEFAULT_BASE, help="Base model (hub id or folder); used without adapter."
+    ),
     template: Optional[Path] = typer.Option(
-        None, help="Prompt template file with {dialogue} (default learning/prompts/feedback_<decoder>.txt)."
+        None,
+        help="Prompt template with {dialogue} (default learning/prompts/feedback_<decoder>.txt).",
     ),
     batch_size: int = typer.Option(32, help="Actions per forward pass."),
-    method: str = typer.Option("scores", help="scores (label-word log-probs) or generate (parse an answer)."),
+    method: str = typer.Option(
+        "scores", help="scores (label-word log-probs) or generate (parse an answer)."
+    ),
     margin: float = typer.Option(
         0.5, help="Binary: positive only if logp(positive) - logp(negative) exceeds this (nats)."
     ),
@@ -70,8 +75,12 @@ def retrospect_command(
     prefix_cache: bool = typer.Option(True, help="Encode the shared instructions once."),
     device: str = typer.Option("auto", help="cuda, cpu or auto."),
     dtype: Optional[str] = typer.Option(None, help="Default: bfloat16 on cuda, float32 on cpu."),
-    overwrite: bool = typer.Option(False, help="Relabel actions this decoder version already labelled."),
-    json_out: Optional[Path] = typer.Option(None, help="Also write the run's summary as JSON here."),
+    overwrite: bool = typer.Option(
+        False, help="Relabel actions this decoder version already labelled."
+    ),
+    json_out: Optional[Path] = typer.Option(
+        None, help="Also write the run's summary as JSON here."
+    ),
 ) -> None:
     """Decode implicit feedback: label each listener action from the speaker's next utterance."""
     from app.db.database import Database
@@ -86,8 +95,12 @@ def retrospect_command(
     if round_ is None and not all_games:
         raise typer.BadParameter("give --round R or --all", param_hint="--round")
     config = DecoderConfig(
-        decoder=decoder, method=method, margin=margin, batch_size=batch_size,
-        prefix_cache=prefix_cache, scoring=scoring,
+        decoder=decoder,
+        method=method,
+        margin=margin,
+        batch_size=batch_size,
+        prefix_cache=prefix_cache,
+        scoring=scoring,
     )
     with console.status(f"loading {base}"):
         dec = load_decoder(base, config, template, device=device, dtype=dtype)
@@ -97,7 +110,9 @@ def retrospect_command(
         try:
             await db.migrate()
             with _progress() as progress:
-                return await retrospect(db, dec, round_, all_games=all_games, overwrite=overwrite, progress=progress)
+                return await retrospect(
+                    db, dec, round_, all_games=all_games, overwrite=overwrite, progress=progress
+                )
         finally:
             await db.close()
 
@@ -109,33 +124,47 @@ def retrospect_command(
     )
     counts = result.label_counts
     console.print(f"labels: +1 {counts[1]}  0 {counts[0]}  -1 {counts[-1]}")
-    console.print(confusion_table(result.confusion, f"{decoder} decoder vs heuristic (rows: heuristic)"))
+    console.print(
+        confusion_table(result.confusion, f"{decoder} decoder vs heuristic (rows: heuristic)")
+    )
     s = confusion_summary(result.confusion)
     if s["n"]:
         fp = s["false_positive_share"]
         console.print(
-            f"agreement {100 * s['agreement']:.1f}%; decoded positives the heuristic calls negative: "
+            f"agreement {100 * s['agreement']:.1f}%; "
+            "decoded positives the heuristic calls negative: "
             + ("—" if fp is None else f"{100 * fp:.1f}%")
         )
-    console.print(f"throughput: {result.actions_per_s:.1f} actions/s ({result.labelled} in {result.seconds:.1f} s)")
+    console.print(
+        f"throughput: {result.actions_per_s:.1f} actions/s "
+        f"({result.labelled} in {result.seconds:.1f} s)"
+    )
     if json_out:
         json_out.write_text(json.dumps(result.json(), indent=2, default=str))
 
 
 def train_command(
-    system: str = typer.Option(..., help="System name, e.g. B-SUP (its variant unless the config names one)."),
-    round_: int = typer.Option(..., "--round", help="Train on D≤ρ: labelled games of rounds up to this one."),
+    system: str = typer.Option(
+        ..., help="System name, e.g. B-SUP (its variant unless the config names one)."
+    ),
+    round_: int = typer.Option(
+        ..., "--round", help="Train on D≤ρ: labelled games of rounds up to this one."
+    ),
     out: Path = typer.Option(..., help="Output folder: adapter, manifest.json, resumable state."),
     config: Optional[Path] = typer.Option(None, help="TOML or JSON file overriding the defaults."),
     base: str = typer.Option(DEFAULT_BASE, help="Base model (hub id or folder)."),
     database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
     tangrams: Optional[Path] = typer.Option(None, help="Tangram folder (env MULTIREF_TANGRAMS)."),
     init_adapter: Optional[Path] = typer.Option(
-        None, help="KTO: the adapter to continue from (default: the system's newest checkpoint of round ≤ R)."
+        None,
+        help="KTO: the adapter to continue from (default: the system's newest checkpoint, "
+        "round ≤ R).",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     epochs: Optional[int] = typer.Option(None, help="Override the config's number of epochs."),
-    device: Optional[str] = typer.Option(None, help="Override the config's device (cuda, cpu, auto)."),
+    device: Optional[str] = typer.Option(
+        None, help="Override the config's device (cuda, cpu, auto)."
+    ),
 ) -> None:
     """Train a system's next adapter (SUP, RL or KTO) and write it with its manifest."""
     from learning.train import load_config, train
@@ -144,8 +173,16 @@ def train_command(
     try:
         cfg = load_config(system, config, overrides)
         manifest = train(
-            _database_url(database_url), system, round_, base, out, _tangram_folder(tangrams), cfg,
-            init_adapter=init_adapter, resume=resume, console=console,
+            _database_url(database_url),
+            system,
+            round_,
+            base,
+            out,
+            _tangram_folder(tangrams),
+            cfg,
+            init_adapter=init_adapter,
+            resume=resume,
+            console=console,
         )
     except ValueError as error:
         console.print(f"[red]cannot train:[/] {error}")
@@ -154,13 +191,16 @@ def train_command(
     console.print(
         f"adapter written to {out} (epoch {manifest.get('best_epoch')} kept, held-out exact match "
         + ("—" if best is None else f"{100 * best:.1f}%")
-        + f"); deploy it with: multiref deploy --system {system} --round {round_ + 1} --adapter {out}"
+        + "); deploy it with: "
+        + f"multiref deploy --system {system} --round {round_ + 1} --adapter {out}"
     )
 
 
 def report_command(
     out: Path = typer.Option(..., help="Folder for report.md, metrics.json and the PNG plots."),
-    rounds: Optional[list[str]] = typer.Option(None, help="Rounds to include: 0,1,2 or 0-6 (default all)."),
+    rounds: Optional[list[str]] = typer.Option(
+        None, help="Rounds to include: 0,1,2 or 0-6 (default all)."
+    ),
     database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
 ) -> None:
     """Success, turns, click accuracy, decoder confusion and language per system and round."""
@@ -195,8 +235,12 @@ def _progress():
     )
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
     )
 
 

@@ -25,7 +25,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy_worker.prompt import PromptGame, build_chat, remap_action, render_prompt, shuffle_letters
+from policy_worker.prompt import (
+    PromptGame,
+    build_chat,
+    remap_action,
+    render_prompt,
+    shuffle_letters,
+)
 
 logger = logging.getLogger("multiref.learning")
 
@@ -179,7 +185,9 @@ async def load_examples(
         if req is not None and kind == "model":
             if req.action is not None and req.action != action:
                 action_mismatch += 1
-                logger.warning("%s turn %d: applied %r, worker chose %r", gid, turn, action, req.action)
+                logger.warning(
+                    "%s turn %d: applied %r, worker chose %r", gid, turn, action, req.action
+                )
             else:
                 p = req.prob_action if prob == "constrained" else req.prob_unconstrained
             if renderer is not None and req.model_input:
@@ -255,7 +263,9 @@ async def load_heldout(
                 if record.utterance is None or record.selection_after is None:
                     continue
                 full = prompt_game(state, record.turn, include_action=True)
-                game = PromptGame(full.listener_order, [*full.turns[:-1], _undecided(full.turns[-1])])
+                game = PromptGame(
+                    full.listener_order, [*full.turns[:-1], _undecided(full.turns[-1])]
+                )
                 examples.append(
                     Example(
                         game_id=gid,
@@ -268,6 +278,7 @@ async def load_heldout(
                     )
                 )
     if limit is not None and len(examples) > limit:
+
         def rank(e: Example) -> str:
             return hashlib.sha256(f"{seed}:{e.key()}".encode()).hexdigest()
 
@@ -330,8 +341,9 @@ class ActionCollator:
     step the token ids constrained decoding allowed (to renormalise as the deployed policy did).
 
     The prompt is processed as ``policy_worker.decoding`` does (left-padded processor call;
-    the images through the same image processor, cached per tangram) and the action tokens are ``decoding.action_token_ids``, so a teacher-
-    forced log-probability here equals the one decoding stored.
+    the images through the same image processor, cached per tangram) and the action tokens are
+    ``decoding.action_token_ids``, so a teacher-forced log-probability here equals the one
+    decoding stored.
     """
 
     def __init__(
@@ -339,10 +351,12 @@ class ActionCollator:
         policy: Any,
         images: Callable[[list[str]], list[Any]],
         max_new_tokens: int = 10,
+        with_allowed: bool = True,
     ) -> None:
         self.policy = policy
         self.images = images
         self.max_new_tokens = max_new_tokens
+        self.with_allowed = with_allowed  # False: skip the tries (losses over the full vocabulary)
         self._pixels: dict[str, tuple[Any, Any]] = {}  # tangram id -> processed image, its mask
 
     def pixels(self, orders: Sequence[Sequence[str]]) -> dict[str, Any]:
@@ -359,16 +373,27 @@ class ActionCollator:
             batch = self.policy.processor.image_processor(
                 [self.images(list(order)) for order in orders], return_tensors="pt"
             )
-            return {"pixel_values": batch["pixel_values"], "pixel_attention_mask": batch["pixel_attention_mask"]}
+            return {
+                "pixel_values": batch["pixel_values"],
+                "pixel_attention_mask": batch["pixel_attention_mask"],
+            }
         return {
-            "pixel_values": torch.stack([torch.stack([self._pixels[t][0] for t in o]) for o in orders]),
-            "pixel_attention_mask": torch.stack([torch.stack([self._pixels[t][1] for t in o]) for o in orders]),
+            "pixel_values": torch.stack(
+                [torch.stack([self._pixels[t][0] for t in o]) for o in orders]
+            ),
+            "pixel_attention_mask": torch.stack(
+                [torch.stack([self._pixels[t][1] for t in o]) for o in orders]
+            ),
         }
 
-    def _steps(self, game: PromptGame, action: str) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    def _steps(
+        self, game: PromptGame, action: str
+    ) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
         from policy_worker.decoding import action_token_ids, action_trie
         from policy_worker.prompt import LETTERS
 
+        if not self.with_allowed:
+            return action_token_ids(self.policy, [action])[0], []
         letters = list(LETTERS[: len(game.listener_order)])
         selected = game.current_selected_letters()
         for budget in (self.max_new_tokens, 64):  # an action too long to sample: the full trie
@@ -423,7 +448,13 @@ class ActionCollator:
 def model_inputs(batch: dict[str, Any], device: Any, dtype: Any) -> dict[str, Any]:
     """The forward's keyword arguments on ``device`` (pixels in the model's dtype)."""
     out = {}
-    for key in ("input_ids", "attention_mask", "position_ids", "pixel_values", "pixel_attention_mask"):
+    for key in (
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "pixel_values",
+        "pixel_attention_mask",
+    ):
         if key in batch:
             v = batch[key].to(device)
             out[key] = v.to(dtype) if key == "pixel_values" else v

@@ -48,7 +48,7 @@ def constrained_token_logps(
 
 
 def sequence_logps(logps: torch.Tensor, mask: torch.Tensor, normalise: bool) -> torch.Tensor:
-    """Σ_t m_t log p_t, or its mean over the action's tokens when ``normalise`` (length-normalised)."""
+    """Σ_t m_t log p_t, or its mean over the tokens if ``normalise`` (length-normalised)."""
     mask = mask.to(logps.dtype)
     total = (logps * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1.0) if normalise else total
@@ -115,7 +115,7 @@ def kto_loss(
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Kahneman–Tversky optimisation (B-KTO / T-KTO), with r_i = log π(a_i|x_i) − log π_ref(a_i|x_i):
+    """Kahneman–Tversky optimisation (B-KTO / T-KTO); r_i = log π(a_i|x_i) − log π_ref(a_i|x_i):
 
         desirable (positive label):    L_i = λ_D (1 − σ(β (r_i − z)))
         undesirable (negative label):  L_i = λ_U (1 − σ(β (z − r_i)))

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learning.retrospect import CLASSES, signed_label, confusion_matrix, confusion_summary
+from learning.retrospect import CLASSES, confusion_matrix, confusion_summary, signed_label
 
 RESET_RE = re.compile(
     r"\b(try again|start (?:over|again)|from scratch|reset|"
@@ -82,7 +82,13 @@ async def collect(db: Any, rounds: Sequence[int] | None = None) -> list[SystemRo
 
     async with db.session() as s:
         q = select(
-            Game.id, Game.system, Game.round, Game.listener_kind, Game.outcome, Game.config, Game.checkpoint
+            Game.id,
+            Game.system,
+            Game.round,
+            Game.listener_kind,
+            Game.outcome,
+            Game.config,
+            Game.checkpoint,
         ).where(Game.status == "ended")
         if rounds is not None:
             q = q.where(Game.round.in_(list(rounds)))
@@ -108,8 +114,8 @@ async def collect(db: Any, rounds: Sequence[int] | None = None) -> list[SystemRo
     groups: dict[tuple[str, int | None], list[Any]] = defaultdict(list)
     for g in games:
         groups[(_system_of(g.system, g.listener_kind), g.round)].append(g)
-    label_groups: dict[tuple[str, int | None], dict[str, list[tuple[int | None, int]]]] = defaultdict(
-        lambda: defaultdict(list)
+    label_groups: dict[tuple[str, int | None], dict[str, list[tuple[int | None, int]]]] = (
+        defaultdict(lambda: defaultdict(list))
     )
     key_of = {g.id: (_system_of(g.system, g.listener_kind), g.round) for g in games}
     for (gid, _turn, decoder), (label, heuristic) in labels.items():
@@ -146,7 +152,9 @@ async def collect(db: Any, rounds: Sequence[int] | None = None) -> list[SystemRo
         sr.vocabulary = len({w for ws in words for w in ws})
         sr.mean_utterance_words = sum(map(len, words)) / len(words) if words else None
         sr.reset_rate = resets / len(words) if words else None
-        sr.confusion = {d: confusion_matrix(pairs) for d, pairs in sorted(label_groups[key].items())}
+        sr.confusion = {
+            d: confusion_matrix(pairs) for d, pairs in sorted(label_groups[key].items())
+        }
         used = [g.checkpoint for g in rows if g.checkpoint]
         if used:
             main = max(set(used), key=used.count)
@@ -168,8 +176,18 @@ def _num(x: float | None, digits: int = 2) -> str:
 
 
 COLUMNS = (
-    "system", "round", "games", "success", "95% CI", "turns/game", "click acc.", "held-out EM",
-    "decoder agreement", "vocab", "words/utt.", "reset rate",
+    "system",
+    "round",
+    "games",
+    "success",
+    "95% CI",
+    "turns/game",
+    "click acc.",
+    "held-out EM",
+    "decoder agreement",
+    "vocab",
+    "words/utt.",
+    "reset rate",
 )
 
 
@@ -231,21 +249,36 @@ def plot_all(results: Sequence[SystemRound], out: Path) -> list[Path]:
     paths: list[Path] = []
 
     def series(system: str, attr: str) -> tuple[list[int], list[float]]:
-        pts = [(pos[r.round], getattr(r, attr)) for r in results if r.system == system and getattr(r, attr) is not None]
+        pts = [
+            (pos[r.round], getattr(r, attr))
+            for r in results
+            if r.system == system and getattr(r, attr) is not None
+        ]
         pts.sort()
         return [p[0] for p in pts], [p[1] for p in pts]
 
     # success per round per system, with Wilson intervals
     fig, ax = plt.subplots(figsize=(7, 4))
     for system in systems:
-        rows = sorted((r for r in results if r.system == system and r.success_rate is not None), key=lambda r: pos[r.round])
+        rows = sorted(
+            (r for r in results if r.system == system and r.success_rate is not None),
+            key=lambda r: pos[r.round],
+        )
         if not rows:
             continue
         x = [pos[r.round] for r in rows]
         y = [100 * r.success_rate for r in rows]
-        err = [[100 * (r.success_rate - r.success_ci[0]) for r in rows], [100 * (r.success_ci[1] - r.success_rate) for r in rows]]
+        err = [
+            [100 * (r.success_rate - r.success_ci[0]) for r in rows],
+            [100 * (r.success_ci[1] - r.success_rate) for r in rows],
+        ]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=system)
-    ax.set(xlabel="round", ylabel="success rate (%)", ylim=(0, 100), title="Interaction success (95% Wilson CI)")
+    ax.set(
+        xlabel="round",
+        ylabel="success rate (%)",
+        ylim=(0, 100),
+        title="Interaction success (95% Wilson CI)",
+    )
     ax.set_xticks(range(len(rounds)), labels)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -277,7 +310,15 @@ def plot_all(results: Sequence[SystemRound], out: Path) -> list[Path]:
             for i in range(3):
                 for j in range(3):
                     dark = m[i][j] > 0.5 * max(max(row) for row in m)
-                    ax.text(j, i, str(m[i][j]), ha="center", va="center", fontsize=10, color="white" if dark else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(m[i][j]),
+                        ha="center",
+                        va="center",
+                        fontsize=10,
+                        color="white" if dark else "black",
+                    )
             ticks = [signed_label(c) for c in CLASSES]
             ax.set_xticks(range(3), ticks)
             ax.set_yticks(range(3), ticks)
@@ -318,29 +359,41 @@ def markdown(results: Sequence[SystemRound], plots: Sequence[Path]) -> str:
     lines.append("|" + "---|" * len(COLUMNS))
     for row in table_rows(results):
         lines.append("| " + " | ".join(row) + " |")
-    lines += [
-        "",
+    note = (
         "Success and turns per game count completed games (aborted games are left out); the "
         "interval is the 95% Wilson score interval. Click accuracy is the share of newly selected "
         "images that are targets. Held-out EM is the exact match of the system's checkpoint on "
         "held-out human–human turns (from its training manifest). Decoder agreement is the share "
-        "of decoded labels equal to the heuristic label (B: binary, T: ternary).",
+        "of decoded labels equal to the heuristic label (B: binary, T: ternary)."
+    )
+    lines += [
+        "",
+        note,
         "",
     ]
-    confusions = [(r, d, c) for r in results for d, c in r.confusion.items() if confusion_summary(c)["n"]]
+    confusions = [
+        (r, d, c) for r in results for d, c in r.confusion.items() if confusion_summary(c)["n"]
+    ]
     if confusions:
         lines += ["## Decoder confusion (rows: heuristic, columns: decoded)", ""]
         for r, decoder, counts in confusions:
             s = confusion_summary(counts)
             lines.append(
-                f"**{r.system}, round {r.round_label}, {decoder}** — agreement {_pct(s['agreement'])}, "
+                f"**{r.system}, round {r.round_label}, {decoder}** — "
+                f"agreement {_pct(s['agreement'])}, "
                 f"decoded positives the heuristic calls negative {_pct(s['false_positive_share'])}"
             )
             lines.append("")
-            lines.append("| heuristic \\ decoded | " + " | ".join(signed_label(d) for d in CLASSES) + " |")
+            lines.append(
+                "| heuristic \\ decoded | " + " | ".join(signed_label(d) for d in CLASSES) + " |"
+            )
             lines.append("|---|---|---|---|")
             for h in CLASSES:
-                lines.append(f"| {signed_label(h)} | " + " | ".join(str(counts[h][d]) for d in CLASSES) + " |")
+                lines.append(
+                    f"| {signed_label(h)} | "
+                    + " | ".join(str(counts[h][d]) for d in CLASSES)
+                    + " |"
+                )
             lines.append("")
     lines += ["## Plots", ""]
     for p in plots:
@@ -356,7 +409,13 @@ def write_report(results: Sequence[SystemRound], out_dir: str | Path) -> dict[st
     plots = plot_all(results, out)
     (out / "report.md").write_text(markdown(results, plots), encoding="utf-8")
     metrics = [
-        {**asdict(r), "confusion": {d: {str(h): {str(k): v for k, v in row.items()} for h, row in c.items()} for d, c in r.confusion.items()}}
+        {
+            **asdict(r),
+            "confusion": {
+                d: {str(h): {str(k): v for k, v in row.items()} for h, row in c.items()}
+                for d, c in r.confusion.items()
+            },
+        }
         for r in results
     ]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")

@@ -209,12 +209,14 @@ def decoder_version(config: DecoderConfig, template: FeedbackTemplate, model_id:
     return f"{head}{tail[: max(room, 1)]}-{model_tag}"[:64]
 
 
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     if not seqs:
         return 0
     first = seqs[0]
     n = min(len(s) for s in seqs)
     for s in seqs[1:]:
+        if s[:n] == first[:n]:  # the usual case, compared in C
+            continue
         k = 0
         while k < n and s[k] == first[k]:
             k += 1
@@ -232,13 +234,27 @@ class FeedbackDecoder:
         self.version = decoder_version(config, template, policy.base)
         # Each label word's tokens after the prompt; found from the tokenizer on first use.
         self.label_ids: list[tuple[int, ...]] | None = None
+        self._frame: str | None = None
 
     # -- prompts
 
-    def prompt(self, context: FeedbackContext) -> str:
-        """The rendered decoder prompt: the template as the user message, then ``Assistant:``."""
-        chat = [{"role": "user", "content": [{"type": "text", "text": self.template.render(context)}]}]
+    def render(self, context: FeedbackContext) -> str:
+        """The decoder prompt: the filled template as the user message, then ``Assistant:``."""
+        chat = [
+            {"role": "user", "content": [{"type": "text", "text": self.template.render(context)}]}
+        ]
         return render_prompt(self.policy.processor, chat, add_generation_prompt=True)
+
+    def prompt(self, context: FeedbackContext) -> str:
+        """``render(context)``, from the chat rendered once around the template (fast path)."""
+        if self._frame is None:
+            chat = [{"role": "user", "content": [{"type": "text", "text": self.template.text}]}]
+            frame = render_prompt(self.policy.processor, chat, add_generation_prompt=True)
+            if frame.count(PLACEHOLDER) != 1:
+                raise ValueError("the chat template changes the feedback template's placeholder")
+            self._frame = frame
+        text = self._frame.replace(PLACEHOLDER, "\n".join(context.lines()))
+        return text
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.policy.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
@@ -287,7 +303,7 @@ class FeedbackDecoder:
 
         if not self.config.prefix_cache:
             return 0, None
-        p = min(_common_prefix_len(ids), min(len(s) for s in ids) - 1)
+        p = min(common_prefix_len(ids), min(len(s) for s in ids) - 1)
         if p < 2:
             return 0, None
         dev = self.policy.device
@@ -300,7 +316,7 @@ class FeedbackDecoder:
         return p, _output_cache(out)
 
     def _forward(self, rows: list[list[int]], p: int, prefix_cache: Any, keep: int) -> Any:
-        """Log-softmax of the last ``keep`` positions of left-padded rows after the shared prefix."""
+        """Log-softmax at the last ``keep`` positions of left-padded rows after the prefix."""
         import torch
 
         from policy_worker.decoding import _cache_kwarg
@@ -345,9 +361,11 @@ class FeedbackDecoder:
                 logp = self._forward([ids[i][p:] for i in batch], p, prefix_cache, 1)[:, -1]
                 per_label = logp[:, firsts]  # [n, L]
             else:
-                per_label = self._sequence_scores([ids[i][p:] for i in batch], p, prefix_cache, label_ids)
-            for row, i in enumerate(batch):
-                decisions[i] = self._from_logps(per_label[row].tolist(), mode)
+                per_label = self._sequence_scores(
+                    [ids[i][p:] for i in batch], p, prefix_cache, label_ids
+                )
+            for row, i in zip(per_label.float().cpu().tolist(), batch):
+                decisions[i] = self._from_logps(row, mode)
             if on_batch:
                 on_batch(len(batch))
         return [d for d in decisions if d is not None]
@@ -416,7 +434,12 @@ class FeedbackDecoder:
             generated: list[list[int]] = [[] for _ in range(n)]
             done = [False] * n
             out = self.policy.model(
-                input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw
+                input_ids=x,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **kw,
             )
             for _ in range(self.config.max_new_tokens):
                 nxt = out.logits[:, -1].argmax(-1)
@@ -459,7 +482,7 @@ class FeedbackDecoder:
 
 
 def confusion_matrix(pairs: Iterable[tuple[int | None, int]]) -> dict[int, dict[int, int]]:
-    """counts[heuristic][decoded] over (heuristic, decoded) pairs; pairs without heuristic skipped."""
+    """counts[heuristic][decoded] over (heuristic, decoded) pairs (no heuristic: skipped)."""
     counts = {h: {d: 0 for d in CLASSES} for h in CLASSES}
     for h, d in pairs:
         if h is not None:
@@ -580,7 +603,10 @@ async def store_labels(
         part = list(zip(contexts[k : k + chunk], decisions[k : k + chunk]))
         async with db.session() as s, s.begin():
             if replace:
-                keys = [and_(FeedbackLabel.game_id == c.game_id, FeedbackLabel.turn == c.turn) for c, _ in part]
+                keys = [
+                    and_(FeedbackLabel.game_id == c.game_id, FeedbackLabel.turn == c.turn)
+                    for c, _ in part
+                ]
                 await s.execute(
                     delete(FeedbackLabel).where(
                         FeedbackLabel.decoder == decoder,
@@ -655,7 +681,12 @@ def load_decoder(
     from policy_worker.model import load_policy, resolve_device
 
     dev = resolve_device(device)
-    policy = load_policy(base, adapters=None, dtype=dtype or ("float32" if dev.type == "cpu" else "bfloat16"), device=dev)
+    policy = load_policy(
+        base,
+        adapters=None,
+        dtype=dtype or ("float32" if dev.type == "cpu" else "bfloat16"),
+        device=dev,
+    )
     return FeedbackDecoder(policy, config, FeedbackTemplate.load(template, config.decoder))
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from learning import losses
-from learning.datasets import ActionCollator, ActionDataset, Example, augment, model_inputs
+from learning.datasets import ActionCollator, ActionDataset, Example, model_inputs
 
 logger = logging.getLogger("multiref.learning")
 
@@ -55,7 +55,9 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: int = 8
     lora_dropout: float = 0.1
-    lora_targets: str = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+    lora_targets: str = (
+        r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+    )
     init: str = ""  # fresh | previous; empty: the method's rule (SUP, RL fresh; KTO previous)
     # optimisation
     optimizer: str = "adamw"  # adamw | rmsprop
@@ -197,7 +199,7 @@ def resolve_dtype_name(config: TrainConfig, device: Any) -> str:
 
 
 def attach_adapter(policy: Any, config: TrainConfig, init_adapter: str | Path | None) -> Any:
-    """Wrap ``policy.model`` with a trainable LoRA: fresh (seeded) or loaded from ``init_adapter``."""
+    """Wrap ``policy.model`` with a trainable LoRA: fresh (seeded) or from ``init_adapter``."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -224,7 +226,9 @@ def attach_adapter(policy: Any, config: TrainConfig, init_adapter: str | Path | 
 # ---------------------------------------------------------------- losses on a batch
 
 
-def batch_losses(model: Any, batch: dict[str, Any], config: TrainConfig, device: Any, dtype: Any) -> Any:
+def batch_losses(
+    model: Any, batch: dict[str, Any], config: TrainConfig, device: Any, dtype: Any
+) -> Any:
     """Per-example losses [B] of the config's method on a collated batch."""
     import torch
 
@@ -248,7 +252,13 @@ def batch_losses(model: Any, batch: dict[str, Any], config: TrainConfig, device:
         ref = torch.log(deployed.clamp(min=1e-30))
         kl = losses.kto_reference_point(seq, ref) if config.kl_estimate == "batch" else 0.0
         return losses.kto_loss(
-            seq, ref, labels == 1, kl, config.beta, config.desirable_weight, config.undesirable_weight
+            seq,
+            ref,
+            labels == 1,
+            kl,
+            config.beta,
+            config.desirable_weight,
+            config.undesirable_weight,
         )
     raise TypeError(f"no loss for {type(config).__name__}")
 
@@ -262,12 +272,16 @@ def policy_token_logps(logits: Any, batch: dict[str, Any], config: TrainConfig, 
     if config.policy_prob != "constrained":
         return full
     allowed_mask = batch["allowed_mask"].to(device)
-    constrained = losses.constrained_token_logps(logits, targets, batch["allowed"].to(device), allowed_mask)
+    constrained = losses.constrained_token_logps(
+        logits, targets, batch["allowed"].to(device), allowed_mask
+    )
     has_trie = allowed_mask.flatten(1).any(-1)[:, None]  # examples outside the grammar: full
     return torch.where(has_trie, constrained, full)
 
 
-def select_examples(examples: Sequence[Example], config: TrainConfig) -> tuple[list[Example], dict[str, int]]:
+def select_examples(
+    examples: Sequence[Example], config: TrainConfig
+) -> tuple[list[Example], dict[str, int]]:
     """What each method trains on: SUP positives; RL every label; KTO ±1 with a stored prob."""
     if isinstance(config, SUPConfig):
         kept = [e for e in examples if e.label == 1]
@@ -275,7 +289,11 @@ def select_examples(examples: Sequence[Example], config: TrainConfig) -> tuple[l
         kept = [e for e in examples if e.label in (1, -1) and e.prob is not None]
     else:
         kept = list(examples)
-    return kept, {"available": len(examples), "used": len(kept), "dropped": len(examples) - len(kept)}
+    return kept, {
+        "available": len(examples),
+        "used": len(kept),
+        "dropped": len(examples) - len(kept),
+    }
 
 
 # ---------------------------------------------------------------- evaluation
@@ -306,8 +324,11 @@ def exact_match(
             chunk = heldout[k : k + batch_size]
             requests = [
                 DecodeRequest.for_game(
-                    e.game, images(list(e.game.listener_order)), temperature=0.0,
-                    max_new_tokens=max_new_tokens, adapter=adapter,
+                    e.game,
+                    images(list(e.game.listener_order)),
+                    temperature=0.0,
+                    max_new_tokens=max_new_tokens,
+                    adapter=adapter,
                 )
                 for e in chunk
             ]
@@ -376,7 +397,9 @@ def _optimizer(params: list[Any], config: TrainConfig) -> Any:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        return torch.optim.RMSprop(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
     raise ValueError(f"optimizer must be adamw or rmsprop, not {config.optimizer!r}")
 
 
@@ -419,7 +442,8 @@ def fit(
     model = policy.model
     device, dtype = policy.device, policy.dtype
     dataset = ActionDataset(train_examples, config.shuffle_letters, config.seed)
-    collator = ActionCollator(policy, images, config.max_new_tokens)
+    constrained = not isinstance(config, SUPConfig) and config.policy_prob == "constrained"
+    collator = ActionCollator(policy, images, config.max_new_tokens, with_allowed=constrained)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, config)
     steps_per_epoch = math.ceil(len(dataset) / config.effective_batch_size)
@@ -458,7 +482,7 @@ def fit(
         model.train()
         order = dataset.order(epoch)
         started = time.perf_counter()
-        total_loss, seen, steps = 0.0, 0, 0
+        total_loss, seen, steps = torch.zeros((), device=device), 0, 0
         for k in range(0, len(order), config.effective_batch_size):
             group = order[k : k + config.effective_batch_size]
             optimizer.zero_grad(set_to_none=True)
@@ -467,7 +491,7 @@ def fit(
                 per_example = batch_losses(model, collator(samples), config, device, dtype)
                 loss = per_example.sum() / len(group)
                 loss.backward()
-                total_loss += float(per_example.detach().sum())
+                total_loss += per_example.detach().sum().float()  # no device sync per step
                 seen += len(samples)
             if config.max_grad_norm and config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -482,7 +506,7 @@ def fit(
         em = exact_match(policy, heldout, images, config.eval_batch_size, config.max_new_tokens)
         metrics = EpochMetrics(
             epoch=epoch,
-            loss=total_loss / seen if seen else None,
+            loss=float(total_loss) / seen if seen else None,
             heldout_exact_match=em,
             steps=steps,
             examples=seen,
@@ -491,8 +515,12 @@ def fit(
             learning_rate=scheduler.get_last_lr()[0],
         )
         result.metrics.append(metrics)
-        adapter_state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        improved = result.best_epoch is None or (em is not None and (result.best_exact_match is None or em > result.best_exact_match))
+        adapter_state = {
+            k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
+        }
+        improved = result.best_epoch is None or (
+            em is not None and (result.best_exact_match is None or em > result.best_exact_match)
+        )
         if em is None:  # nothing to select on: keep the last epoch
             improved = True
         if improved:
@@ -539,7 +567,11 @@ async def previous_adapter(db: Any, system: str, round_: int) -> str | None:
         row = (
             await s.execute(
                 select(Checkpoint.adapter)
-                .where(Checkpoint.system == system, Checkpoint.round <= round_, Checkpoint.adapter.is_not(None))
+                .where(
+                    Checkpoint.system == system,
+                    Checkpoint.round <= round_,
+                    Checkpoint.adapter.is_not(None),
+                )
                 .order_by(Checkpoint.round.desc(), Checkpoint.created_at.desc())
                 .limit(1)
             )
@@ -641,8 +673,17 @@ def train(
     progress = _progress(console)
     with progress:
         result = fit(
-            policy, config, train_examples, heldout, images, out, resume=resume,
-            fingerprint=fingerprint, progress=progress, stop_after_epoch=stop_after_epoch, log=say,
+            policy,
+            config,
+            train_examples,
+            heldout,
+            images,
+            out,
+            resume=resume,
+            fingerprint=fingerprint,
+            progress=progress,
+            stop_after_epoch=stop_after_epoch,
+            log=say,
         )
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -676,15 +717,30 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
 
 
 def _progress(console: Any) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=False, disable=console is None,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=console is None,
     )
 
 
@@ -699,7 +755,6 @@ __all__ = [
     "RLConfig",
     "SUPConfig",
     "TrainConfig",
-    "augment",
     "batch_losses",
     "exact_match",
     "fit",

@@ -246,17 +246,12 @@ async def test_two_replicas_behind_the_proxy_serve_one_game(start_server, pg_url
 # ---------------------------------------------------------------- two writers racing on one game
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: after a write conflict GameHub.execute reloads the newer state into its "
-    "cache but broadcasts nothing, and the bus notification of that newer version is then dropped "
-    "in _on_game_message as 'already caught up': the process's own players keep a stale view and "
-    "every action they make is refused as stale_version until some later event arrives",
-)
 async def test_a_write_conflict_still_shows_local_players_the_newer_state(tmp_path, kilogram_dir):
-    """Deterministic form of a race seen in the drop tests: the listener acts on process A at
-    the moment process B appends an event (here: B notices the speaker's connection dropped);
-    A learns of B's event through the conflict first and through the bus second."""
+    """Deterministic form of a race the drop tests found: the listener acts on process A at the
+    moment process B appends an event (here: B notices the speaker's connection dropped); A
+    learns of B's event through the write conflict first and through the bus second, and must
+    still show it to its players (before the fix their view stayed stale and every action they
+    made was refused as stale_version until some later event)."""
     import json
     import uuid
 

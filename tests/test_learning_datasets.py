@@ -45,7 +45,9 @@ def tiny_policy(tmp_path_factory):
     from policy_worker.model import load_policy
     from policy_worker.tiny import build_tiny_idefics2
 
-    return load_policy(build_tiny_idefics2(tmp_path_factory.mktemp("tiny_data")), dtype="float32", device="cpu")
+    return load_policy(
+        build_tiny_idefics2(tmp_path_factory.mktemp("tiny_data")), dtype="float32", device="cpu"
+    )
 
 
 def prob_of(game_id: str, turn: int) -> float:
@@ -67,8 +69,14 @@ async def _label_and_log(db, renderer, tamper: tuple[str, int] | None = None) ->
                     continue
                 s.add(
                     FeedbackLabel(
-                        game_id=g.id, turn=record.turn, decoder="binary", decoder_version="v1",
-                        label=1 if record.turn % 2 else -1, heuristic=None, scores={}, created_at=1.0,
+                        game_id=g.id,
+                        turn=record.turn,
+                        decoder="binary",
+                        decoder_version="v1",
+                        label=1 if record.turn % 2 else -1,
+                        heuristic=None,
+                        scores={},
+                        created_at=1.0,
                     )
                 )
                 if g.listener_kind != "model":
@@ -80,9 +88,16 @@ async def _label_and_log(db, renderer, tamper: tuple[str, int] | None = None) ->
                     model_input += " (changed)"
                 s.add(
                     ListenerRequest(
-                        game_id=g.id, turn=record.turn, system=g.system or "x", checkpoint="ck",
-                        status="applied", created_at=1.0, deadline=2.0, action=full.turns[-1].action,
-                        prob_action=prob_of(g.id, record.turn), prob_unconstrained=prob_of(g.id, record.turn) / 10,
+                        game_id=g.id,
+                        turn=record.turn,
+                        system=g.system or "x",
+                        checkpoint="ck",
+                        status="applied",
+                        created_at=1.0,
+                        deadline=2.0,
+                        action=full.turns[-1].action,
+                        prob_action=prob_of(g.id, record.turn),
+                        prob_unconstrained=prob_of(g.id, record.turn) / 10,
                         model_input=model_input,
                     )
                 )
@@ -111,12 +126,20 @@ def test_d_le_rho_rebuilds_the_worker_prompts_and_reads_labels_and_probs(databas
     url, games = database
     run_db(url, lambda db: _label_and_log(db, tiny_policy.processor))
     examples, stats = run_db(
-        url, lambda db: load_examples(db, "binary", 1, systems=["B-SUP"], renderer=tiny_policy.processor, strict=True)
+        url,
+        lambda db: load_examples(
+            db, "binary", 1, systems=["B-SUP"], renderer=tiny_policy.processor, strict=True
+        ),
     )
+
     # rounds 0 and 1 and NULL of B-SUP; not round 2, not B-RL, not the human games
     def want(g):
         c = g.get("_columns", {})
-        return g.get("_kind", "model") == "model" and c.get("system") == "B-SUP" and c.get("round") in (0, 1, None)
+        return (
+            g.get("_kind", "model") == "model"
+            and c.get("system") == "B-SUP"
+            and c.get("round") in (0, 1, None)
+        )
 
     assert stats.count == len(examples) == _turns(games, want)
     assert stats.model_inputs_checked == stats.count and stats.model_input_mismatches == 0
@@ -127,7 +150,9 @@ def test_d_le_rho_rebuilds_the_worker_prompts_and_reads_labels_and_probs(databas
         assert e.label == (1 if e.turn % 2 else -1)
         assert e.game.turns[-1].action is None and len(e.game.turns) == e.turn
         assert e.action == prompt_game_action(url, e)
-    unconstrained, _ = run_db(url, lambda db: load_examples(db, "binary", 1, systems=["B-SUP"], prob="unconstrained"))
+    unconstrained, _ = run_db(
+        url, lambda db: load_examples(db, "binary", 1, systems=["B-SUP"], prob="unconstrained")
+    )
     assert [e.prob for e in unconstrained] == pytest.approx([e.prob / 10 for e in examples])
     # without unrounded games, and for all systems
     only, _ = run_db(url, lambda db: load_examples(db, "binary", 0, include_unrounded=False))
@@ -148,10 +173,15 @@ def test_a_prompt_that_differs_from_the_logged_model_input_is_caught(database, t
     url, games = database
     gid = games[0]["game_id"][:32]
     run_db(url, lambda db: _label_and_log(db, tiny_policy.processor, tamper=(gid, 2)))
-    _, stats = run_db(url, lambda db: load_examples(db, "binary", 2, renderer=tiny_policy.processor))
+    _, stats = run_db(
+        url, lambda db: load_examples(db, "binary", 2, renderer=tiny_policy.processor)
+    )
     assert stats.model_input_mismatches == 1
     with pytest.raises(ValueError, match="model_input"):
-        run_db(url, lambda db: load_examples(db, "binary", 2, renderer=tiny_policy.processor, strict=True))
+        run_db(
+            url,
+            lambda db: load_examples(db, "binary", 2, renderer=tiny_policy.processor, strict=True),
+        )
 
 
 def test_newest_label_wins_unless_a_version_is_named(database, tiny_policy):
@@ -161,13 +191,25 @@ def test_newest_label_wins_unless_a_version_is_named(database, tiny_policy):
 
     async def relabel(db):
         async with db.session() as s, s.begin():
-            s.add(FeedbackLabel(game_id=gid, turn=1, decoder="binary", decoder_version="v2", label=-1, scores={}, created_at=5.0))
+            s.add(
+                FeedbackLabel(
+                    game_id=gid,
+                    turn=1,
+                    decoder="binary",
+                    decoder_version="v2",
+                    label=-1,
+                    scores={},
+                    created_at=5.0,
+                )
+            )
 
     run_db(url, relabel)
     newest, stats = run_db(url, lambda db: load_examples(db, "binary", 0, systems=["B-SUP"]))
     assert next(e for e in newest if (e.game_id, e.turn) == (gid, 1)).label == -1
     assert stats.decoder_versions == ["v1", "v2"]
-    v1, _ = run_db(url, lambda db: load_examples(db, "binary", 0, systems=["B-SUP"], decoder_version="v1"))
+    v1, _ = run_db(
+        url, lambda db: load_examples(db, "binary", 0, systems=["B-SUP"], decoder_version="v1")
+    )
     assert next(e for e in v1 if (e.game_id, e.turn) == (gid, 1)).label == 1
 
 
@@ -180,7 +222,9 @@ def test_heldout_is_the_human_human_turns(database):
     first = humans[0]
     letters = letter_map(first["listener_order"])
     e = next(x for x in heldout if x.game_id == first["game_id"][:32] and x.turn == 1)
-    assert e.action == "select " + " ".join(sorted(letters[t] for t in first["selection_after_turn"][0]))
+    assert e.action == "select " + " ".join(
+        sorted(letters[t] for t in first["selection_after_turn"][0])
+    )
     few, _ = run_db(url, lambda db: load_heldout(db, 0, limit=5, seed=3))
     again, _ = run_db(url, lambda db: load_heldout(db, 0, limit=5, seed=3))
     assert len(few) == 5 and [x.key() for x in few] == [x.key() for x in again]
@@ -203,6 +247,7 @@ def test_letter_shuffling_relabels_consistently(recorded_games, tmp_path):
     sample = augment(example, random.Random(5))
     assert sample.game.listener_order != game.listener_order
     assert sorted(sample.game.listener_order) == sorted(game.listener_order)
+
     # the shuffled action applied to the shuffled state selects the same tangrams
     def tangrams(g, letters):
         order = g.listener_order
@@ -213,9 +258,18 @@ def test_letter_shuffling_relabels_consistently(recorded_games, tmp_path):
     assert tangrams(sample.game, after) == tangrams(game, original)
     # past actions are rewritten too: replaying them reproduces each turn's selection
     for t_old, t_new in zip(game.turns[:-1], sample.game.turns[:-1]):
-        assert tangrams(sample.game, apply_action(
-            [letter_map(sample.game.listener_order)[x] for x in t_new.selection_before], t_new.action
-        )) == tangrams(game, apply_action([letter_map(game.listener_order)[x] for x in t_old.selection_before], t_old.action))
+        assert tangrams(
+            sample.game,
+            apply_action(
+                [letter_map(sample.game.listener_order)[x] for x in t_new.selection_before],
+                t_new.action,
+            ),
+        ) == tangrams(
+            game,
+            apply_action(
+                [letter_map(game.listener_order)[x] for x in t_old.selection_before], t_old.action
+            ),
+        )
     ds = ActionDataset([example], shuffle=True, seed=1)
     assert ds.sample(0, 1) == ds.sample(0, 1) and ds.sample(0, 1).game != ds.sample(0, 2).game
     assert ActionDataset([example], shuffle=False, seed=1).sample(0, 1).game is game
@@ -229,11 +283,16 @@ def test_collator_matches_the_processor_and_the_decoding_tokens(tiny_policy, kil
     ids = sorted(p.stem for p in Path(kilogram_dir).glob("*.svg"))[:10]
     images = TangramImages(kilogram_dir).images
     games = [
-        PromptGame(ids, [PromptTurn("choose the bird", [], "select A"), PromptTurn("no", [ids[0]], None)]),
+        PromptGame(
+            ids, [PromptTurn("choose the bird", [], "select A"), PromptTurn("no", [ids[0]], None)]
+        ),
         PromptGame(ids[::-1], [PromptTurn("pick the boat", [], None)]),
     ]
     actions = ["deselect A select C", "select B J"]
-    samples = [augment(Example(f"g{i}", 1, g, a, 1, 0.5), None) for i, (g, a) in enumerate(zip(games, actions))]
+    samples = [
+        augment(Example(f"g{i}", 1, g, a, 1, 0.5), None)
+        for i, (g, a) in enumerate(zip(games, actions))
+    ]
     batch = ActionCollator(tiny_policy, images)(samples)
     ref = tiny_policy.processor(
         text=[render_prompt(tiny_policy.processor, build_chat(g)) for g in games],
@@ -248,7 +307,9 @@ def test_collator_matches_the_processor_and_the_decoding_tokens(tiny_policy, kil
     for b, (g, a) in enumerate(zip(games, actions)):
         tokens = action_token_ids(tiny_policy, [a])[0]
         n = len(tokens)
-        assert batch["targets"][b, :n].tolist() == list(tokens) and batch["target_mask"][b].sum() == n
+        assert (
+            batch["targets"][b, :n].tolist() == list(tokens) and batch["target_mask"][b].sum() == n
+        )
         assert batch["input_ids"][b, width : width + n].tolist() == list(tokens)
         trie = action_trie(tiny_policy, g.current_selected_letters(), list("ABCDEFGHIJ"))
         for t, allowed in enumerate(trie.step_allowed[a]):

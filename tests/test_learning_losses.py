@@ -110,7 +110,9 @@ def test_kto_loss_by_hand():
     got = losses.kto_loss(policy, ref, desirable, 0.2, beta=0.5)
     assert got.tolist() == pytest.approx([0.462570, 0.354344], abs=1e-6)
     # class weights scale each side
-    got = losses.kto_loss(policy, ref, desirable, 0.0, 0.5, desirable_weight=2.0, undesirable_weight=0.5)
+    got = losses.kto_loss(
+        policy, ref, desirable, 0.0, 0.5, desirable_weight=2.0, undesirable_weight=0.5
+    )
     assert got.tolist() == pytest.approx([2 * 0.437823, 0.5 * 0.377541], abs=1e-6)
 
 
@@ -125,5 +127,7 @@ def test_kto_reference_point_is_the_clamped_detached_mean_log_ratio():
 def test_kto_at_the_reference_is_one_half():
     """Policy == deployed policy: every log-ratio is 0, so every loss is 1 − σ(0) = 0.5."""
     p = torch.log(torch.tensor([0.2, 0.7, 0.01]))
-    got = losses.kto_loss(p, p.clone(), torch.tensor([True, False, True]), losses.kto_reference_point(p, p))
+    got = losses.kto_loss(
+        p, p.clone(), torch.tensor([True, False, True]), losses.kto_reference_point(p, p)
+    )
     assert got.tolist() == pytest.approx([0.5, 0.5, 0.5])

@@ -12,7 +12,7 @@ import pytest
 from app.db.gamelog import append, load_state
 from app.db.models import FeedbackLabel
 from app.game import rules as R
-from learning.report import RESET_RE, collect, markdown, wilson_interval, write_report
+from learning.report import RESET_RE, collect, markdown, wilson_interval
 from learning.retrospect import heuristic_label
 from tests.test_learning_retrospect import make_database, run_db
 
@@ -29,7 +29,13 @@ def test_wilson_interval_by_hand():
 
 
 def test_reset_phrases():
-    for text in ("Try again please", "let's start over", "deselect all", "reset", "clear everything"):
+    for text in (
+        "Try again please",
+        "let's start over",
+        "deselect all",
+        "reset",
+        "clear everything",
+    ):
         assert RESET_RE.search(text), text
     for text in ("choose the bird", "the one at the top right", "correct, now the boat"):
         assert not RESET_RE.search(text), text
@@ -81,9 +87,13 @@ def report_db(tmp_path, recorded_games):
                     cols["checkpoint"] = ck
                 games.append(dict(g, _columns=cols))
     # one game of B-SUP round 0 aborted after two turns (left out of success and turns)
-    partial = dict(recorded_games[30], game_id="aborted-game", utterances=recorded_games[30]["utterances"][:2],
-                   selection_after_turn=recorded_games[30]["selection_after_turn"][:2],
-                   _columns={"system": "B-SUP", "round": 0})
+    partial = dict(
+        recorded_games[30],
+        game_id="aborted-game",
+        utterances=recorded_games[30]["utterances"][:2],
+        selection_after_turn=recorded_games[30]["selection_after_turn"][:2],
+        _columns={"system": "B-SUP", "round": 0},
+    )
     games.append(partial)
     make_database(url, games)
 
@@ -100,8 +110,18 @@ def report_db(tmp_path, recorded_games):
                 for turn, after in enumerate(g["selection_after_turn"][:-1], start=1):
                     h = heuristic_label(before, after, g["targets"])
                     for decoder, label in (("binary", h if h else -1), ("ternary", 0)):
-                        s.add(FeedbackLabel(game_id=g["game_id"][:32], turn=turn, decoder=decoder, decoder_version="v",
-                                            label=label, heuristic=h, scores={}, created_at=1.0))
+                        s.add(
+                            FeedbackLabel(
+                                game_id=g["game_id"][:32],
+                                turn=turn,
+                                decoder=decoder,
+                                decoder_version="v",
+                                label=label,
+                                heuristic=h,
+                                scores={},
+                                created_at=1.0,
+                            )
+                        )
                     before = after
 
     run_db(url, finish)
@@ -121,7 +141,9 @@ def test_report_numbers_per_system_and_round(report_db, tmp_path):
         assert r.turns_per_game == pytest.approx(e["turns"])
         if key != ("B-SUP", 0):  # round 0 also holds the aborted game's words and clicks
             assert r.click_accuracy == pytest.approx(e["click"])
-            assert r.vocabulary == e["vocab"] and r.mean_utterance_words == pytest.approx(e["words"])
+            assert r.vocabulary == e["vocab"] and r.mean_utterance_words == pytest.approx(
+                e["words"]
+            )
     assert by[("B-SUP", 0)].aborted == 1 and by[("B-SUP", 0)].games == 11
     assert by[("B-SUP", 1)].heldout_exact_match == pytest.approx(0.42)
     conf = by[("B-SUP", 0)].confusion
@@ -140,7 +162,9 @@ def test_report_renders_markdown_and_plots(report_db, tmp_path):
 
     url, _ = report_db
     out = tmp_path / "report"
-    result = CliRunner().invoke(app, ["report", "--out", str(out), "--database-url", url], catch_exceptions=False)
+    result = CliRunner().invoke(
+        app, ["report", "--out", str(out), "--database-url", url], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     assert "MultiRef: systems and rounds" in result.output and "4 plots" in result.output
     for name in ("success.png", "turns.png", "confusion.png", "language.png"):
@@ -151,9 +175,16 @@ def test_report_renders_markdown_and_plots(report_db, tmp_path):
     assert "| system | round | games | success |" in md and "![success](success.png)" in md
     assert "Decoder confusion" in md and "binary" in md
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {(m["system"], m["round"]) for m in metrics} == {("B-SUP", 0), ("B-SUP", 1), ("human", 0), ("B-RL", 1)}
+    assert {(m["system"], m["round"]) for m in metrics} == {
+        ("B-SUP", 0),
+        ("B-SUP", 1),
+        ("human", 0),
+        ("B-RL", 1),
+    }
     # --rounds limits the report
-    result = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "r1"), "--rounds", "1", "--database-url", url])
+    result = CliRunner().invoke(
+        app, ["report", "--out", str(tmp_path / "r1"), "--rounds", "1", "--database-url", url]
+    )
     assert result.exit_code == 0
     assert {m["round"] for m in json.loads((tmp_path / "r1" / "metrics.json").read_text())} == {1}
 

@@ -37,7 +37,7 @@ from learning.retrospect import (  # noqa: E402
 pytestmark = [pytest.mark.model, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
-# ---------------------------------------------------------------- helpers shared by the learning tests
+# ------------------------------------------------------- helpers shared by the learning tests
 
 
 def recorded_config(game: dict) -> R.GameConfig:
@@ -94,7 +94,9 @@ def make_database(url: str, games: list[dict], **columns) -> None:
         await db.migrate()
         for g in games:
             kind = g.get("_kind", "model")
-            await insert_recorded_game(db, g, kind, g.get("_id"), **{**columns, **g.get("_columns", {})})
+            await insert_recorded_game(
+                db, g, kind, g.get("_id"), **{**columns, **g.get("_columns", {})}
+            )
         await db.close()
 
     asyncio.run(run())
@@ -232,7 +234,15 @@ CONTEXTS = [
 def test_prefix_cache_and_batching_do_not_change_the_scores(tiny_policy):
     template = FeedbackTemplate.load(None, "ternary")
     cached = FeedbackDecoder(tiny_policy, DecoderConfig("ternary", batch_size=2), template)
-    plain = FeedbackDecoder(tiny_policy, DecoderConfig("ternary", batch_size=1, prefix_cache=False), template)
+    plain = FeedbackDecoder(
+        tiny_policy, DecoderConfig("ternary", batch_size=1, prefix_cache=False), template
+    )
+    odd = FeedbackContext(
+        "o", 2, "select A", "type <image> here {dialogue}", "nothing", "  spaced   out  ", -1
+    )
+    for c in [*CONTEXTS, odd]:  # the fast prompt path equals rendering the chat each time
+        assert cached.prompt(c) == cached.render(c)
+    assert "<image>" not in cached.prompt(odd)  # a speaker cannot inject special tokens
     a, b = cached.decide(CONTEXTS), plain.decide(CONTEXTS)
     for x, y in zip(a, b):
         assert x.label == y.label
@@ -241,12 +251,16 @@ def test_prefix_cache_and_batching_do_not_change_the_scores(tiny_policy):
     # the tiny tokenizer splits the label words, sharing their first token: whole words are scored
     assert a[0].scores["scoring"] == "sequence"
     with pytest.raises(ValueError, match="first token"):
-        FeedbackDecoder(tiny_policy, DecoderConfig("ternary", scoring="first_token"), template).decide(CONTEXTS)
+        FeedbackDecoder(
+            tiny_policy, DecoderConfig("ternary", scoring="first_token"), template
+        ).decide(CONTEXTS)
 
 
 def test_scores_are_label_word_log_probabilities(tiny_policy):
     """The sequence score of a word equals its teacher-forced log-probability after the prompt."""
-    dec = FeedbackDecoder(tiny_policy, DecoderConfig("binary"), FeedbackTemplate.load(None, "binary"))
+    dec = FeedbackDecoder(
+        tiny_policy, DecoderConfig("binary"), FeedbackTemplate.load(None, "binary")
+    )
     decision = dec.decide(CONTEXTS[:1])[0]
     prompt = dec.prompt(CONTEXTS[0])
     tok = tiny_policy.tokenizer
@@ -254,24 +268,36 @@ def test_scores_are_label_word_log_probabilities(tiny_policy):
         ids = tok(prompt + " " + word, add_special_tokens=True)["input_ids"]
         n = len(tok(prompt, add_special_tokens=True)["input_ids"])
         with torch.no_grad():
-            logp = torch.log_softmax(tiny_policy.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            logp = torch.log_softmax(
+                tiny_policy.model(input_ids=torch.tensor([ids])).logits[0].float(), -1
+            )
         expected = sum(logp[i - 1, ids[i]].item() for i in range(n, len(ids)))
         assert decision.scores["logp"][word] == pytest.approx(expected, abs=1e-3)
 
 
 def test_binary_margin_leans_negative(tiny_policy):
-    dec = FeedbackDecoder(tiny_policy, DecoderConfig("binary", margin=0.0), FeedbackTemplate.load(None, "binary"))
-    for logps, margin, label in [((-1.0, -2.0), 0.0, 1), ((-1.0, -2.0), 1.5, -1), ((-2.0, -1.0), 0.0, -1)]:
+    dec = FeedbackDecoder(
+        tiny_policy, DecoderConfig("binary", margin=0.0), FeedbackTemplate.load(None, "binary")
+    )
+    for logps, margin, label in [
+        ((-1.0, -2.0), 0.0, 1),
+        ((-1.0, -2.0), 1.5, -1),
+        ((-2.0, -1.0), 0.0, -1),
+    ]:
         dec.config.margin = margin
         assert dec._from_logps(list(logps), "first_token").label == label
-    ternary = FeedbackDecoder(tiny_policy, DecoderConfig("ternary"), FeedbackTemplate.load(None, "ternary"))
+    ternary = FeedbackDecoder(
+        tiny_policy, DecoderConfig("ternary"), FeedbackTemplate.load(None, "ternary")
+    )
     assert ternary._from_logps([-3.0, -1.0, -2.0], "first_token").label == 0
     assert ternary._from_logps([-0.5, -1.0, -2.0], "first_token").label == 1
 
 
 def test_generate_method_parses_or_falls_back(tiny_policy):
     dec = FeedbackDecoder(
-        tiny_policy, DecoderConfig("binary", method="generate", batch_size=2), FeedbackTemplate.load(None, "binary")
+        tiny_policy,
+        DecoderConfig("binary", method="generate", batch_size=2),
+        FeedbackTemplate.load(None, "binary"),
     )
     decisions = dec.decide(CONTEXTS)
     assert len(decisions) == len(CONTEXTS)
@@ -279,7 +305,11 @@ def test_generate_method_parses_or_falls_back(tiny_policy):
     assert dec.parse_answer(" Positive.").label == 1
     assert dec.parse_answer("neg").label == -1
     assert dec.parse_answer("hmm").label == -1 and dec.parse_answer("hmm").scores["unparsed"]
-    ternary = FeedbackDecoder(tiny_policy, DecoderConfig("ternary", method="generate"), FeedbackTemplate.load(None, "ternary"))
+    ternary = FeedbackDecoder(
+        tiny_policy,
+        DecoderConfig("ternary", method="generate"),
+        FeedbackTemplate.load(None, "ternary"),
+    )
     assert ternary.parse_answer("???").label == 0 and ternary.parse_answer("neutral").label == 0
 
 
@@ -307,14 +337,26 @@ def test_retrospect_over_the_100_real_games(tmp_path, tiny_dir, recorded_games):
     url = f"sqlite+aiosqlite:///{tmp_path / 'games.sqlite3'}"
     make_database(url, recorded_games, system="B-SUP", round=None)
     args = [
-        "retrospect", "--all", "--decoder", "binary", "--base", str(tiny_dir),
-        "--database-url", url, "--device", "cpu", "--batch-size", "32",
+        "retrospect",
+        "--all",
+        "--decoder",
+        "binary",
+        "--base",
+        str(tiny_dir),
+        "--database-url",
+        url,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "32",
     ]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     expected = sum(g["num_turns"] - 1 for g in recorded_games)
     assert expected == 588
-    assert f"{expected} actions with a next utterance; labelled {expected}" in " ".join(result.output.split())
+    assert f"{expected} actions with a next utterance; labelled {expected}" in " ".join(
+        result.output.split()
+    )
     assert "heuristic" in result.output and "actions/s" in result.output
 
     async def read(db):
@@ -340,7 +382,9 @@ def test_retrospect_over_the_100_real_games(tmp_path, tiny_dir, recorded_games):
 
     # a second run labels nothing new (same decoder version)
     again = CliRunner().invoke(app, args, catch_exceptions=False)
-    assert again.exit_code == 0 and f"labelled 0, already labelled {expected}" in " ".join(again.output.split())
+    assert again.exit_code == 0 and f"labelled 0, already labelled {expected}" in " ".join(
+        again.output.split()
+    )
 
     async def count(db):
         async with db.session() as s:
@@ -354,7 +398,9 @@ def test_retrospect_needs_a_round_or_all(tmp_path):
 
     from app.cli import app
 
-    result = CliRunner().invoke(app, ["retrospect", "--database-url", f"sqlite+aiosqlite:///{tmp_path}/x.db"])
+    result = CliRunner().invoke(
+        app, ["retrospect", "--database-url", f"sqlite+aiosqlite:///{tmp_path}/x.db"]
+    )
     assert result.exit_code != 0
 
 
@@ -362,9 +408,14 @@ def test_retrospect_by_round_only_labels_that_round(tmp_path, tiny_policy, recor
     from learning.retrospect import retrospect
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'rounds.sqlite3'}"
-    games = [dict(g, _columns={"round": i % 2, "system": "B-SUP"}) for i, g in enumerate(recorded_games[:4])]
+    games = [
+        dict(g, _columns={"round": i % 2, "system": "B-SUP"})
+        for i, g in enumerate(recorded_games[:4])
+    ]
     make_database(url, games)
-    dec = FeedbackDecoder(tiny_policy, DecoderConfig("binary"), FeedbackTemplate.load(None, "binary"))
+    dec = FeedbackDecoder(
+        tiny_policy, DecoderConfig("binary"), FeedbackTemplate.load(None, "binary")
+    )
     result = run_db(url, lambda db: retrospect(db, dec, 1))
     expected = sum(g["num_turns"] - 1 for i, g in enumerate(recorded_games[:4]) if i % 2 == 1)
     assert result.games == 2 and result.labelled == expected and result.actions_per_s > 0

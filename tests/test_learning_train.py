@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from learning import losses  # noqa: E402
 from learning.datasets import ActionCollator, Example, augment  # noqa: E402
 from learning.train import (  # noqa: E402
     KTOConfig,
@@ -32,7 +33,6 @@ from learning.train import (  # noqa: E402
     select_examples,
     starts_fresh,
 )
-from learning import losses  # noqa: E402
 from policy_worker.prompt import PromptGame, PromptTurn  # noqa: E402
 from tests.test_learning_retrospect import make_database, run_db  # noqa: E402
 
@@ -44,7 +44,9 @@ pytestmark = [
 
 # The tiny model's final norm and output layer are random and frozen, which caps how far LoRA on
 # the attention/MLP projections can move its logits; the synthetic tests also adapt lm_head.
-TINY_TARGETS = r".*(text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head)$"
+TINY_TARGETS = (
+    r".*(text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head)$"
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,16 +94,31 @@ def test_variants_and_method_defaults():
     sup, rl, kto = load_config("B-SUP"), load_config("T-RL"), load_config("B-KTO")
     assert isinstance(sup, SUPConfig) and sup.label_smoothing == 0.1 and sup.decoder == "binary"
     assert (sup.lora_r, sup.lora_alpha, sup.lora_dropout) == (8, 8, 0.1)
-    assert (sup.learning_rate, sup.lr_scheduler, sup.warmup_steps, sup.epochs) == (1e-4, "cosine", 10, 20)
+    assert (sup.learning_rate, sup.lr_scheduler, sup.warmup_steps, sup.epochs) == (
+        1e-4,
+        "cosine",
+        10,
+        20,
+    )
     assert (sup.effective_batch_size, sup.seed, sup.dtype) == (64, 42, "auto")
-    assert isinstance(rl, RLConfig) and rl.rewards == {1: 1.0, 0: 0.0, -1: -0.1} and rl.weight_floor == 0.01
+    assert (
+        isinstance(rl, RLConfig)
+        and rl.rewards == {1: 1.0, 0: 0.0, -1: -0.1}
+        and rl.weight_floor == 0.01
+    )
     assert rl.decoder == "ternary"
-    assert isinstance(kto, KTOConfig) and (kto.beta, kto.learning_rate, kto.optimizer) == (0.5, 1e-5, "rmsprop")
+    assert isinstance(kto, KTOConfig) and (kto.beta, kto.learning_rate, kto.optimizer) == (
+        0.5,
+        1e-5,
+        "rmsprop",
+    )
 
 
 def test_config_files_override_defaults(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('epochs = 3\nlearning_rate = 0.002\n[kto]\nbeta = 0.3\n[sup]\nlabel_smoothing = 0.0\n')
+    toml.write_text(
+        "epochs = 3\nlearning_rate = 0.002\n[kto]\nbeta = 0.3\n[sup]\nlabel_smoothing = 0.0\n"
+    )
     kto = load_config("B-KTO", toml)
     assert (kto.epochs, kto.learning_rate, kto.beta) == (3, 0.002, 0.3)
     sup = load_config("T-SUP", toml, {"epochs": 1})
@@ -118,9 +135,10 @@ def test_config_files_override_defaults(tmp_path):
 
 def test_each_method_selects_its_examples():
     g = PromptGame(["a"], [PromptTurn("x", [], None)])
-    ex = [Example("g", i, g, "nothing", label, prob) for i, (label, prob) in enumerate(
-        [(1, 0.5), (0, 0.5), (-1, 0.5), (1, None), (-1, None)]
-    )]
+    ex = [
+        Example("g", i, g, "nothing", label, prob)
+        for i, (label, prob) in enumerate([(1, 0.5), (0, 0.5), (-1, 0.5), (1, None), (-1, None)])
+    ]
     assert [e.turn for e in select_examples(ex, load_config("B-SUP"))[0]] == [0, 3]
     assert len(select_examples(ex, load_config("T-RL"))[0]) == 5
     kept, info = select_examples(ex, load_config("T-KTO"))
@@ -148,7 +166,9 @@ def test_restart_vs_continue_rule(tiny_dir, tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, base_logits)
-    assert all(v.abs().sum() == 0 for k, v in get_peft_model_state_dict(model).items() if "lora_B" in k)
+    assert all(
+        v.abs().sum() == 0 for k, v in get_peft_model_state_dict(model).items() if "lora_B" in k
+    )
     # continue: the previous adapter's weights, trainable
     previous = make_tiny_lora(tiny_dir, tmp_path / "prev", seed=3)
     cont = attach_adapter(load(tiny_dir), load_config("B-KTO"), previous)
@@ -190,7 +210,13 @@ def test_kto_reference_is_the_stored_deployed_probability(tiny_dir, tmp_path, ta
     adapter = make_tiny_lora(tiny_dir, tmp_path / "deployed", seed=7)
     served = load_policy(tiny_dir, adapters={"B-KTO-r0": adapter}, dtype="float32", device="cpu")
     games = [
-        PromptGame(tangram_ids, [PromptTurn("choose the bird", [], "select A"), PromptTurn("no", [tangram_ids[0]], None)]),
+        PromptGame(
+            tangram_ids,
+            [
+                PromptTurn("choose the bird", [], "select A"),
+                PromptTurn("no", [tangram_ids[0]], None),
+            ],
+        ),
         PromptGame(tangram_ids, [PromptTurn("pick the person sitting", [], None)]),
         PromptGame(tangram_ids[::-1], [PromptTurn("the boat", [], None)]),
     ]
@@ -213,8 +239,14 @@ def test_kto_reference_is_the_stored_deployed_probability(tiny_dir, tmp_path, ta
             width = batch["targets"].shape[1]
             from learning.datasets import model_inputs
 
-            logits = policy.model(**model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1).logits[:, :-1]
-            seq = losses.sequence_logps(policy_token_logps(logits, batch, config, policy.device), batch["target_mask"], False)
+            logits = policy.model(
+                **model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1
+            ).logits[:, :-1]
+            seq = losses.sequence_logps(
+                policy_token_logps(logits, batch, config, policy.device),
+                batch["target_mask"],
+                False,
+            )
             kto = batch_losses(policy.model, batch, config, policy.device, policy.dtype)
         return seq - torch.log(batch["deployed_probs"].float()), kto
 
@@ -232,20 +264,37 @@ def test_kto_reference_is_the_stored_deployed_probability(tiny_dir, tmp_path, ta
 # ---------------------------------------------------------------- learning a small task
 
 
-TASK = [("choose the bird with open wings", "select B"), ("pick the boat with a tall sail", "select G")]
+TASK = [
+    ("choose the bird with open wings", "select B"),
+    ("pick the boat with a tall sail", "select G"),
+]
 
 
 def synthetic(tangram_ids, n: int, split: str) -> list[Example]:
     return [
-        Example(f"{split}{i}", 1, PromptGame(tangram_ids, [PromptTurn(TASK[i % 2][0], [], None)]), TASK[i % 2][1], 1, 0.5)
+        Example(
+            f"{split}{i}",
+            1,
+            PromptGame(tangram_ids, [PromptTurn(TASK[i % 2][0], [], None)]),
+            TASK[i % 2][1],
+            1,
+            0.5,
+        )
         for i in range(n)
     ]
 
 
 def tiny_config(**kw) -> SUPConfig:
     values = dict(
-        variant="B-SUP", epochs=6, learning_rate=1e-2, warmup_steps=0, lr_scheduler="constant",
-        effective_batch_size=2, micro_batch_size=2, shuffle_letters=False, lora_targets=TINY_TARGETS,
+        variant="B-SUP",
+        epochs=6,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        lr_scheduler="constant",
+        effective_batch_size=2,
+        micro_batch_size=2,
+        shuffle_letters=False,
+        lora_targets=TINY_TARGETS,
         eval_batch_size=8,
     )
     values.update(kw)
@@ -256,19 +305,30 @@ def test_training_lowers_the_loss_and_raises_exact_match(tiny_dir, tmp_path, tan
     policy = load(tiny_dir)
     config = tiny_config()
     attach_adapter(policy, config, None)
-    result = fit(policy, config, synthetic(tangram_ids, 8, "t"), synthetic(tangram_ids, 4, "h"), images, tmp_path / "out")
+    result = fit(
+        policy,
+        config,
+        synthetic(tangram_ids, 8, "t"),
+        synthetic(tangram_ids, 4, "h"),
+        images,
+        tmp_path / "out",
+    )
     first, last = result.metrics[1], result.metrics[-1]
     assert result.metrics[0].epoch == 0 and result.metrics[0].heldout_exact_match == 0.0
     assert last.loss < 0.6 * first.loss
     assert result.best_exact_match >= 0.5 > result.metrics[0].heldout_exact_match
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     # the kept adapter is the best epoch's: loading it reproduces that exact match
-    from policy_worker.model import load_policy
     from learning.train import exact_match
+    from policy_worker.model import load_policy
 
-    served = load_policy(tiny_dir, adapters={"best": tmp_path / "out"}, dtype="float32", device="cpu")
+    served = load_policy(
+        tiny_dir, adapters={"best": tmp_path / "out"}, dtype="float32", device="cpu"
+    )
     held = synthetic(tangram_ids, 4, "h")
-    assert exact_match(served, held, images, adapter="best") == pytest.approx(result.best_exact_match)
+    assert exact_match(served, held, images, adapter="best") == pytest.approx(
+        result.best_exact_match
+    )
 
 
 def test_rl_and_kto_steps_run_and_move_the_policy(tiny_dir, tmp_path, tangram_ids, images):
@@ -277,10 +337,27 @@ def test_rl_and_kto_steps_run_and_move_the_policy(tiny_dir, tmp_path, tangram_id
         for e, label in zip(synthetic(tangram_ids, 4, "r"), [1, -1, 0, -1])
     ]
     for config in (
-        RLConfig(variant="B-RL", epochs=1, effective_batch_size=4, micro_batch_size=2, warmup_steps=0,
-                 learning_rate=1e-2, lora_targets=TINY_TARGETS, eval_before_training=False),
-        KTOConfig(variant="B-KTO", epochs=1, effective_batch_size=4, micro_batch_size=4, warmup_steps=0,
-                  learning_rate=1e-3, lora_targets=TINY_TARGETS, eval_before_training=False, init="fresh"),
+        RLConfig(
+            variant="B-RL",
+            epochs=1,
+            effective_batch_size=4,
+            micro_batch_size=2,
+            warmup_steps=0,
+            learning_rate=1e-2,
+            lora_targets=TINY_TARGETS,
+            eval_before_training=False,
+        ),
+        KTOConfig(
+            variant="B-KTO",
+            epochs=1,
+            effective_batch_size=4,
+            micro_batch_size=4,
+            warmup_steps=0,
+            learning_rate=1e-3,
+            lora_targets=TINY_TARGETS,
+            eval_before_training=False,
+            init="fresh",
+        ),
     ):
         policy = load(tiny_dir)
         model = attach_adapter(policy, config, None)
@@ -288,7 +365,9 @@ def test_rl_and_kto_steps_run_and_move_the_policy(tiny_dir, tmp_path, tangram_id
         kept, _ = select_examples(examples, config)
         result = fit(policy, config, kept, [], images, tmp_path / config.method)
         assert math.isfinite(result.metrics[-1].loss)
-        moved = sum(not torch.equal(before[k], v) for k, v in model.named_parameters() if v.requires_grad)
+        moved = sum(
+            not torch.equal(before[k], v) for k, v in model.named_parameters() if v.requires_grad
+        )
         assert moved > 0, config.method
 
 
@@ -310,7 +389,16 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_dir, tmp_path, tang
     with pytest.raises(ValueError, match="cannot resume"):
         policy = load(tiny_dir)
         attach_adapter(policy, config, None)
-        fit(policy, config, train, held, images, tmp_path / "part", resume=True, fingerprint={"other": 1})
+        fit(
+            policy,
+            config,
+            train,
+            held,
+            images,
+            tmp_path / "part",
+            resume=True,
+            fingerprint={"other": 1},
+        )
     resumed = run(tmp_path / "part", resume=True)
     assert resumed.resumed_from_epoch == 1 and [m.epoch for m in resumed.metrics] == [1, 2]
     a = load_file(str(tmp_path / "full" / "state" / "adapter.safetensors"))
@@ -322,7 +410,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_dir, tmp_path, tang
 # ---------------------------------------------------------------- the command, the manifest, deploy
 
 
-def test_train_command_writes_an_adapter_that_deploy_accepts(tiny_dir, tmp_path, recorded_games, kilogram_dir):
+def test_train_command_writes_an_adapter_that_deploy_accepts(
+    tiny_dir, tmp_path, recorded_games, kilogram_dir
+):
     from sqlalchemy import select
     from typer.testing import CliRunner
 
@@ -343,35 +433,77 @@ def test_train_command_writes_an_adapter_that_deploy_accepts(tiny_dir, tmp_path,
     )
     out = tmp_path / "B-SUP-r0"
     args = [
-        "train", "--system", "B-SUP", "--round", "0", "--base", str(tiny_dir), "--database-url", url,
-        "--tangrams", str(kilogram_dir), "--config", str(config), "--out", str(out), "--device", "cpu",
+        "train",
+        "--system",
+        "B-SUP",
+        "--round",
+        "0",
+        "--base",
+        str(tiny_dir),
+        "--database-url",
+        url,
+        "--tangrams",
+        str(kilogram_dir),
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
     ]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     positives = sum((t + 1) % 2 for g in recorded_games[:3] for t in range(g["num_turns"]))
-    assert manifest["system"] == "B-SUP" and manifest["round"] == 0 and manifest["variant"] == "B-SUP"
-    assert manifest["method"] == "sup" and manifest["restart"] is True and manifest["complete"] is True
+    assert (
+        manifest["system"] == "B-SUP" and manifest["round"] == 0 and manifest["variant"] == "B-SUP"
+    )
+    assert (
+        manifest["method"] == "sup" and manifest["restart"] is True and manifest["complete"] is True
+    )
     assert manifest["data"]["train"]["selection"]["used"] == positives
     assert manifest["data"]["train"]["model_input_mismatches"] == 0
-    assert manifest["data"]["heldout"]["count"] == 3 and len(manifest["data"]["train"]["sha256"]) == 64
-    assert [m["epoch"] for m in manifest["metrics"]] == [0, 1, 2] and manifest["best_epoch"] in (1, 2)
+    assert (
+        manifest["data"]["heldout"]["count"] == 3 and len(manifest["data"]["train"]["sha256"]) == 64
+    )
+    assert [m["epoch"] for m in manifest["metrics"]] == [0, 1, 2] and manifest["best_epoch"] in (
+        1,
+        2,
+    )
     assert manifest["config"]["epochs"] == 2 and manifest["base"] == str(tiny_dir)
     assert manifest["dtype"] == "float32"
 
     deployed = CliRunner().invoke(
-        app, ["deploy", "--system", "B-SUP", "--round", "1", "--adapter", str(out), "--base", str(tiny_dir),
-              "--database-url", url],
+        app,
+        [
+            "deploy",
+            "--system",
+            "B-SUP",
+            "--round",
+            "1",
+            "--adapter",
+            str(out),
+            "--base",
+            str(tiny_dir),
+            "--database-url",
+            url,
+        ],
         catch_exceptions=False,
     )
     assert deployed.exit_code == 0, deployed.output
 
     async def checkpoint(db):
         async with db.session() as s:
-            return (await s.execute(select(Checkpoint).where(Checkpoint.system == "B-SUP"))).scalar_one()
+            return (
+                await s.execute(select(Checkpoint).where(Checkpoint.system == "B-SUP"))
+            ).scalar_one()
 
     ck = run_db(url, checkpoint)
-    assert ck.active and ck.round == 1 and ck.manifest["data"]["train"]["sha256"] == manifest["data"]["train"]["sha256"]
+    assert (
+        ck.active
+        and ck.round == 1
+        and ck.manifest["data"]["train"]["sha256"] == manifest["data"]["train"]["sha256"]
+    )
     served = load_policy(tiny_dir, adapters={ck.id: out}, dtype="float32", device="cpu")
     assert served.adapter_names() == [ck.id]
     # a second run with --resume on a finished output changes nothing and says so
@@ -386,8 +518,24 @@ def test_train_command_explains_missing_data(tiny_dir, tmp_path, kilogram_dir):
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'empty.sqlite3'}"
     make_database(url, [])
-    result = CliRunner().invoke(app, [
-        "train", "--system", "T-KTO", "--round", "0", "--base", str(tiny_dir), "--database-url", url,
-        "--tangrams", str(kilogram_dir), "--out", str(tmp_path / "o"), "--device", "cpu",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--system",
+            "T-KTO",
+            "--round",
+            "0",
+            "--base",
+            str(tiny_dir),
+            "--database-url",
+            url,
+            "--tangrams",
+            str(kilogram_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 2 and "--init-adapter" in result.output

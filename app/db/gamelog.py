@@ -266,41 +266,46 @@ def _pg_types(table_name: str) -> dict[str, str]:
 
 
 @lru_cache(maxsize=None)
-def _pg_append_statement(game_cols: tuple[str, ...], turn_cols: tuple[str, ...]) -> str:
+def _pg_append_statement(
+    game_cols: tuple[str, ...], turn_cols: tuple[str, ...], n_events: int, n_turns: int
+) -> str:
     """The whole append as one statement (one round trip, atomic on its own): update the game
     row if it is still at the expected version, and only then insert the events and upsert
-    the turns. Parameters: game id, version, the game values, then one array per column."""
+    the turns. Parameters: game id, version, the game values, each event's (seq, type, at,
+    data, actor), each turn row's values (without game_id). Scalar parameters, so one prepared
+    statement per shape (events and turn rows per append: a handful of shapes)."""
     n = 2
+
+    def params(types: list[str]) -> str:
+        nonlocal n
+        out = []
+        for t in types:
+            n += 1
+            out.append(f"${n}::{t}")
+        return "(" + ", ".join(out) + ")"
+
     game_set = []
     for c in game_cols:
         n += 1
         game_set.append(f"{c} = ${n}")
-    ev_types = _pg_types("game_events")
-    ev_cols = EVENT_COLUMNS[1:5]  # seq, type, at, data (game_id from the update, actor below)
-    ev_arrays = []
-    for c in ev_cols:
-        n += 1
-        ev_arrays.append(f"${n}::{ev_types[c]}[]")
-    n += 1
-    actor = f"${n}"
-    t_types = _pg_types("turns")
-    t_cols = [c for c in turn_cols if c != "game_id"]
-    t_arrays = []
-    for c in t_cols:
-        n += 1
-        t_arrays.append(f"${n}::{t_types[c]}[]")
+    ev_cols = EVENT_COLUMNS[1:]  # game_id comes from the updated row
+    ev_types = [_pg_types("game_events")[c] for c in ev_cols]
+    ev_rows = ", ".join(params(ev_types) for _ in range(n_events))
     sql = (
         "WITH g AS (UPDATE games SET " + ", ".join(game_set)
         + " WHERE id = $1 AND version = $2 RETURNING id)"
         f", e AS (INSERT INTO game_events ({', '.join(EVENT_COLUMNS)}) "
-        f"SELECT g.id, {', '.join('x.' + c for c in ev_cols)}, {actor} "
-        f"FROM g, unnest({', '.join(ev_arrays)}) AS x({', '.join(ev_cols)}))"
+        f"SELECT g.id, {', '.join('x.' + c for c in ev_cols)} "
+        f"FROM g, (VALUES {ev_rows}) AS x({', '.join(ev_cols)}))"
     )
-    if t_cols:
+    t_cols = [c for c in turn_cols if c != "game_id"]
+    if n_turns:
+        t_types = [_pg_types("turns")[c] for c in t_cols]
+        t_rows = ", ".join(params(t_types) for _ in range(n_turns))
         sql += (
             f", t AS (INSERT INTO turns (game_id, {', '.join(t_cols)}) "
             f"SELECT g.id, {', '.join('x.' + c for c in t_cols)} "
-            f"FROM g, unnest({', '.join(t_arrays)}) AS x({', '.join(t_cols)}) "
+            f"FROM g, (VALUES {t_rows}) AS x({', '.join(t_cols)}) "
             "ON CONFLICT (game_id, turn) DO UPDATE SET "
             + ", ".join(f"{c} = excluded.{c}" for c in t_cols if c != "turn")
             + ")"
@@ -317,11 +322,14 @@ async def append_asyncpg(db, rows: AppendRows) -> None:
     events are not there, so an action is never applied twice."""
     import asyncpg
 
-    statement = _pg_append_statement(rows.game_cols, rows.turn_cols)
+    statement = _pg_append_statement(
+        rows.game_cols, rows.turn_cols, len(rows.events), len(rows.turns)
+    )
     args: list = [rows.game_id, rows.version, *rows.game]
-    args += [list(col) for col in zip(*(e[1:5] for e in rows.events))]
-    args.append(rows.events[0][5])
-    args += [list(col) for col in zip(*(t[1:] for t in rows.turns))]  # turns minus game_id
+    for event in rows.events:
+        args += event[1:]  # without game_id
+    for turn in rows.turns:
+        args += turn[1:]
     for attempt in range(3):
         try:
             async with db.asyncpg_connection() as conn:
