@@ -58,7 +58,9 @@ class Player:
     """One crowdworker in their own browser context (own sessionStorage, own websocket)."""
 
     def __init__(self, browser: Browser, name: str, **context_options) -> None:
-        options = {"viewport": DESKTOP, **context_options}
+        # bypass_csp: Playwright's wait_for_function evaluates strings, which the page's strict
+        # CSP forbids; the page's own scripts run under the same rules either way.
+        options = {"viewport": DESKTOP, "bypass_csp": True, **context_options}
         self.name = name
         self.context: BrowserContext = browser.new_context(**options)
         self.context.set_default_timeout(15_000)
