@@ -195,8 +195,12 @@ async def test_hot_swap_keeps_running_games_on_their_checkpoint(start_server, st
     v1, v2 = await asyncio.gather(play_speaker(first, timeout=120), play_speaker(second, timeout=120))
     assert {r.checkpoint for r in await _requests(pg_url, v1.game_id)} == {ck_a}
     assert {r.checkpoint for r in await _requests(pg_url, v2.game_id)} == {ck_b}
-    async with db.session() as s:
-        beats = list((await s.execute(select(WorkerHeartbeat))).scalars())
+    for _ in range(50):  # the heartbeat is written every 2 s: wait for one after the swap
+        async with db.session() as s:
+            beats = list((await s.execute(select(WorkerHeartbeat))).scalars())
+        if len(beats) == 1 and set(beats[0].checkpoints["loaded"]) == {ck_a, ck_b}:
+            break
+        await asyncio.sleep(0.2)
     assert len(beats) == 1 and set(beats[0].checkpoints["loaded"]) == {ck_a, ck_b}  # no restart
     assert time.time() - beats[0].beat_at < 10
     await db.close()
