@@ -105,6 +105,7 @@ class BotClient:
     resyncs: int = 0  # connections dropped on purpose to fetch the current view again
     sent: Counter = field(default_factory=Counter)  # frames sent by type (actions, pings …)
     _fresh: bool = False  # a view (or lobby/release) arrived on the current connection
+    _welcomed: bool = False  # the current connection's hello was accepted
     _closing: bool = False
 
     async def connect(self) -> "BotClient":
@@ -114,7 +115,7 @@ class BotClient:
 
     async def _open(self):
         ws = await websockets.connect(ws_url(self.base_url), max_size=2**20, open_timeout=20)
-        self._fresh = False
+        self._fresh = self._welcomed = False
         await ws.send(HelloFrame(token=self.token).model_dump_json())
         self.sent["hello"] += 1
         return ws
@@ -163,8 +164,8 @@ class BotClient:
 
     async def _reopen(self) -> bool:
         """Reopen the connection with exponential backoff; False once it is hopeless."""
-        if self.errors and self.errors[-1].code in FATAL_CODES:
-            self.gave_up = True
+        if not self._welcomed and self.errors and self.errors[-1].code in FATAL_CODES:
+            self.gave_up = True  # the server refused this token: reopening cannot help
             return False
         delay = self.reconnect_delay
         give_up_at = time.monotonic() + self.reconnect_timeout
@@ -201,6 +202,7 @@ class BotClient:
                 self._fresh = True
             elif isinstance(frame, WelcomeFrame):
                 self.welcome = frame
+                self._welcomed = True
             self._changed.notify_all()
 
     async def send_raw(self, text: str) -> None:
@@ -407,14 +409,15 @@ async def play_resilient(bot: BotClient, timeout: float = 120, think: float = 0.
             if exc.code == "rate_limited":
                 await asyncio.sleep(0.5)
             elif exc.code == "stale_version" and exc.version is not None:
-                if bot.view.version < exc.version:
+                server_version = exc.version
+                if bot.view.version < server_version:
                     # the server is ahead of our view: its newer view should be on its way
                     try:
-                        await bot.wait_for(lambda b: b.view.version >= exc.version and b._fresh, 2.0)
+                        await bot.wait_for(lambda b: b.view.version >= server_version and b._fresh, 2.0)
                     except BotError:
                         if bot.reconnect:
                             await bot.resync()  # it did not come: fetch it, as a reload would
-                elif bot.view.version > exc.version:
+                elif bot.view.version > server_version:
                     await asyncio.sleep(0.2)  # that server has not caught up yet
             else:  # the game moved on without our view knowing: wait for it, else fetch it
                 try:

@@ -41,6 +41,17 @@ def _logging(level: str) -> None:
     )
 
 
+class _DropQueryStrings(logging.Filter):
+    """Access-log lines without query strings: study links carry raw worker ids."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            args = list(record.args)
+            args[2] = args[2].split("?", 1)[0]
+            record.args = tuple(args)
+        return True
+
+
 def _settings(**overrides):
     from app.settings import Settings
 
@@ -83,6 +94,7 @@ def serve(
 
         background.append(worker_factory(_worker_options(settings, [settings.model_system], base, device)))
     application = create_app(settings, background)
+    logging.getLogger("uvicorn.access").addFilter(_DropQueryStrings())
     uvicorn.run(
         application,
         host=settings.host,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from app.game.rules import (
     EndReason,
@@ -34,6 +34,15 @@ from app.game.rules import (
 
 MAX_FRAME_BYTES = 8192
 MAX_UTTERANCE_CHARS = 500  # hard protocol bound; games may set a lower one in their rules
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("text may not contain NUL characters")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]  # PostgreSQL text cannot hold NUL
 
 
 class _Frame(BaseModel):
@@ -51,12 +60,12 @@ class HelloFrame(_Frame):
 class UtteranceFrame(_Frame):
     type: Literal["send_utterance"] = "send_utterance"
     version: int
-    text: str = Field(max_length=MAX_UTTERANCE_CHARS)
+    text: Text = Field(max_length=MAX_UTTERANCE_CHARS)
 
 
 class DraftFrame(_Frame):
     type: Literal["draft"] = "draft"
-    text: str = Field(max_length=MAX_UTTERANCE_CHARS)
+    text: Text = Field(max_length=MAX_UTTERANCE_CHARS)
 
 
 class ClickFrame(_Frame):

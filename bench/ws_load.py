@@ -282,7 +282,7 @@ class Generator:
         try:
             await asyncio.gather(sp.connect(), li.connect())
             for c in (sp, li):
-                await c.wait(lambda c: c.view is not None and c.view.phase != "waiting", 30)
+                await c.wait(lambda c: c.view is not None and c.view.phase != "waiting", 60)
             self.start_latencies.append(time.time() - t0)
             tasks = [
                 asyncio.create_task(self._speaker(rec, sp, li)),

@@ -16,15 +16,20 @@ At the end of the module: /healthz is 200, the server log has no unhandled excep
 consistency checker finds zero mismatches in every game the fuzzer played.
 
 CI mode: ``pytest tests/test_fuzz.py`` (``MULTIREF_FUZZ_EXAMPLES``, default 100 sequences;
-Schemathesis ``MULTIREF_FUZZ_API_EXAMPLES`` per operation, default 25). Long mode (10,000
-sequences, about 30 min on 2 cores)::
+Schemathesis ``MULTIREF_FUZZ_API_EXAMPLES`` per operation and data mode, default 25; about 35 s
+together). Long mode (10,000 sequences and 500 cases per operation; about 30 min on 2 cores)::
 
     MULTIREF_FUZZ_EXAMPLES=10000 MULTIREF_FUZZ_API_EXAMPLES=500 .venv/bin/python -m pytest tests/test_fuzz.py -p no:cacheprovider
 
 The server runs on PostgreSQL when the test server answers (the stricter database), else SQLite
-(``MULTIREF_FUZZ_DB=sqlite`` forces it). Inputs that hit open server bugs (NUL characters,
-binary frames, over-long study parameters; each pinned by an xfail test below) are left out of
-the random generation unless ``MULTIREF_FUZZ_KNOWN_BUGS=1``.
+(``MULTIREF_FUZZ_DB=sqlite`` forces it). The HTTP fuzzing leaves NUL characters out (an open
+bug on admin and operator routes, pinned by an xfail test below) unless
+``MULTIREF_FUZZ_KNOWN_BUGS=1``; the websocket fuzzing sends them, and binary frames, always.
+
+Bugs this module found and pins (fixed during issue 7): NUL characters and over-long study
+parameters answered 500 on PostgreSQL, NUL in utterances and binary frames crashed the websocket
+handler, operator integers past INTEGER's range answered 500, refused first frames ended without
+a close frame.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import json
 import os
 import re
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,11 +58,7 @@ EXAMPLES = int(os.environ.get("MULTIREF_FUZZ_EXAMPLES", "100"))
 API_EXAMPLES = int(os.environ.get("MULTIREF_FUZZ_API_EXAMPLES", "25"))
 KNOWN_BUGS = os.environ.get("MULTIREF_FUZZ_KNOWN_BUGS") == "1"
 SECRET = "fuzz-secret-key"
-ACCEPTABLE_CLOSE = {1000, 1008, 1009}  # after a refused hello, a policy close, a frame too big
-# A connection whose first frame is refused is dropped without a close frame (an open minor
-# issue, pinned by test_a_refused_first_frame_is_followed_by_a_close_frame): accepted here only
-# then, right after the refusal, before any welcome.
-FIRST_FRAME_REFUSALS = {"bad_token", "hello_required", "malformed", "invalid_frame", "unknown_type", "frame_too_large"}
+ACCEPTABLE_CLOSE = {1000, 1003, 1008, 1009}  # refused hello, binary frame, policy, frame too big
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +105,10 @@ MALFORMED = [
     "{\"type\":\"click\",\"version\":\"x\",\"tangram_id\":1}", "{\"type\":\"submit\",\"version\":1e400}",
     "{\"type\":\"ping\",\"nonce\":{\"a\":1}}", "{\"type\":\"hello\"}", "{\"type\":\"hello\",\"token\":null}",
     "{\"type\":\"ping\",\"type\":\"leave\"}", "[" * 3000 + "]" * 3000, "{\"a\":" * 500 + "1" + "}" * 500,
-    "\ud800", "{\"type\":\"ping\",\"nonce\":\"\\ud800\"}",
+    "{\"type\":\"ping\",\"nonce\":\"\\ud800\"}", "{\"type\":\"send_utterance\",\"version\":1,\"text\":\"\\udfff\"}",
 ]
 
-no_nul = st.characters(blacklist_categories=("Cs",), blacklist_characters="" if KNOWN_BUGS else "\x00")
+no_nul = st.characters(blacklist_categories=("Cs",))  # NUL included (surrogates cannot be sent)
 texts = st.one_of(st.text(no_nul, max_size=120), st.text(no_nul, min_size=480, max_size=520), st.sampled_from(NASTY_TEXT))
 versions = st.one_of(
     st.sampled_from(["current", "current", "current", "stale", "next"]),
@@ -119,7 +121,10 @@ tangrams = st.one_of(
     st.sampled_from(NASTY_IDS),
     st.text(no_nul, max_size=30),
 )
-extra_fields = st.one_of(st.none(), st.dictionaries(st.sampled_from(["seat", "game_id", "x", "version"]), st.integers(), max_size=2))
+extra_fields = st.one_of(
+    st.none(), st.none(), st.none(),
+    st.dictionaries(st.sampled_from(["seat", "game_id", "x", "version"]), st.integers(), min_size=1, max_size=2),
+)
 
 action = st.one_of(
     st.tuples(st.just("send_utterance"), versions, texts, extra_fields),
@@ -137,10 +142,16 @@ action = st.one_of(
     st.tuples(st.just("raw"), st.none(), st.one_of(st.sampled_from(MALFORMED), st.text(no_nul, max_size=200)), st.none()),
     st.tuples(st.just("oversized"), st.none(), st.sampled_from([8193, 9000, 16000, 17000, 40000]), st.none()),
     st.tuples(st.just("reconnect"), st.none(), st.none(), st.none()),
-    *([st.tuples(st.just("binary"), st.none(), st.binary(max_size=64), st.none())] if KNOWN_BUGS else []),
+    st.tuples(st.just("binary"), st.none(), st.binary(max_size=64), st.none()),
 )
-step = st.tuples(st.sampled_from(ACTORS), action)
-sequences = st.lists(step, min_size=1, max_size=40)
+# A valid move for the actor's current view (the speaker speaks, the listener clicks one of the
+# game's images or submits): two thirds of the steps, so sequences get deep into their games
+# with the junk in between.
+play = st.tuples(st.just("play"), st.none(), st.integers(0, 2**16), st.none())
+# (flatmap, not one_of: Hypothesis flattens nested one_of branches, which would drown the moves)
+move_or_junk = st.integers(0, 2).flatmap(lambda k: action if k == 0 else play)
+step = st.tuples(st.sampled_from(ACTORS), move_or_junk)
+sequences = st.lists(step, min_size=8, max_size=60)
 
 
 @dataclass
@@ -149,6 +160,7 @@ class Conn:
     ws: object
     frames: list[dict] = field(default_factory=list)
     last_version: int = 0
+    view: dict | None = None
     closed: str | None = None
 
 
@@ -207,6 +219,7 @@ class Session:
         if view["version"] < c.last_version:
             raise Violation(f"version went back on a connection: {c.last_version} -> {view['version']}")
         c.last_version = view["version"]
+        c.view = view
 
     async def sync(self, c: Conn, timeout: float = 10.0) -> None:
         """Ping and read up to the pong: everything sent before it has been handled."""
@@ -228,14 +241,7 @@ class Session:
         code = exc.rcvd.code if exc.rcvd else None
         last_error = next((f.get("code") for f in reversed(c.frames) if f.get("type") == "error"), None)
         c.closed = f"{code} after {last_error}"
-        refused_first = (
-            code is None
-            and c.frames
-            and c.frames[-1].get("type") == "error"
-            and last_error in FIRST_FRAME_REFUSALS
-            and not any(f.get("type") == "welcome" for f in c.frames)
-        )
-        if code not in ACCEPTABLE_CLOSE and not refused_first:
+        if code not in ACCEPTABLE_CLOSE:
             raise Violation(f"{c.actor}'s connection was dropped with {code} (last error {last_error}): a server-side crash")
 
     # ------------------------------------------------------------ frames
@@ -298,6 +304,12 @@ class Session:
             c.closed = "reconnect"
             await self.conn(actor)
             return
+        if kind in ("play", "send_utterance", "click", "submit"):
+            await self.sync(c)  # read what the partner's moves brought first: the current version
+            if c.closed:
+                return
+        if kind == "play":
+            kind, version, arg, extra = self.move(c, arg)
         if kind == "raw":
             payload: str | bytes = arg
         elif kind == "binary":
@@ -325,6 +337,22 @@ class Session:
             return
         await self.sync(c)
 
+    def move(self, c: Conn, n: int):
+        """A move that is valid in ``c``'s current view (or at least well formed)."""
+        ids = sorted(self.context)
+        if c.actor == "speaker":
+            words = " ".join(ids[(n + k) % len(ids)] for k in range(1 + n % 3))
+            return ("send_utterance", "current", f"select {words}", None)
+        if c.actor == "listener" and c.view and c.view["phase"] == "selecting":
+            # mostly towards the targets (so games also end in success), sometimes anywhere
+            selected = {t["tangram_id"] for t in c.view["tiles"] if t["selected"]}
+            todo = sorted(selected ^ set(self.config.targets))
+            if not todo or n % 5 == 0:
+                return ("submit", "current", None, None)
+            if n % 3:
+                return ("click", "current", todo[0], None)
+        return ("click", "current", ids[n % len(ids)], None)
+
     async def close(self) -> None:
         for c in self.conns.values():
             if not c.closed:
@@ -338,6 +366,8 @@ async def play_sequence(server: ServerProcess, steps, seed: int) -> None:
     stranger = await join(server.url, consent=False)
     session = Session(server.url, created, stranger, config)
     try:
+        for seat in ("speaker", "listener"):  # both seated: the game starts, steps play in it
+            await session.conn(seat)
         for actor, act in steps:
             await session.run(actor, act)
     finally:
@@ -360,6 +390,28 @@ def test_random_message_sequences_keep_the_server_sound(fuzz_server):
     assert httpx.get(fuzz_server.url + "/healthz", timeout=5).status_code == 200
     assert len(fuzz_server.fuzz_games) >= min(EXAMPLES, 10)
     asyncio.run(check_all(fuzz_server.database_url))
+    # the fuzzer got into the games, not only past their doors
+    kinds = asyncio.run(_event_types(fuzz_server.database_url, fuzz_server.fuzz_games))
+    print(f"fuzzed {len(fuzz_server.fuzz_games)} games: {dict(kinds)}")  # shown with -s
+    if EXAMPLES >= 50:
+        assert {"utterance_sent", "selection_toggled", "selection_submitted", "game_ended"} <= set(kinds), kinds
+
+
+async def _event_types(url: str, game_ids: list[str]) -> Counter:
+    from sqlalchemy import func, select
+
+    from app.db.database import Database
+    from app.db.models import GameEvent
+
+    db = Database(url)
+    try:
+        async with db.session() as s:
+            rows = await s.execute(
+                select(GameEvent.type, func.count()).where(GameEvent.game_id.in_(game_ids)).group_by(GameEvent.type)
+            )
+            return Counter(dict(rows.all()))
+    finally:
+        await db.close()
 
 
 def test_a_long_valid_game_is_still_sound_after_the_fuzzing(fuzz_server):
@@ -377,7 +429,7 @@ def test_a_long_valid_game_is_still_sound_after_the_fuzzing(fuzz_server):
     asyncio.run(run())
 
 
-# ---------------------------------------------------------------- inputs that hit open bugs
+# ---------------------------------------------------------------- inputs that hit bugs (pinned)
 
 
 @pytest.fixture
@@ -385,38 +437,32 @@ def pg_server(start_server, pg_url) -> ServerProcess:
     return start_server(pg_url)
 
 
+async def _status(request) -> int:
+    """The status of a request; 599 when the server dropped the connection instead of answering."""
+    try:
+        return (await request).status_code
+    except httpx.TransportError:
+        return 599
+
+
 def _crashes(server: ServerProcess) -> list[str]:
     return re.findall(r"Exception in ASGI application", server.log_path.read_text(errors="replace"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug (PostgreSQL): /api/join answers 500 for study parameters with a NUL "
-    "character (invalid byte sequence for UTF8) or longer than their columns (api.join cuts "
-    "values at 256 characters, participants.study_id/session_id/assignment_id/hit_id are "
-    "VARCHAR(128), platform VARCHAR(16)). Fix: refuse or clean such values (NUL, length) with 4xx.",
-)
 async def test_join_with_nul_or_over_long_study_params_is_refused_cleanly(pg_server):
     cases = [
-        {"PROLIFIC_PID": "a\x00b", "STUDY_ID": "s", "SESSION_ID": "1"},
+        {"PROLIFIC_PID": "a", "STUDY_ID": "s\x00", "SESSION_ID": "1"},
         {"PROLIFIC_PID": "w1", "STUDY_ID": "s" * 200, "SESSION_ID": "1"},
         {"workerId": "w2", "assignmentId": "a" * 129, "hitId": "h"},
         {"worker": "w3", "platform": "p" * 17},
     ]
     async with httpx.AsyncClient(base_url=pg_server.url) as c:
-        statuses = [(await c.post("/api/join", json={"params": p})).status_code for p in cases]
+        statuses = [await _status(c.post("/api/join", json={"params": p})) for p in cases]
     assert all(s < 500 for s in statuses), statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug (PostgreSQL): an utterance or a draft containing a NUL character raises "
-    "inside the websocket handler (PostgreSQL text and JSONB refuse \\u0000): the connection is "
-    "dropped without a close frame and the exception is logged. Fix: strip or refuse NUL in "
-    "UtteranceFrame/DraftFrame text (an error frame, the connection stays open).",
-)
 async def test_nul_characters_in_utterances_get_an_error_frame(pg_server, kilogram_dir):
-    from tests.test_security import Socket, started_game
+    from tests.test_security import started_game
 
     created, speaker, listener, view = await started_game(pg_server.url, kilogram_dir, seed=3)
     await speaker.send({"type": "draft", "text": "a\x00b"})
@@ -428,12 +474,6 @@ async def test_nul_characters_in_utterances_get_an_error_frame(pg_server, kilogr
     assert _crashes(pg_server) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: a binary websocket frame makes ws.receive_text() raise KeyError('text') "
-    "in app/web/play.py: the connection is dropped without a close frame and the exception is "
-    "logged. Fix: receive() and answer binary frames with an error frame (or close 1003).",
-)
 async def test_binary_frames_get_an_error_not_a_crash(start_server, sqlite_url):
     server = start_server(sqlite_url)
     token = await join(server.url)
@@ -452,13 +492,32 @@ async def test_binary_frames_get_an_error_not_a_crash(start_server, sqlite_url):
     assert _crashes(server) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="minor server issue: when /ws refuses the first frame (bad token, no hello, malformed) "
-    "play() returns without closing the websocket and uvicorn then drops the TCP connection: the "
-    "client sees 1006 (abnormal closure) instead of a close frame. Fix: await ws.close(1008) "
-    "before returning (as for too_many_connections).",
-)
+async def test_operator_integers_beyond_the_columns_are_refused_cleanly(pg_server):
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    big = 2**31
+    async with httpx.AsyncClient(base_url=pg_server.url, headers=auth) as c:
+        assert (await c.post("/api/operator/systems", json={"name": "fuzz-sys", "kind": "model"})).status_code < 300
+        statuses = [
+            await _status(c.post("/api/operator/rounds", json={"number": big})),
+            await _status(c.post("/api/operator/deploy", json={"system": "fuzz-sys", "round": big, "allow_missing_adapter": True})),
+            await _status(c.post("/api/operator/systems/fuzz-sys/quota", json={"quota": big})),
+        ]
+    assert all(s < 500 for s in statuses), statuses
+
+
+async def test_nul_characters_in_admin_and_operator_input_are_refused_cleanly(pg_server):
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=pg_server.url, headers=auth) as c:
+        statuses = [
+            await _status(c.post("/api/admin/games", json={"listener": "model", "system": "a\x00b"})),
+            await _status(c.get("/api/operator/checkpoints", params={"system": "a\x00b"})),
+            await _status(c.get("/api/admin/games", params={"status": "l\x00"})),
+            await _status(c.post("/api/operator/systems", json={"name": "a\x00b", "kind": "model"})),
+            await _status(c.post("/api/operator/rounds", json={"number": 5, "note": "x\x00"})),
+        ]
+    assert all(s < 500 for s in statuses), statuses
+
+
 async def test_a_refused_first_frame_is_followed_by_a_close_frame(start_server, sqlite_url):
     server = start_server(sqlite_url)
     codes = []
@@ -482,33 +541,9 @@ except ImportError:  # pragma: no cover - the test extra installs it
     schemathesis = None
 
 
-@pytest.fixture(scope="module")
-def api_schema(fuzz_server):
-    config = schemathesis.Config.from_dict(
-        {
-            "base-url": fuzz_server.url,
-            # NUL characters hit an open bug (see the xfail tests above); on when asked for
-            "generation": {"allow-x00": KNOWN_BUGS, "max-examples": API_EXAMPLES},
-        }
-    )
-    return schemathesis.openapi.from_url(fuzz_server.url + "/openapi.json", config=config)
-
-
-def _avoid_known_bugs(case) -> None:
-    """Clip study parameters to what the columns hold (the open /api/join bug, pinned above)."""
-    if KNOWN_BUGS or case.path != "/api/join" or not isinstance(case.body, dict):
-        return
-    params = case.body.get("params")
-    if isinstance(params, dict):
-        case.body["params"] = {
-            k: (v[:16] if k == "platform" else v[:128]) if isinstance(v, str) else v for k, v in params.items()
-        }
-
-
 def _call_every_way(case, fuzz_server) -> None:
     """The case as generated (random or no Authorization), then with the admin bearer token on
     admin and operator routes, or a valid participant token elsewhere: never a 5xx."""
-    _avoid_known_bugs(case)
     response = case.call(base_url=fuzz_server.url, timeout=15)
     case.validate_response(response, checks=[not_a_server_error])
     if case.path.startswith(("/api/admin", "/api/operator")):
@@ -524,15 +559,41 @@ def _call_every_way(case, fuzz_server) -> None:
     assert fuzz_server.proc.poll() is None
 
 
-if schemathesis is not None:
-    schema = schemathesis.pytest.from_fixture("api_schema")
-
-    @schema.parametrize()
-    @settings(deadline=None, suppress_health_check=list(HealthCheck), max_examples=API_EXAMPLES)
-    def test_http_api_never_answers_500(case, fuzz_server):
-        _call_every_way(case, fuzz_server)
-
-else:  # pragma: no cover
-
-    def test_http_api_never_answers_500():
+def test_http_api_never_answers_500(fuzz_server):
+    """Schemathesis over every operation of /openapi.json (admin and operator routes included),
+    positive and negative data, each case called as generated and then authorized. The
+    schemathesis pytest plugin does not run under pytest 9 yet, so operations are driven here
+    with Hypothesis directly."""
+    if schemathesis is None:  # pragma: no cover
         pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+    from hypothesis.errors import Unsatisfiable
+
+    config = schemathesis.Config.from_dict(
+        {
+            "base-url": fuzz_server.url,
+            # NUL characters hit an open bug on admin and operator routes (pinned above)
+            "generation": {"allow-x00": True, "max-examples": API_EXAMPLES},
+        }
+    )
+    api = schemathesis.openapi.from_url(fuzz_server.url + "/openapi.json", config=config)
+    failures: list[str] = []
+    tested: list[str] = []
+    for result in api.get_all_operations():
+        operation = result.ok()
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @settings(max_examples=API_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def run(case):
+                _call_every_way(case, fuzz_server)
+
+            try:
+                run()
+            except Unsatisfiable:
+                continue  # e.g. no invalid data exists for an operation without parameters
+            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - all reported below
+                failures.append(f"{operation.label} [{mode.value}]: {type(exc).__name__}: {str(exc)[:1500]}")
+            tested.append(f"{operation.label} [{mode.value}]")
+    assert {"POST /api/join", "POST /api/admin/games"} <= {t.split(" [")[0] for t in tested}, tested
+    assert failures == [], "\n\n".join(failures)
+    assert httpx.get(fuzz_server.url + "/healthz", timeout=5).status_code == 200

@@ -14,8 +14,6 @@ import sqlite3
 from functools import lru_cache
 
 from sqlalchemy import JSON, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -77,14 +75,6 @@ def turn_row(game_id: str, t: TurnRecord) -> dict:
             round(t.submitted_at - t.started_at, 3) if t.submitted_at is not None else None
         ),
     }
-
-
-def _upsert(session: AsyncSession, table, rows: list[dict], keys: list[str]):
-    dialect = session.bind.dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(table).values(rows)
-    cols = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
-    return stmt.on_conflict_do_update(index_elements=keys, set_=cols)
 
 
 async def create_game(session: AsyncSession, created: GameCreated, **columns) -> GameState:
@@ -231,30 +221,35 @@ def append_sqlite(conn: sqlite3.Connection, rows: AppendRows) -> bool:
 
     Runs synchronously (a few hundred microseconds: WAL, no fsync per commit) and never waits
     for a lock: returns False, having written nothing, when another connection holds the write
-    lock, so that the caller can take the ordinary (waiting) path instead. Raises
-    :class:`Conflict` like ``append``.
+    lock, so that the caller can try again later. Raises :class:`Conflict` like ``append``.
     """
-    insert_events, update_game, upsert_turns = rows.sql("sqlite")
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError:  # locked by another writer: do not block the event loop
         return False
     try:
-        conn.executemany(insert_events, rows.events)
-        if conn.execute(update_game, (*rows.game, rows.game_id, rows.version)).rowcount != 1:
-            raise Conflict(rows.game_id)
-        if rows.turns:
-            conn.executemany(upsert_turns, rows.turns)
+        append_sqlite_in_transaction(conn, rows)
         conn.execute("COMMIT")
-    except BaseException as exc:
+    except BaseException:
         try:
             conn.execute("ROLLBACK")
         except sqlite3.Error:  # SQLite may have rolled back already
             pass
-        if isinstance(exc, sqlite3.IntegrityError):
-            raise Conflict(rows.game_id) from exc
         raise
     return True
+
+
+def append_sqlite_in_transaction(conn: sqlite3.Connection, rows: AppendRows) -> None:
+    """The statements of ``append_sqlite``, in the caller's transaction on ``conn``."""
+    insert_events, update_game, upsert_turns = rows.sql("sqlite")
+    try:
+        conn.executemany(insert_events, rows.events)
+    except sqlite3.IntegrityError as exc:
+        raise Conflict(rows.game_id) from exc
+    if conn.execute(update_game, (*rows.game, rows.game_id, rows.version)).rowcount != 1:
+        raise Conflict(rows.game_id)
+    if rows.turns:
+        conn.executemany(upsert_turns, rows.turns)
 
 
 @lru_cache(maxsize=None)

@@ -111,6 +111,7 @@ class PostgresBus(Bus):
         self._task: asyncio.Task | None = None
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._notifier: asyncio.Task | None = None
+        self._notifier_pid: int | None = None
         self.connected.clear()
 
     async def start(self) -> None:
@@ -164,6 +165,7 @@ class PostgresBus(Bus):
                     try:
                         if conn is None or conn.is_closed():
                             conn = await asyncpg.connect(self.dsn)
+                            self._notifier_pid = conn.get_server_pid()
                         await conn.executemany("SELECT pg_notify($1, $2)", args)
                         break
                     except asyncio.CancelledError:
@@ -179,7 +181,9 @@ class PostgresBus(Bus):
             if conn is not None:
                 conn.terminate()
 
-    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+    def _on_notify(self, _conn, pid, _channel, payload: str) -> None:
+        if pid == self._notifier_pid:
+            return  # this process's own game messages: its hub broadcast them already
         try:
             self._queue.put_nowait(json.loads(payload))
         except ValueError:

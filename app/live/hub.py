@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from app.db.gamelog import (
     append,
     append_asyncpg,
     append_sqlite,
+    append_sqlite_in_transaction,
     event_json,
     load_events,
     load_events_direct,
@@ -54,7 +56,45 @@ from app.protocol import ErrorFrame, GameView, StateFrame
 log = logging.getLogger("multiref.hub")
 
 Clock = Callable[[], float]
-SQLITE_LOCK_PATIENCE = 0.25  # seconds of retries before a hot-path append queues for the lock
+SQLITE_LOCK_PATIENCE = 5.0  # seconds of short waits for SQLite's write lock before using a session
+
+
+class _WouldSuspend(Exception):
+    """A coroutine run by ``_run_now`` awaited something that is not ready."""
+
+
+def _run_now(coro):
+    """Run a coroutine that must complete without suspending (it awaits only ``_SyncSession``
+    calls); raise ``_WouldSuspend``, having closed it, if it would wait for anything."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise _WouldSuspend()
+
+
+class _SyncSession:
+    """The part of ``AsyncSession`` that ``_react`` (and ``settle_game``) use, over a
+    synchronous ``Session``: awaiting these never suspends."""
+
+    def __init__(self, session) -> None:
+        self.sync_session = session
+
+    async def execute(self, *args, **kwargs):
+        return self.sync_session.execute(*args, **kwargs)
+
+    async def get(self, *args, **kwargs):
+        return self.sync_session.get(*args, **kwargs)
+
+    async def flush(self, *args, **kwargs) -> None:
+        self.sync_session.flush(*args, **kwargs)
+
+    def add(self, instance) -> None:
+        self.sync_session.add(instance)
+
+    def add_all(self, instances) -> None:
+        self.sync_session.add_all(instances)
 
 
 class Connection:
@@ -204,7 +244,12 @@ class GameHub:
             "v": after.version,
             "e": [event_json(e) for e in events],
         }
-        if not self._has_reactions(events, after):
+        reactions = self._has_reactions(events, after)
+        if self.db.dialect == "sqlite":
+            committed = await self._commit_sqlite(before, events, after, actor, message, reactions)
+            if committed is not None:
+                return committed
+        elif not reactions:
             staged = await self._commit_direct(before, events, after, actor, message)
             if staged is not None:
                 return staged, None
@@ -233,31 +278,84 @@ class GameHub:
     async def _commit_direct(
         self, before: GameState, events: list[Event], after: GameState, actor: str, message: dict
     ) -> list[dict] | None:
-        """The hot path, for events without lifecycle reactions (clicks, messages, submits that
-        do not end the game): the same rows in one transaction, through the database driver
-        instead of an ORM session. None when it is not available (then use a session)."""
+        """PostgreSQL's hot path, for events without lifecycle reactions (clicks, messages,
+        submits that do not end the game): the same rows, as one statement on the database's
+        asyncpg pool instead of an ORM session. None when it is not available."""
+        if self.db.dialect != "postgresql":
+            return None
+        await append_asyncpg(self.db, AppendRows(before, events, after, actor))
+        return [self.bus.stage_after_commit(message)]
+
+    async def _commit_sqlite(
+        self,
+        before: GameState,
+        events: list[Event],
+        after: GameState,
+        actor: str,
+        message: dict,
+        reactions: bool,
+    ):
+        """SQLite's commit, on the database's writer connection and without yielding to the
+        event loop between its statements: SQLite has one write lock, and a transaction that
+        awaits between statements holds it for whole loop iterations (tens of ms under load),
+        which queued every other game's writes behind it. When another connection holds the
+        lock, wait for it here with short sleeps. None when this is not available (no SQLite
+        file, lock busy past ``SQLITE_LOCK_PATIENCE``, reactions that would need to await):
+        then use a session."""
         db = self.db
-        if db.dialect == "sqlite":
-            conn = db.sqlite_writer()
-            if conn is None:
-                return None  # not a plain SQLite file
-            # Another connection (a session) may hold SQLite's write lock for a few ms: wait for
-            # it here, off the event loop's back, before queueing behind it in a session.
-            rows = AppendRows(before, events, after, actor)
-            delay = 0.0005
-            while not append_sqlite(conn, rows):
-                if delay > SQLITE_LOCK_PATIENCE:
-                    self.stats["direct_busy"] = self.stats.get("direct_busy", 0) + 1
-                    return None
-                self.stats["direct_retry"] = self.stats.get("direct_retry", 0) + 1
-                await asyncio.sleep(delay)
-                delay *= 2
-            db.sqlite_committed()
-            return [self.bus.stage_after_commit(message)]
-        if db.dialect == "postgresql":
-            await append_asyncpg(db, AppendRows(before, events, after, actor))
-            return [self.bus.stage_after_commit(message)]
-        return None
+        conn = db.sqlite_writer()
+        if conn is None:
+            return None
+        rows = AppendRows(before, events, after, actor)
+        delay, waited = 0.0005, 0.0
+        while True:
+            try:
+                if not reactions:
+                    if append_sqlite(conn, rows):
+                        db.sqlite_committed()
+                        return [self.bus.stage_after_commit(message)], None
+                else:
+                    committed = self._commit_sqlite_reactions(conn, rows, before, events, after, message)
+                    if committed is not None:
+                        db.sqlite_committed()
+                        return committed
+            except _WouldSuspend:
+                return None
+            if waited > SQLITE_LOCK_PATIENCE:
+                self.stats["sqlite_busy"] = self.stats.get("sqlite_busy", 0) + 1
+                return None
+            self.stats["sqlite_waits"] = self.stats.get("sqlite_waits", 0) + 1
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.02)
+
+    def _commit_sqlite_reactions(self, conn, rows, before, events, after, message):
+        """Events and their lifecycle reactions in one synchronous ORM session (see
+        ``_commit_sqlite``); None, having written nothing, when the write lock is taken."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # cheap to try; the session joins this transaction
+        except sqlite3.OperationalError:
+            return None
+        try:
+            with self.db.sqlite_session() as session:
+                append_sqlite_in_transaction(conn, rows)
+                shim = _SyncSession(session)
+                codes = _run_now(self._react(shim, before, events, after))
+                staged = [self.bus.stage_after_commit(message)]
+                if any(isinstance(e, UtteranceSent) for e in events) and (
+                    after.listener_kind is ListenerKind.MODEL
+                ):
+                    staged.append(_run_now(self.bus.stage(shim, {"k": "r", "id": after.game_id})))
+                session.commit()
+            if conn.in_transaction:  # the session had nothing to do: commit the events
+                conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if len(staged) > 1 and self.on_listener_request:
+            self.on_listener_request()
+        return staged, codes
 
     async def _react(self, s, before: GameState, events: list[Event], after: GameState):
         """Lifecycle reactions committed with the events: pay on end, model-turn requests.
@@ -395,7 +493,7 @@ class GameHub:
         async with self.db.session() as s, s.begin():
             await s.execute(
                 Game.__table__.update()
-                .where(Game.id == game_id, Game.status == "live")
+                .where(Game.id == game_id, Game.status == "live", Game.phase == "speaking")
                 .values(speaker_draft=text[:2000])
             )
 

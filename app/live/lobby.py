@@ -189,9 +189,23 @@ class Lobby:
                     Participant.id == participant_id,
                     Participant.status.in_((Status.CONSENTED, Status.ARRIVED)),
                 )
-                .values(status=Status.WAITING, waiting_since=self.clock())
+                # a worker coming back keeps their place (and their waiting time)
+                .values(
+                    status=Status.WAITING,
+                    waiting_since=func.coalesce(Participant.waiting_since, self.clock()),
+                )
             )
         await self.match()
+
+    async def leave(self, participant_id: str) -> None:
+        """The worker's last connection closed while waiting: stop pairing them (a closed tab
+        must not become a partner), keeping their waiting time for when they come back."""
+        async with self.db.session() as s, s.begin():
+            await s.execute(
+                update(Participant)
+                .where(Participant.id == participant_id, Participant.status == Status.WAITING)
+                .values(status=Status.CONSENTED)
+            )
 
     async def match(self) -> list[str]:
         """Pair waiting participants; returns the games created."""

@@ -63,7 +63,10 @@ class StudyArrival:
                 hit_id=params.get("hitId"),
             )
         # Local test mode: every visit is a fresh worker unless a name is given.
-        return cls(platform=params.get("platform", "local"), worker_id=params.get("worker") or uuid.uuid4().hex)
+        platform = params.get("platform", "local")
+        if platform not in ("local", "bot"):
+            platform = "local"
+        return cls(platform=platform, worker_id=params.get("worker") or uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)

@@ -390,6 +390,9 @@ async def create_game(body: CreateGame, request: Request, actor: str = Depends(a
             body.config.check()
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
+        unknown = [t for t in body.config.context if t not in services.tangrams]
+        if unknown:
+            raise HTTPException(422, f"tangrams not in the server's set: {', '.join(unknown[:5])}")
     if body.system is not None and body.listener == "human" and body.system != "human":
         raise HTTPException(422, "a human listener plays the system 'human'")
     speaker = await _bot_participant(services, "speaker")

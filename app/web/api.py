@@ -42,6 +42,14 @@ class ParticipantView(BaseModel):
     pay: PayView
 
 
+MAX_PARAM_CHARS = 128  # the participants table's id columns
+
+
+def _clean_param(value: str) -> bool:
+    """Study-link values are ids: bounded, printable, no control characters."""
+    return len(value) <= MAX_PARAM_CHARS and value.isprintable()
+
+
 @router.get("/healthz")
 async def healthz(request: Request) -> JSONResponse:
     services = request.app.state.services
@@ -59,8 +67,13 @@ async def healthz(request: Request) -> JSONResponse:
 @router.post("/api/join", response_model=JoinResponse)
 async def join(body: JoinRequest, request: Request):
     services = request.app.state.services
-    params = {k: v[:256] for k, v in body.params.items()}
-    arrival = StudyArrival.from_params(params)
+    bad = next((k for k, v in body.params.items() if not _clean_param(v)), None)
+    if bad is not None:
+        return JSONResponse(
+            {"code": "bad_request", "message": f"The study link's parameter {bad[:40]!r} is not valid."},
+            status_code=400,
+        )
+    arrival = StudyArrival.from_params(body.params)
     async with services.db.session() as s, s.begin():
         result = await arrive(s, arrival, services.hash_key, services.settings.max_games_per_worker)
     if isinstance(result, Refusal):

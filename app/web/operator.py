@@ -46,6 +46,9 @@ router = APIRouter(prefix="/api/operator", dependencies=[Depends(require_admin)]
 DEFAULT_BASE = "HuggingFaceM4/idefics2-8b"
 
 
+MAX_INT = 2**31 - 1  # the database's INTEGER
+
+
 class NewSystem(BaseModel):
     name: str = Field(max_length=64)
     kind: str | None = Field(default=None, pattern="^(model|human)$")
@@ -57,12 +60,12 @@ class Share(BaseModel):
 
 
 class Quota(BaseModel):
-    quota: int | None = Field(default=None, ge=0)
+    quota: int | None = Field(default=None, ge=0, le=MAX_INT)
 
 
 class Deploy(BaseModel):
     system: str = Field(max_length=64)
-    round: int = Field(ge=0)
+    round: int = Field(ge=0, le=MAX_INT)
     adapter: str | None = Field(default=None, max_length=1000)
     base: str = Field(default=DEFAULT_BASE, max_length=500)
     start_round: bool = False  # also make ``round`` the current round if it is not yet
@@ -70,7 +73,7 @@ class Deploy(BaseModel):
 
 
 class NewRound(BaseModel):
-    number: int | None = Field(default=None, ge=0)
+    number: int | None = Field(default=None, ge=0, le=MAX_INT)
     note: str = Field(default="", max_length=2000)
 
 

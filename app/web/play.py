@@ -195,25 +195,26 @@ async def play(ws: WebSocket) -> None:
     await ws.accept()
     session = PlayerSession(ws, services)
     limit = RateLimit(settings.max_messages_per_second)
+    refused = False
     try:
         try:
-            first = await asyncio.wait_for(ws.receive_text(), timeout=HELLO_TIMEOUT)
+            first = await asyncio.wait_for(_receive_text(session), timeout=HELLO_TIMEOUT)
         except TimeoutError:
-            session.error("hello_required", "Send a hello frame with your token first.")
-            return
-        frame = _parse(session, first, settings.max_frame_bytes)
+            first = None
+        frame = _parse(session, first, settings.max_frame_bytes) if first is not None else None
         if not isinstance(frame, HelloFrame):
-            if frame is not None:
-                session.error("hello_required", "Send a hello frame with your token first.")
+            session.error("hello_required", "Send a hello frame with your token first.")
+            refused = True
             return
         if not await session.hello(frame):
+            refused = True
             return
         while not session.conn.closed.is_set():
-            raw = await ws.receive_text()
+            raw = await _receive_text(session)
             if not limit.allow():
                 session.error("rate_limited", "Too many messages; slow down.")
                 continue
-            frame = _parse(session, raw, settings.max_frame_bytes)
+            frame = _parse(session, raw, settings.max_frame_bytes) if raw is not None else None
             if frame is not None:
                 await session.handle(frame)
     except (WebSocketDisconnect, RuntimeError):
@@ -221,7 +222,26 @@ async def play(ws: WebSocket) -> None:
     finally:
         services.connections.release(address)
         await services.hub.detach(session.conn)
+        pid = session.participant_id
+        if pid and session.conn.game_id is None and pid not in services.hub.participant_conns:
+            await services.lobby.leave(pid)  # nobody is waiting behind this socket any more
         await session.conn.close()  # lets queued frames (errors, the last view) go out first
+        if refused:
+            try:
+                await ws.close(code=1008)
+            except RuntimeError:
+                pass
+
+
+async def _receive_text(session: PlayerSession) -> str | None:
+    """The next text frame; a binary frame gets an error frame and None."""
+    message = await session.ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    if message.get("text") is not None:
+        return message["text"]
+    session.error("binary_frame", "Frames must be JSON text.")
+    return None
 
 
 def _parse(session: PlayerSession, raw: str, max_bytes: int):

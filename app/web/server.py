@@ -22,6 +22,7 @@ from app.live.sweeper import Sweeper
 from app.settings import Settings
 from app.tangrams.store import TangramSet, load_splits, resolve_tangram_set
 from app.web.auth import ParticipantTokens, token_digest
+from app.web.guards import RefuseNul
 
 log = logging.getLogger("multiref.server")
 
@@ -169,6 +170,7 @@ def create_app(
     from app.web import admin, api, dashboard, operator, play
 
     app = FastAPI(title="MultiRef Live", version=__import__("app").__version__, lifespan=lifespan)
+    app.add_middleware(RefuseNul)
     app.include_router(api.router)
     app.include_router(play.router)
     app.include_router(admin.router)
