@@ -956,18 +956,19 @@ def quantiles(values: list[float], qs=(0.5, 0.95, 0.99)) -> dict[str, float]:
 def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> RunResult:
     db = None
     server = None
-    if args.url:
-        url = args.url
-        database_url = args.database_url
-        server_pid = args.server_pid or pid_listening_on(url)
-    else:
-        db = FreshDatabase(db_kind, args.pg_dsn, workdir)
-        database_url = db.url
-        extra = dict(kv.split("=", 1) for kv in args.server_env)
-        server = Server(db.url, workdir, extra, args.server_wrapper).start()
-        url = server.url
-        server_pid = server.pid
     try:
+        if args.url:
+            url = args.url
+            database_url = args.database_url
+            server_pid = args.server_pid or pid_listening_on(url)
+        else:
+            db = FreshDatabase(db_kind, args.pg_dsn, workdir)
+            database_url = db.url
+            extra = dict(kv.split("=", 1) for kv in args.server_env)
+            server = Server(db.url, workdir, extra, args.server_wrapper)
+            server.start()
+            url = server.url
+            server_pid = server.pid
         procs = max(1, min(args.procs, games))
         start_at = time.time() + 4.0  # generators import and connect their loops meanwhile
         ctx = mp.get_context("spawn")

@@ -70,6 +70,7 @@ class PolicyWorker:
         self.started_at = time.time()
         self.served = 0
         self._wake = asyncio.Event()
+        self._adapter_lock = asyncio.Lock()  # serving and preloading may ask for one adapter at once
         self._bus: PostgresBus | None = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
@@ -242,6 +243,10 @@ class PolicyWorker:
 
     async def _ensure_adapters(self, checkpoints: set[str | None]) -> None:
         """Load the adapters of checkpoints seen for the first time (hot swap, no restart)."""
+        async with self._adapter_lock:
+            await self._load_adapters(checkpoints)
+
+    async def _load_adapters(self, checkpoints: set[str | None]) -> None:
         missing = [c for c in checkpoints if c is not None and c not in self.adapters]
         if not missing:
             return
