@@ -167,22 +167,16 @@ def create_app(
             await services.bus.stop()
             await services.db.close()
 
-    from app.web import admin, api, dashboard, operator, play
+    from app import __version__
+    from app.web import admin, api, dashboard, operator, pages, play
 
-    app = FastAPI(title="MultiRef Live", version=__import__("app").__version__, lifespan=lifespan)
+    app = FastAPI(title="MultiRef Live", version=__version__, lifespan=lifespan)
     app.add_middleware(RefuseNul)
     app.include_router(api.router)
     app.include_router(play.router)
     app.include_router(admin.router)
     app.include_router(operator.router)
     app.include_router(dashboard.router)
-    try:
-        from app.web import pages
-    except ImportError:  # pages arrive with the browser client
-        pages = None
-    if pages is not None:
-        app.include_router(pages.router)
-    static = ROOT / "static"
-    if static.is_dir():
-        app.mount("/static", StaticFiles(directory=static), name="static")
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app
