@@ -10,8 +10,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 if [ "${1:-}" = "--test" ]; then
   if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    .venv/bin/pip install -q "torch==${TORCH_VERSION:-2.13.0}" \
-      || .venv/bin/pip install -q "torch==${TORCH_VERSION:-2.13.0}" --index-url https://download.pytorch.org/whl/cpu
+    # pinned: this machine kind keeps the CPU wheel of this version on disk for pip
+    .venv/bin/pip install -q "torch==${TORCH_VERSION:-2.13.0}"
   fi
   .venv/bin/pip install -q -e ".[model,data,test]"
 else
