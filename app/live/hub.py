@@ -486,6 +486,20 @@ class GameHub:
         conn.send_frame(self.view_frame(state, seat, cause))
         conn.view_version = max(conn.view_version, state.version)
 
+    def forget_idle(self) -> int:
+        """Drop per-game entries of games nobody here is connected to (games ticked by the
+        sweeper or ended by a worker leave a lock and codes behind); returns how many."""
+        idle = [
+            g for g, lock in self.locks.items()
+            if g not in self.game_conns and not lock.locked() and not getattr(lock, "_waiters", None)
+        ]
+        for g in idle:
+            del self.locks[g]
+        stale_codes = [g for g in self.codes if g not in self.game_conns]
+        for g in stale_codes:
+            del self.codes[g]
+        return len(idle) + len(stale_codes)
+
     async def update_draft(self, game_id: str, seat: Seat, text: str) -> None:
         """Keep the speaker's unsent text, auto-sent when the typing window closes."""
         if seat is not Seat.SPEAKER:
@@ -528,3 +542,4 @@ class GameHub:
             self.game_conns.pop(game_id, None)
             self.states.pop(game_id, None)
             self.locks.pop(game_id, None)
+            self.codes.pop(game_id, None)

@@ -64,4 +64,5 @@ class Sweeper:
             await self.hub.execute(game_id, Tick(at=self.hub.clock(), speaker_draft=draft or ""))
         await self.lobby.sweep()
         await self.lobby.match()
+        self.hub.forget_idle()
         return len(due)
