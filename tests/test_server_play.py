@@ -212,3 +212,43 @@ async def test_typing_window_auto_sends_draft_then_listener_auto_submits(start_s
     assert turns[0]["auto_sent"] and turns[0]["auto_submitted"]
     await speaker.close()
     await listener.close()
+
+
+async def test_an_action_after_a_deadline_the_sweeper_has_not_fired_is_not_applied(
+    start_server, sqlite_url, kilogram_dir
+):
+    # The sweeper sleeps for a minute: the deadlines here can only be fired by the late actions.
+    server = start_server(
+        sqlite_url,
+        MULTIREF_SWEEP_INTERVAL_SECONDS="60",
+        MULTIREF_RULES__SPEAKER_SECONDS="1",
+        MULTIREF_RULES__TURN_SECONDS="3",
+    )
+    config = _config(kilogram_dir)
+    created = await create_game(server.url, ADMIN_TOKEN, config)
+    speaker = await BotClient(server.url, created["speaker_token"]).connect()
+    listener = await BotClient(server.url, created["listener_token"]).connect()
+    await speaker.wait_for(lambda b: b.view and b.view.phase == "speaking")
+    await speaker.send_raw(json.dumps({"type": "draft", "text": "the bird on the left"}))
+    await asyncio.sleep(1.5)  # the typing window has closed; nobody has fired it
+    late = json.dumps({"type": "send_utterance", "version": speaker.view.version, "text": "too late"})
+    await speaker.send_raw(late)
+    err = await speaker.wait_for(lambda b: b.errors and b.errors[-1], 10)
+    assert err.code == "stale_version"
+    view = await listener.wait_for(lambda b: b.view.phase == "selecting" and b.view, 10)
+    assert [m.text for m in view.messages] == ["the bird on the left"] and view.messages[-1].auto
+
+    await listener.click(config.context[5])
+    await asyncio.sleep(2.5)  # the selection window has closed too
+    n = len(listener.errors)
+    await listener.send_raw(json.dumps({"type": "click", "version": listener.view.version, "tangram_id": config.context[6]}))
+    err = await listener.wait_for(lambda b: len(b.errors) > n and b.errors[-1], 10)
+    assert err.code == "stale_version"
+    view = await speaker.wait_for(lambda b: b.view.turn == 2 and b.view, 10)
+    assert view.last_submitted == [config.context[5]]
+    game, turns = await fetch_game_rows(server.database_url, created["game_id"])
+    assert turns[0]["utterance"] == "the bird on the left" and turns[0]["auto_sent"]
+    assert turns[0]["auto_submitted"] and turns[0]["selection_after"] == [config.context[5]]
+    await speaker.close()
+    await listener.close()
+    assert await check_database(server.database_url) == []

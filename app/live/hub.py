@@ -42,6 +42,7 @@ from app.game.rules import (
     ListenerKind,
     Rejection,
     Seat,
+    Tick,
     UtteranceSent,
     decide,
     evolve,
@@ -205,6 +206,18 @@ class GameHub:
                     return None, Rejection("unknown_game", "There is no such game.")
                 if reloaded:  # another writer got there first: our sockets may be behind it
                     await self._send_if_behind(state)
+                due = state.next_deadline()
+                if not isinstance(cmd, Tick) and due is not None and cmd.at >= due:
+                    # A deadline passed before this command arrived and no sweeper has fired it
+                    # yet: time goes first, so a click after the turn ended is not applied.
+                    draft = await self._speaker_draft(game_id)
+                    try:
+                        state = await self._apply(state, Tick(at=cmd.at, speaker_draft=draft), "server")
+                    except Conflict:
+                        self.stats["conflicts"] += 1
+                        self.states.pop(game_id, None)
+                        reloaded = True
+                        continue
                 if version is not None and version != state.version and not state.ended:
                     self.stats["rejections"] += 1
                     return state, Rejection(
@@ -217,25 +230,42 @@ class GameHub:
                     return state, result
                 if not result:
                     return state, result
-                after = state
-                for e in result:
-                    after = evolve(after, e)
                 try:
-                    staged, codes = await self._commit(state, result, after, actor)
+                    after = await self._apply(state, result, actor)
                 except Conflict:
                     self.stats["conflicts"] += 1
                     self.states.pop(game_id, None)
                     reloaded = True
                     continue
-                self.stats["events"] += len(result)
-                if codes:
-                    self.codes[game_id] = codes
-                if game_id in self.game_conns:
-                    self.states[game_id] = after
-                self._broadcast(after, result[-1].type)
-                await self.bus.flush(staged)
                 return after, result
             return None, Rejection("busy", "The game is busy; please try again.")
+
+    async def _apply(self, state: GameState, what: list[Event] | Tick, actor: str) -> GameState:
+        """Commit ``what`` (events, or a Tick to decide first) and broadcast; the new state.
+
+        Raises Conflict when another writer committed first.
+        """
+        events = decide(state, what) if isinstance(what, Tick) else what
+        if not events:
+            return state
+        after = state
+        for e in events:
+            after = evolve(after, e)
+        staged, codes = await self._commit(state, events, after, actor)
+        self.stats["events"] += len(events)
+        game_id = state.game_id
+        if codes:
+            self.codes[game_id] = codes
+        if game_id in self.game_conns:
+            self.states[game_id] = after
+        self._broadcast(after, events[-1].type)
+        await self.bus.flush(staged)
+        return after
+
+    async def _speaker_draft(self, game_id: str) -> str:
+        async with self.db.session() as s:
+            draft = (await s.execute(select(Game.speaker_draft).where(Game.id == game_id))).scalar()
+        return draft or ""
 
     async def _commit(self, before: GameState, events: list[Event], after: GameState, actor: str):
         message = {
