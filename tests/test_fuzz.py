@@ -22,12 +22,11 @@ together). Long mode (10,000 sequences and 500 cases per operation; about 30 min
     MULTIREF_FUZZ_EXAMPLES=10000 MULTIREF_FUZZ_API_EXAMPLES=500 .venv/bin/python -m pytest tests/test_fuzz.py -p no:cacheprovider
 
 The server runs on PostgreSQL when the test server answers (the stricter database), else SQLite
-(``MULTIREF_FUZZ_DB=sqlite`` forces it). The HTTP fuzzing leaves NUL characters out (an open
-bug on admin and operator routes, pinned by an xfail test below) unless
-``MULTIREF_FUZZ_KNOWN_BUGS=1``; the websocket fuzzing sends them, and binary frames, always.
+(``MULTIREF_FUZZ_DB=sqlite`` forces it). Both the HTTP and the websocket fuzzing send NUL
+characters; the websocket fuzzing sends binary frames too.
 
-Bugs this module found and pins (fixed during issue 7): NUL characters and over-long study
-parameters answered 500 on PostgreSQL, NUL in utterances and binary frames crashed the websocket
+Bugs this module found and pins (fixed during issue 7): NUL characters (study parameters, admin
+and operator input) and over-long study parameters answered 500 on PostgreSQL, NUL in utterances and binary frames crashed the websocket
 handler, operator integers past INTEGER's range answered 500, refused first frames ended without
 a close frame.
 """
@@ -56,7 +55,6 @@ from tests.test_faults import check_all, game_config
 
 EXAMPLES = int(os.environ.get("MULTIREF_FUZZ_EXAMPLES", "100"))
 API_EXAMPLES = int(os.environ.get("MULTIREF_FUZZ_API_EXAMPLES", "25"))
-KNOWN_BUGS = os.environ.get("MULTIREF_FUZZ_KNOWN_BUGS") == "1"
 SECRET = "fuzz-secret-key"
 ACCEPTABLE_CLOSE = {1000, 1003, 1008, 1009}  # refused hello, binary frame, policy, frame too big
 
@@ -571,7 +569,6 @@ def test_http_api_never_answers_500(fuzz_server):
     config = schemathesis.Config.from_dict(
         {
             "base-url": fuzz_server.url,
-            # NUL characters hit an open bug on admin and operator routes (pinned above)
             "generation": {"allow-x00": True, "max-examples": API_EXAMPLES},
         }
     )
