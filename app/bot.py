@@ -34,6 +34,7 @@ from app.protocol import (
     UtteranceFrame,
     WelcomeFrame,
 )
+from app.quiz import answer_key
 
 log = logging.getLogger("multiref.bot")
 
@@ -63,16 +64,21 @@ def ws_url(base_url: str) -> str:
     return re.sub(r"^http", "ws", base_url.rstrip("/")) + "/ws"
 
 
-async def join(base_url: str, params: dict[str, str] | None = None, consent: bool = True) -> str:
-    """Arrive through the study-link API (and consent); returns the participant token."""
+async def join(base_url: str, params: dict[str, str] | None = None, consent: bool = True, quiz: bool = True) -> str:
+    """Arrive through the study-link API, consent and pass the quiz, as the entry page does;
+    returns the participant token."""
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
         r = await client.post("/api/join", json={"params": params or {}})
         if r.status_code != 200:
             raise BotError(f"join refused: {r.status_code} {r.text}")
         token = r.json()["token"]
+        auth = {"Authorization": f"Bearer {token}"}
         if consent:
-            r = await client.post("/api/consent", headers={"Authorization": f"Bearer {token}"})
+            r = await client.post("/api/consent", headers=auth)
             r.raise_for_status()
+            if quiz:
+                r = await client.post("/api/quiz", headers=auth, json={"answers": answer_key()})
+                r.raise_for_status()
     return token
 
 

@@ -35,10 +35,7 @@ import argparse
 import asyncio
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +52,7 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 from app.bot import BotClient, BotError, parse_scripted, scripted_utterance  # noqa: E402
+from app.processes import ServerProcess  # noqa: E402
 
 ADMIN_TOKEN = "soak-admin-" + uuid.uuid4().hex[:12]
 PG_ADMIN_DSN = os.environ.get("MULTIREF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -71,54 +69,17 @@ RESERVOIR = 50_000
 # ---------------------------------------------------------------- servers and database
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, database_url: str, tangrams: Path | None, log_dir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"server-{self.port}.log"
-        self.env = {
-            **os.environ,
-            "MULTIREF_DATABASE_URL": database_url,
-            "MULTIREF_HOST": "127.0.0.1",
-            "MULTIREF_PORT": str(self.port),
-            "MULTIREF_ADMIN_TOKEN": ADMIN_TOKEN,
-            "MULTIREF_MAX_CONNECTIONS_PER_ADDRESS": "0",
-            **({"MULTIREF_TANGRAMS": str(tangrams)} if tangrams else {}),
-            **STRETCHED_RULES,
-            **env,
-        }
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> "Server":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning"],
-            cwd=ROOT, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"server did not start:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def start_server(database_url: str, tangrams: Path | None, log_dir: Path) -> ServerProcess:
+    env = {
+        "MULTIREF_ADMIN_TOKEN": ADMIN_TOKEN,
+        "MULTIREF_MAX_CONNECTIONS_PER_ADDRESS": "0",
+        **({"MULTIREF_TANGRAMS": str(tangrams)} if tangrams else {}),
+        **STRETCHED_RULES,
+    }
+    try:
+        return ServerProcess(database_url, log_dir, env=env).start(timeout=90)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _pg_exec(sql: str) -> None:
@@ -198,7 +159,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 class Soak:
-    def __init__(self, args, servers: list[Server]) -> None:
+    def __init__(self, args, servers: list[ServerProcess]) -> None:
         self.args = args
         self.servers = servers
         self.stats = Stats(time.time(), args.seed)
@@ -420,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url = f"sqlite+aiosqlite:///{workdir / 'soak.sqlite3'}"
 
-    servers: list[Server] = []
+    servers: list[ServerProcess] = []
     try:
         for _ in range(args.servers):
-            servers.append(Server(url, args.tangrams, workdir, {}).start())
+            servers.append(start_server(url, args.tangrams, workdir))
         kind = url.split(":", 1)[0].split("+")[0]
         print(
             f"soak: {args.games} games, {args.minutes:g} min, {len(servers)} server(s) on {kind}, "

@@ -52,7 +52,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -597,12 +596,6 @@ def generator_main(cfg: GenConfig, out) -> None:
 # =========================================================================== server and database
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pg_exec(sql: str, dsn: str = PG_ADMIN_DSN) -> None:
     import psycopg2
 
@@ -641,63 +634,20 @@ class FreshDatabase:
                 print(f"warning: could not drop {self.name}: {exc}", file=sys.stderr)
 
 
-class Server:
-    """``python -m app.cli serve`` in a subprocess, as tests/conftest.py's ServerProcess."""
+def start_server(database_url: str, log_dir: Path, extra_env: dict[str, str], wrapper: str | None = None):
+    """``python -m app.cli serve`` (or ``python WRAPPER``) on a free port, with the benchmark's rules."""
+    from app.processes import ServerProcess
 
-    def __init__(self, database_url: str, log_dir: Path, extra_env: dict[str, str],
-                 wrapper: str | None = None) -> None:
-        self.wrapper = wrapper
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"server-{self.port}.log"
-        env = {
-            **os.environ,
-            "MULTIREF_DATABASE_URL": database_url,
-            "MULTIREF_PORT": str(self.port),
-            "MULTIREF_HOST": "127.0.0.1",
-            "MULTIREF_ADMIN_TOKEN": ADMIN_TOKEN,
-            "MULTIREF_MAX_CONNECTIONS_PER_ADDRESS": "0",
-            **LONG_RULES,
-            **extra_env,
-        }
-        if "MULTIREF_TANGRAMS" not in env and REFERENCE_TANGRAMS.is_dir():
-            env["MULTIREF_TANGRAMS"] = str(REFERENCE_TANGRAMS)
-        self.env = env
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> "Server":
-        import httpx
-
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, self.wrapper] if self.wrapper
-            else [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    env = {
+        "MULTIREF_ADMIN_TOKEN": ADMIN_TOKEN,
+        "MULTIREF_MAX_CONNECTIONS_PER_ADDRESS": "0",
+        **LONG_RULES,
+        **extra_env,
+    }
+    if "MULTIREF_TANGRAMS" not in {**os.environ, **env} and REFERENCE_TANGRAMS.is_dir():
+        env["MULTIREF_TANGRAMS"] = str(REFERENCE_TANGRAMS)
+    command = [sys.executable, wrapper] if wrapper else None
+    return ServerProcess(database_url, log_dir, env=env, command=command).start(timeout=90)
 
 
 def pid_listening_on(url: str) -> int | None:
@@ -965,8 +915,7 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
             db = FreshDatabase(db_kind, args.pg_dsn, workdir)
             database_url = db.url
             extra = dict(kv.split("=", 1) for kv in args.server_env)
-            server = Server(db.url, workdir, extra, args.server_wrapper)
-            server.start()
+            server = start_server(db.url, workdir, extra, args.server_wrapper)
             url = server.url
             server_pid = server.pid
         procs = max(1, min(args.procs, games))

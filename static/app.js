@@ -15,34 +15,25 @@ const query = new URLSearchParams(location.search);
 const studyParams = {};
 for (const key of STUDY_KEYS) if (query.get(key)) studyParams[key] = query.get(key);
 const linkKey = JSON.stringify(studyParams);
+config.mturk_submit = mturkSubmitTarget();
+
+/** Where an MTurk worker's end screen posts the HIT (ExternalQuestion): only to MTurk itself. */
+function mturkSubmitTarget() {
+  const assignmentId = query.get("assignmentId");
+  const submitTo = query.get("turkSubmitTo");
+  if (!assignmentId || assignmentId === "ASSIGNMENT_ID_NOT_AVAILABLE" || !submitTo) return null;
+  let origin;
+  try {
+    origin = new URL(submitTo).origin;
+  } catch {
+    return null;
+  }
+  if (!config.mturk_submit_origins.includes(origin)) return null;
+  return { action: `${origin}/mturk/externalSubmit`, assignmentId };
+}
 const STORE = "multiref.session";
 
-const QUIZ = [
-  {
-    q: "Who can write messages?",
-    options: ["Only the speaker", "Only the listener", "Both players"],
-    answer: 0,
-    why: "Only the speaker writes, one message per turn. The listener answers by selecting pictures.",
-  },
-  {
-    q: "Which pictures should the listener select?",
-    options: ["Exactly the target pictures, no more and no fewer", "As many pictures as possible", "One picture per turn"],
-    answer: 0,
-    why: "The game is won when the submitted selection is exactly the targets.",
-  },
-  {
-    q: "Do both players see the pictures in the same order?",
-    options: ["Yes, so positions like \"top left\" help", "No, so describe what the pictures look like"],
-    answer: 1,
-    why: "Each player has their own order: describe shapes, not positions.",
-  },
-  {
-    q: "What does the speaker see after the listener submits?",
-    options: ["Nothing", "The listener's selection: green = correct, red = wrong", "Only whether the game was won"],
-    answer: 1,
-    why: "The speaker sees each selected picture in green (a target) or red (not a target).",
-  },
-];
+const QUIZ = config.quiz; // questions, options and hints; the server checks the answers
 
 let session = null; // {link, token, participant_id, status, ready}
 let socket = null;
@@ -316,22 +307,47 @@ function showQuiz() {
 
 $("quiz-back").addEventListener("click", showInstructions);
 
-$("quiz-form").addEventListener("submit", (event) => {
+$("quiz-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = $("quiz-form");
-  let wrong = 0;
-  QUIZ.forEach((item, qi) => {
-    const fs = form.children[qi];
-    const chosen = form.querySelector(`input[name="q${qi}"]:checked`);
-    const ok = chosen !== null && Number(chosen.value) === item.answer;
-    fs.classList.toggle("wrong", !ok);
-    fs.querySelector(".why").hidden = ok;
-    if (!ok) wrong += 1;
-  });
   const result = $("quiz-result");
-  if (wrong) {
+  const submit = $("quiz-submit");
+  const answers = QUIZ.map((_, qi) => {
+    const chosen = form.querySelector(`input[name="q${qi}"]:checked`);
+    return chosen === null ? null : Number(chosen.value);
+  });
+  submit.disabled = true;
+  let res;
+  try {
+    res = await api("POST", "/api/quiz", { answers });
+  } catch {
+    res = null;
+  } finally {
+    submit.disabled = false;
+  }
+  if (res && (res.status === 401 || res.status === 404)) {
+    forgetSession();
+    boot();
+    return;
+  }
+  if (res && res.status === 409) {
+    showConsent();
+    return;
+  }
+  if (!res || !res.ok || !res.data) {
+    result.textContent = "Could not reach the server. Please try again.";
+    result.hidden = false;
+    return;
+  }
+  const wrong = new Set(res.data.wrong);
+  QUIZ.forEach((_, qi) => {
+    const fs = form.children[qi];
+    fs.classList.toggle("wrong", wrong.has(qi));
+    fs.querySelector(".why").hidden = !wrong.has(qi);
+  });
+  if (wrong.size) {
     result.textContent =
-      wrong === 1 ? "One answer is not right yet. Read the hint and try again." : `${wrong} answers are not right yet. Read the hints and try again.`;
+      wrong.size === 1 ? "One answer is not right yet. Read the hint and try again." : `${wrong.size} answers are not right yet. Read the hints and try again.`;
     result.hidden = false;
     form.querySelector(".question.wrong input").focus();
     return;
@@ -422,6 +438,14 @@ function onServerError(frame) {
     showConsent();
     return;
   }
+  if (frame.code === "quiz_required") {
+    socket.stop();
+    socket = null;
+    session.ready = false;
+    saveSession();
+    showQuiz();
+    return;
+  }
   if (frame.code === "too_many_connections") {
     $("connection-text").textContent = "Too many open connections from your network. Retrying…";
     return;
@@ -500,6 +524,7 @@ function showReleased(frame) {
     pay: frame.pay,
     code: frame.completion_code,
     prolificUrl: config.prolific_url,
+    mturkSubmit: config.mturk_submit,
     showBonuses: false,
   });
   session.status = "released";

@@ -62,7 +62,7 @@ export function endReasonText(view) {
 }
 
 /** The pay breakdown and completion code, shared by the game's end and the released screen. */
-export function buildEndCard(container, { title, tone, message, pay, code, prolificUrl, showBonuses }) {
+export function buildEndCard(container, { title, tone, message, pay, code, prolificUrl, mturkSubmit, showBonuses }) {
   container.replaceChildren();
   container.classList.remove("good", "bad");
   if (tone) container.classList.add(tone);
@@ -137,7 +137,11 @@ export function buildEndCard(container, { title, tone, message, pay, code, proli
   }
   container.append(label, box);
   const next = document.createElement("p");
-  if (prolificUrl) {
+  if (mturkSubmit && code) {
+    container.append(mturkSubmitForm(mturkSubmit, code));
+    next.className = "muted";
+    next.textContent = "Submitting sends your completion code to MTurk with the HIT.";
+  } else if (prolificUrl) {
     const a = document.createElement("a");
     a.className = "button primary";
     a.href = prolificUrl;
@@ -151,6 +155,27 @@ export function buildEndCard(container, { title, tone, message, pay, code, proli
       : "Your code is being prepared…";
   }
   container.append(next);
+}
+
+/** MTurk's ExternalQuestion hand-in: a POST of the assignment id (and the code) to MTurk. */
+function mturkSubmitForm({ action, assignmentId }, code) {
+  const form = document.createElement("form");
+  form.method = "post";
+  form.action = action;
+  form.dataset.testid = "mturk-submit";
+  for (const [name, value] of [["assignmentId", assignmentId], ["completion_code", code]]) {
+    const input = document.createElement("input");
+    input.type = "hidden";
+    input.name = name;
+    input.value = value;
+    form.append(input);
+  }
+  const button = document.createElement("button");
+  button.type = "submit";
+  button.className = "button primary";
+  button.textContent = "Submit the HIT";
+  form.append(button);
+  return form;
 }
 
 export class GameScreen {
@@ -715,6 +740,7 @@ export class GameScreen {
       pay: v.pay,
       code: v.completion_code,
       prolificUrl: this.config.prolific_url,
+      mturkSubmit: this.config.mturk_submit,
       showBonuses: true,
     });
   }

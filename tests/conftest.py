@@ -4,16 +4,12 @@ server processes (uvicorn subprocesses on loopback) that tests can kill and rest
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
+
+from app import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "test-admin-token"
@@ -44,12 +40,6 @@ def recorded_games(reference: Path) -> list[dict]:
 
     path = reference / "respect_games" / "sep_12_24_sample.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -129,66 +119,21 @@ def database_url(request, tmp_path: Path) -> str:
 # ---------------------------------------------------------------- server processes
 
 
-class ServerProcess:
-    """``multiref serve`` in a subprocess, which tests may kill -9 and start again."""
+class ServerProcess(processes.ServerProcess):
+    """``multiref serve`` in a subprocess with the tests' settings: a tangram folder, the admin
+    token, a fast sweeper, no per-address connection limit; ``env`` overrides any of them."""
 
     def __init__(
         self, database_url: str, tangrams: Path, log_dir: Path, args: tuple[str, ...] = (), **env: str
     ) -> None:
-        self.database_url = database_url
-        self.args = list(args)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tangrams = tangrams
-        self.log_path = log_dir / f"server-{self.port}.log"
-        self.env = {
-            **os.environ,
-            "MULTIREF_DATABASE_URL": database_url,
-            "MULTIREF_PORT": str(self.port),
-            "MULTIREF_HOST": "127.0.0.1",
+        defaults = {
             "MULTIREF_TANGRAMS": str(tangrams),
             "MULTIREF_ADMIN_TOKEN": ADMIN_TOKEN,
             "MULTIREF_SWEEP_INTERVAL_SECONDS": "0.2",
             "MULTIREF_MAX_CONNECTIONS_PER_ADDRESS": "0",
-            **env,
         }
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 150) -> "ServerProcess":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning", *self.args],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        """kill -9: no shutdown hook runs."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(database_url, log_dir, env={**defaults, **env}, args=args)
+        self.tangrams = tangrams
 
 
 @pytest.fixture

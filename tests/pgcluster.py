@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from app.processes import free_port
 
 CANDIDATE_BINS = [
     os.environ.get("MULTIREF_PG_BIN", ""),
@@ -43,12 +44,6 @@ def find_bin() -> Path | None:
             return Path(folder)
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrivateCluster:
@@ -68,7 +63,7 @@ class PrivateCluster:
         if bin_dir is None:
             raise FileNotFoundError("no PostgreSQL binaries (initdb) found; set MULTIREF_PG_BIN")
         root = Path(tempfile.mkdtemp(prefix="mr-pg-", dir=parent))
-        cluster = cls(root, bin_dir, port or _free_port())
+        cluster = cls(root, bin_dir, port or free_port())
         if cluster.as_user:
             pw = pwd.getpwnam(cluster.as_user)
             os.chown(root, pw.pw_uid, pw.pw_gid)

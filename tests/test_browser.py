@@ -308,8 +308,10 @@ def test_lobby_timeout_releases_a_lone_worker_with_a_code_and_preview_does_not_j
     browser, start_server, sqlite_url
 ):
     server = start_server(sqlite_url, MULTIREF_LOBBY_TIMEOUT_SECONDS="2", MULTIREF_REQUIRE_QUIZ="false")
-    alone = Player(browser, "alone").open(
-        study_link(server.url, workerId="W1", assignmentId="A1", hitId="H1")
+    # The page's real CSP stays on here: it must let the HIT be posted to MTurk.
+    alone = Player(browser, "alone", bypass_csp=False).open(
+        study_link(server.url, workerId="W1", assignmentId="A1", hitId="H1",
+                   turkSubmitTo="https://workersandbox.mturk.com")
     )
     alone.consent()
     # without the quiz, the instructions lead straight to the lobby
@@ -328,7 +330,31 @@ def test_lobby_timeout_releases_a_lone_worker_with_a_code_and_preview_does_not_j
     code = alone.completion_code()
     alone.page.reload()
     expect(alone.page.get_by_test_id("completion-code")).to_have_text(code)
+    # MTurk ExternalQuestion: the end screen posts the assignment id (and the code) to MTurk
+    posted: list[tuple[str, str | None]] = []
+
+    def mturk(route):
+        posted.append((route.request.url, route.request.post_data))
+        route.fulfill(status=200, content_type="text/html", body="<p>HIT submitted</p>")
+
+    alone.page.route("https://workersandbox.mturk.com/**", mturk)
+    alone.page.get_by_test_id("mturk-submit").get_by_role("button", name="Submit the HIT").click()
+    expect(alone.page.get_by_text("HIT submitted")).to_be_visible()
+    assert posted == [
+        ("https://workersandbox.mturk.com/mturk/externalSubmit", f"assignmentId=A1&completion_code={code}")
+    ]
     alone.close()
+
+    # a link whose turkSubmitTo is not MTurk gets no form: the code is shown to copy instead
+    elsewhere = Player(browser, "elsewhere").open(
+        study_link(server.url, workerId="W2", assignmentId="A2", hitId="H1", turkSubmitTo="https://evil.example")
+    )
+    elsewhere.consent()
+    elsewhere.read_instructions()
+    expect(elsewhere.page.locator("#screen-released")).to_be_visible(timeout=15_000)
+    elsewhere.completion_code()
+    expect(elsewhere.page.get_by_test_id("mturk-submit")).to_have_count(0)
+    elsewhere.close()
 
     # local test mode: a study link without parameters still works (a fresh worker per visit)
     local = Player(browser, "local").open(study_link(server.url))

@@ -11,12 +11,8 @@ Each test is bounded in time; run just these with ``pytest tests/test_faults.py`
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +28,7 @@ from app.db.database import Database
 from app.db.gamelog import load_events
 from app.db.models import GameEvent, ListenerRequest, WorkerHeartbeat
 from app.game.rules import GameConfig, replay
+from app.processes import WorkerProcess
 from tests.conftest import ADMIN_TOKEN, ROOT
 from tests.pgcluster import private_pg  # noqa: F401 - fixture
 from tests.proxy import Proxy
@@ -426,31 +423,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_idefics2(tmp_path_factory.mktemp("tiny-idefics2"), seed=0)
 
 
-class Worker:
-    """``multiref worker`` in a subprocess, killed with SIGKILL by the test."""
-
-    def __init__(self, url: str, base: Path, tangrams: Path, log: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--base", str(base), "--device", "cpu",
-             "--dtype", "float32", "--log-level", "info", *args],
-            cwd=ROOT,
-            env={**os.environ, "MULTIREF_DATABASE_URL": url, "MULTIREF_TANGRAMS": str(tangrams),
-                 "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-            stdout=open(log, "ab"),
-            stderr=subprocess.STDOUT,
-        )
-        self.log = log
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 async def _wait_rows(url: str, query, predicate, timeout: float, what: str):
     db = Database(url)
     try:
@@ -475,11 +447,12 @@ async def test_worker_killed_while_holding_a_claim_another_takes_over(
         url, MULTIREF_LISTENER="model", MULTIREF_RULES__MAX_TURNS="3",
         MULTIREF_RULES__MODEL_TURN_SECONDS="90", MULTIREF_CLICK_DELAY_SECONDS="0.05",
     )
-    workers: list[Worker] = []
+    workers: list[WorkerProcess] = []
     try:
         # The first worker claims a turn and then waits for its batch to fill (--max-wait 120):
         # the claim is held, deterministically, until the test kills the worker.
-        doomed = Worker(url, tiny_model_dir, kilogram_dir, tmp_path / "w1.log", "--lease", "3", "--max-wait", "120")
+        doomed = WorkerProcess(url, tiny_model_dir, tmp_path / "w1.log", tangrams=kilogram_dir,
+                               args=("--lease", "3", "--max-wait", "120"))
         workers.append(doomed)
         await _wait_rows(url, select(WorkerHeartbeat), lambda r: any(h.status == "serving" for h in r), 120, "worker 1")
         token = await join(server.url, {"PROLIFIC_PID": "kill-worker", "STUDY_ID": "s", "SESSION_ID": "1"})
@@ -493,12 +466,11 @@ async def test_worker_killed_while_holding_a_claim_another_takes_over(
             lambda r: len(r) == 1 and r[0].status == "claimed", 30, "the claim",
         )
         assert str(doomed.proc.pid) in claimed.worker_id
-        doomed.proc.send_signal(signal.SIGKILL)  # dies holding the claim
-        doomed.proc.wait(10)
+        doomed.kill()  # dies holding the claim
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient() as c:
             assert (await c.get(server.url + "/healthz")).status_code == 200
-        rescuer = Worker(url, tiny_model_dir, kilogram_dir, tmp_path / "w2.log", "--lease", "20")
+        rescuer = WorkerProcess(url, tiny_model_dir, tmp_path / "w2.log", tangrams=kilogram_dir, args=("--lease", "20"))
         workers.append(rescuer)
         from app.bot import play_speaker
 

@@ -4,9 +4,6 @@ running a tiny random-weight Idefics2 built offline. Bot speakers play against i
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +15,8 @@ from app.db.database import Database
 from app.db.models import ListenerRequest, WorkerHeartbeat
 from app.deploy import deploy_checkpoint
 from app.db.gamelog import load_state
+from app.processes import WorkerProcess
 from policy_worker.prompt import apply_action, is_legal_action, letter_map
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.model
 
@@ -39,34 +36,15 @@ def tiny_adapters(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
     return make_tiny_lora(tiny_model, root / "a", seed=1), make_tiny_lora(tiny_model, root / "b", seed=2)
 
 
-class WorkerProcess:
-    def __init__(self, database_url: str, base: Path, tangrams: Path, log_path: Path, lease: float = 20.0):
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--base", str(base), "--device", "cpu",
-             "--dtype", "float32", "--lease", str(lease), "--log-level", "info"],
-            cwd=ROOT,
-            env={**os.environ, "MULTIREF_DATABASE_URL": database_url, "MULTIREF_TANGRAMS": str(tangrams),
-                 "HF_HUB_OFFLINE": "1"},
-            stdout=open(log_path, "ab"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 @pytest.fixture
 def start_worker(tmp_path, kilogram_dir):
     started: list[WorkerProcess] = []
 
-    def start(database_url: str, base: Path, **kw) -> WorkerProcess:
-        w = WorkerProcess(database_url, base, kilogram_dir, tmp_path / f"worker-{len(started)}.log", **kw)
+    def start(database_url: str, base: Path, lease: float = 20.0) -> WorkerProcess:
+        w = WorkerProcess(
+            database_url, base, tmp_path / f"worker-{len(started)}.log", tangrams=kilogram_dir,
+            args=("--lease", str(lease)),
+        )
         started.append(w)
         return w
 

@@ -7,12 +7,11 @@ import asyncio
 import json
 
 import httpx
-import pytest
 import websockets
+from sqlalchemy import select
 
 from app.bot import (
     BotClient,
-    BotError,
     create_game,
     join,
     play_listener,
@@ -20,7 +19,10 @@ from app.bot import (
     play_speaker,
     ws_url,
 )
+from app.db.database import Database
+from app.db.models import Participant
 from app.game.rules import GameConfig
+from app.quiz import answer_key
 from tests.conftest import ADMIN_TOKEN
 from tests.dbcheck import check_database, fetch_game_rows
 
@@ -78,6 +80,39 @@ async def test_worker_is_never_paired_with_themself(server):
     assert b1.welcome.participant_id == b2.welcome.participant_id
     for b in (b1, b2):
         await b.close()
+
+
+async def test_the_quiz_is_checked_by_the_server_and_gates_the_lobby(server):
+    token = await join(server.url, {"PROLIFIC_PID": "quiz-taker", "STUDY_ID": "s", "SESSION_ID": "1"}, consent=False)
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=server.url) as c:
+        r = await c.post("/api/quiz", headers=auth, json={"answers": answer_key()})
+        assert r.status_code == 409 and r.json()["code"] == "consent_required"
+        assert (await c.post("/api/consent", headers=auth)).status_code == 200
+        # skipping the quiz page: the lobby refuses
+        bot = await BotClient(server.url, token).connect()
+        err = await bot.wait_for(lambda b: b.errors and b.errors[-1], 10)
+        assert err.code == "quiz_required" and bot.lobby is None
+        await bot.close()
+        wrong = [(a + 1) % 2 for a in answer_key()[:2]] + answer_key()[2:3]  # two wrong, one missing
+        r = await c.post("/api/quiz", headers=auth, json={"answers": wrong})
+        assert r.status_code == 200 and r.json() == {"passed": False, "wrong": [0, 1, 3], "attempts": 1}
+        r = await c.post("/api/quiz", headers=auth, json={"answers": "not a list"})
+        assert r.status_code == 422
+        r = await c.post("/api/quiz", headers=auth, json={"answers": answer_key()})
+        assert r.json() == {"passed": True, "wrong": [], "attempts": 2}
+        r = await c.post("/api/quiz", json={"answers": answer_key()})  # no token
+        assert r.status_code == 401
+    bot = await BotClient(server.url, token).connect()
+    await bot.wait_for(lambda b: b.lobby, 10)
+    await bot.close()
+    db = Database(server.database_url)
+    try:
+        async with db.session() as s:
+            p = (await s.execute(select(Participant).where(Participant.status.in_(("waiting", "consented"))))).scalar_one()
+        assert p.quiz_attempts == 2 and p.quiz_passed_at is not None and p.quiz_passed_at >= p.consented_at
+    finally:
+        await db.close()
 
 
 async def test_scripted_game_to_failure_records_every_turn(server, kilogram_dir):

@@ -39,6 +39,8 @@ class Secret(Base):
 
 class Game(Base):
     __tablename__ = "games"
+    # The next config of a system's queue is one index lookup, however many games were played.
+    __table_args__ = (Index("ix_games_config_queue", "system", "round", "source", "config_index"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), index=True)  # live | ended
     phase: Mapped[str] = mapped_column(String(16))
@@ -110,6 +112,8 @@ class Participant(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[float] = mapped_column(Float)
     consented_at: Mapped[float | None] = mapped_column(Float)
+    quiz_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    quiz_passed_at: Mapped[float | None] = mapped_column(Float)
     waiting_since: Mapped[float | None] = mapped_column(Float, index=True)
     game_id: Mapped[str | None] = mapped_column(String(32), index=True)
     seat: Mapped[str | None] = mapped_column(String(16))

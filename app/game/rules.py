@@ -9,7 +9,7 @@ The event log is the source of truth: ``replay`` rebuilds any game from its even
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal, Union
 

@@ -268,16 +268,16 @@ class Lobby:
             await s.execute(
                 text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key("config", system, round_)}
             )
-        index = (
+        highest = (
             await s.execute(
-                select(func.count()).select_from(Game).where(
+                select(func.max(Game.config_index)).where(
                     Game.system == system,
                     Game.round.is_(None) if round_ is None else Game.round == round_,
                     Game.source == "live",
-                    Game.config_index.is_not(None),
                 )
             )
-        ).scalar_one()
+        ).scalar()  # read from ix_games_config_queue, not a count over every game
+        index = 0 if highest is None else highest + 1
         return index, self.configs.config(index)
 
     async def _create(

@@ -14,10 +14,11 @@ import asyncio
 import logging
 import time
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, update
 
 from app.db.models import ListenerRequest
 from app.game.rules import Click, Phase, Rejection, Seat, Submit
+from app.live.background import BackgroundLoop
 from app.live.hub import GameHub
 from policy_worker.prompt import apply_action, letter_map
 
@@ -34,39 +35,21 @@ def target_selection(action: str, before: set[str], listener_order: tuple[str, .
     return {by_letter[letter] for letter in after}
 
 
-class ModelListenerDriver:
+class ModelListenerDriver(BackgroundLoop):
+    name = "applying model actions"
+
     def __init__(self, hub: GameHub, click_delay: float = 0.4) -> None:
+        super().__init__(interval=0.5)  # kicked by the hub when a worker's action arrives
         self.hub = hub
         self.click_delay = click_delay
         self._running: set[int] = set()
-        self._kick = asyncio.Event()
-        self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self.hub.on_listener_request = self._kick.set
-        self._task = asyncio.create_task(self._run(), name="model-listener")
+        self.hub.on_listener_request = self.kick
+        await super().start()
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.apply_ready()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("applying model actions failed: %s", exc)
-            self._kick.clear()
-            try:
-                await asyncio.wait_for(self._kick.wait(), 0.5)
-            except TimeoutError:
-                pass
+    async def step(self) -> None:
+        await self.apply_ready()
 
     async def apply_ready(self) -> int:
         """Take every decided request (or one whose applier died) and play it; returns count."""

@@ -7,46 +7,25 @@ server that held them killed) are still ticked, which is how they end and pay th
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from sqlalchemy import select
 
 from app.db.models import Game
 from app.game.rules import Tick
+from app.live.background import BackgroundLoop
 from app.live.hub import GameHub
 from app.live.lobby import Lobby
 
-log = logging.getLogger("multiref.sweeper")
 
+class Sweeper(BackgroundLoop):
+    name = "deadline sweep"
 
-class Sweeper:
     def __init__(self, hub: GameHub, lobby: Lobby, interval: float = 1.0) -> None:
+        super().__init__(interval)
         self.hub = hub
         self.lobby = lobby
-        self.interval = interval
-        self._task: asyncio.Task | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sweeper")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # database restarting, for instance: try again next round
-                log.warning("sweep failed: %s", exc)
-            await asyncio.sleep(self.interval)
+    async def step(self) -> int:
+        return await self.sweep()
 
     async def sweep(self) -> int:
         """Tick every live game whose next deadline has passed; returns how many."""

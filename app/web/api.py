@@ -1,4 +1,4 @@
-"""HTTP routes for players and for health: join from a study link, consent, tangram images."""
+"""HTTP routes for players and for health: join from a study link, consent, quiz, tangram images."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from app import __version__
 from app.db.models import Participant
 from app.live.participants import Refusal, Status, StudyArrival, arrive, pay_of
 from app.protocol import PayView
+from app.quiz import wrong_answers
 from app.web.auth import participant_from_header
 
 router = APIRouter()
@@ -96,6 +97,39 @@ async def consent(request: Request, authorization: str | None = Header(default=N
             p.consented_at = time.time()
         status = p.status
     return {"status": status}
+
+
+class QuizAnswers(BaseModel):
+    """The option chosen for each question, in order (null: not answered)."""
+
+    answers: list[int | None] = Field(max_length=50)
+
+
+class QuizResult(BaseModel):
+    passed: bool
+    wrong: list[int]  # the questions to look at again
+    attempts: int
+
+
+@router.post("/api/quiz", response_model=QuizResult)
+async def quiz(body: QuizAnswers, request: Request, authorization: str | None = Header(default=None)):
+    """Check the comprehension quiz; every try is counted, the first pass lets the worker in."""
+    services = request.app.state.services
+    pid = participant_from_header(request, authorization)
+    wrong = wrong_answers(body.answers)
+    async with services.db.session() as s, s.begin():
+        p = await s.get(Participant, pid)
+        if p is None:
+            raise HTTPException(404, "Unknown participant.")
+        if p.status == Status.ARRIVED:
+            return JSONResponse(
+                {"code": "consent_required", "message": "Please accept the consent form first."}, status_code=409
+            )
+        p.quiz_attempts = (p.quiz_attempts or 0) + 1
+        if not wrong and p.quiz_passed_at is None:
+            p.quiz_passed_at = time.time()
+        attempts = p.quiz_attempts
+    return QuizResult(passed=not wrong, wrong=wrong, attempts=attempts)
 
 
 @router.get("/api/participant", response_model=ParticipantView)

@@ -24,10 +24,13 @@ from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 
 from app import __version__
+from app.quiz import questions_for_page
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONSENT = ROOT / "consent" / "default.md"
 PROLIFIC_COMPLETE = "https://app.prolific.com/submissions/complete?cc="
+# MTurk posts an ExternalQuestion HIT back to the turkSubmitTo of the link: these, and nothing else.
+MTURK_SUBMIT_ORIGINS = ("https://www.mturk.com", "https://workersandbox.mturk.com")
 
 router = APIRouter()
 templates = Jinja2Templates(directory=str(ROOT / "templates"))
@@ -167,7 +170,9 @@ def page_config(request: Request) -> dict:
     return {
         "version": __version__,
         "require_quiz": settings.require_quiz,
+        "quiz": questions_for_page(),
         "prolific_url": PROLIFIC_COMPLETE + quote(code, safe="") if code else None,
+        "mturk_submit_origins": list(MTURK_SUBMIT_ORIGINS),
         "lobby_timeout_seconds": settings.lobby_timeout_seconds,
         "lobby_fallback": settings.lobby_fallback,
         "rules": {
@@ -192,7 +197,8 @@ def _csp(request: Request) -> str:
     sockets = f" ws://{host} wss://{host}" if host else ""
     return (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        f"connect-src 'self'{sockets}; base-uri 'none'; form-action 'self'; object-src 'none'"
+        f"connect-src 'self'{sockets}; base-uri 'none'; form-action 'self' {' '.join(MTURK_SUBMIT_ORIGINS)}; "
+        "object-src 'none'"
     )
 
 

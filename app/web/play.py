@@ -113,6 +113,8 @@ class PlayerSession:
             self.conn.send_frame(WelcomeFrame(participant_id=p.id, status=p.status))
         if p.status == Status.ARRIVED:
             self.error("consent_required", "Please accept the consent form first.")
+        elif p.status == Status.CONSENTED and self.services.settings.require_quiz and p.quiz_passed_at is None:
+            self.error("quiz_required", "Please answer the short quiz about the game first.")
         elif p.status in (Status.CONSENTED, Status.WAITING):
             if p.status == Status.CONSENTED:
                 await self.services.lobby.enter(p.id)
