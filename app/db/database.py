@@ -222,7 +222,7 @@ class Database:
         u = self.engine.url
         if self.dialect == "sqlite":
             return f"sqlite:{u.database}"
-        return f"{self.dialect}://{u.host}:{u.port}/{u.database}"
+        return f"{self.dialect}://{u.host}:{u.port or 5432}/{u.database}"
 
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:
