@@ -28,7 +28,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit
-from app.db.models import Checkpoint, Round, System
+from app.db.models import MAX_INT, Checkpoint, Round, System
 
 HUMAN = "human"
 KINDS = ("model", "human")
@@ -207,8 +207,8 @@ async def start_round(
     highest = (await s.execute(select(func.max(Round.number)))).scalar()
     if number is None:
         number = 0 if highest is None else highest + 1
-    if number < 0:
-        raise RegistryError("round numbers are >= 0")
+    if not 0 <= number <= MAX_INT:
+        raise RegistryError(f"round numbers go from 0 to {MAX_INT} (the highest started is {highest})")
     if await s.get(Round, number) is not None:
         raise RegistryError(f"round {number} was already started")
     previous = await current_round(s)

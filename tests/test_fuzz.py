@@ -500,7 +500,12 @@ async def test_operator_integers_beyond_the_columns_are_refused_cleanly(pg_serve
             await _status(c.post("/api/operator/deploy", json={"system": "fuzz-sys", "round": big, "allow_missing_adapter": True})),
             await _status(c.post("/api/operator/systems/fuzz-sys/quota", json={"quota": big})),
         ]
-    assert all(s < 500 for s in statuses), statuses
+        assert all(s < 500 for s in statuses), statuses
+        # the largest round there can be, then "the next round" (found by the long fuzzing run)
+        assert (await c.post("/api/operator/rounds", json={"number": big - 1})).status_code == 200
+        after = await c.post("/api/operator/rounds", json={"note": "the next one"})
+        assert after.status_code == 409 and "round numbers go from 0 to" in after.json()["detail"]
+    assert _crashes(pg_server) == []
 
 
 async def test_nul_characters_in_admin_and_operator_input_are_refused_cleanly(pg_server):

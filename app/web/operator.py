@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from app.db.models import Checkpoint, Round
+from app.db.models import MAX_INT, Checkpoint, Round
 from app.deploy import (
     RegistryError,
     UnknownSystem,
@@ -44,9 +44,6 @@ from app.web.auth import require_admin
 router = APIRouter(prefix="/api/operator", dependencies=[Depends(require_admin)])
 
 DEFAULT_BASE = "HuggingFaceM4/idefics2-8b"
-
-
-MAX_INT = 2**31 - 1  # the database's INTEGER
 
 
 class NewSystem(BaseModel):
