@@ -5,5 +5,6 @@ test:  ## install test dependencies, start PostgreSQL if needed, run the whole s
 	./scripts/test.sh
 fuzz-long:  ## the fuzzing suite's long mode: 10,000 websocket sequences, 500 HTTP cases per operation
 	MULTIREF_FUZZ_EXAMPLES=10000 MULTIREF_FUZZ_API_EXAMPLES=500 ./scripts/test.sh tests/test_fuzz.py -p no:cacheprovider
+	cat test-artifacts/fuzz-summary.txt
 soak-long:  ## 200 concurrent bot games for 30 minutes against a real server (bench/soak.py --long)
 	./scripts/setup.sh --test && .venv/bin/python bench/soak.py --long

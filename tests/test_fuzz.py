@@ -17,7 +17,8 @@ consistency checker finds zero mismatches in every game the fuzzer played.
 
 CI mode: ``pytest tests/test_fuzz.py`` (``MULTIREF_FUZZ_EXAMPLES``, default 100 sequences;
 Schemathesis ``MULTIREF_FUZZ_API_EXAMPLES`` per operation and data mode, default 25; about 35 s
-together). Long mode (10,000 sequences and 500 cases per operation; about 30 min on 2 cores)::
+together). The websocket part writes what it played to ``test-artifacts/fuzz-summary.txt``.
+Long mode (10,000 sequences and 500 cases per operation; about 30 min on 2 cores; ``make fuzz-long``)::
 
     MULTIREF_FUZZ_EXAMPLES=10000 MULTIREF_FUZZ_API_EXAMPLES=500 .venv/bin/python -m pytest tests/test_fuzz.py -p no:cacheprovider
 
@@ -50,10 +51,11 @@ from hypothesis import strategies as st
 
 from app.bot import create_game, join, ws_url
 from app.web.auth import ParticipantTokens
-from tests.conftest import ADMIN_TOKEN, ServerProcess, _pg_available
+from tests.conftest import ADMIN_TOKEN, ROOT, ServerProcess, _pg_available
 from tests.test_faults import check_all, game_config
 
 EXAMPLES = int(os.environ.get("MULTIREF_FUZZ_EXAMPLES", "100"))
+SUMMARY = ROOT / "test-artifacts" / "fuzz-summary.txt"
 API_EXAMPLES = int(os.environ.get("MULTIREF_FUZZ_API_EXAMPLES", "25"))
 SECRET = "fuzz-secret-key"
 ACCEPTABLE_CLOSE = {1000, 1003, 1008, 1009}  # refused hello, binary frame, policy, frame too big
@@ -373,6 +375,8 @@ async def play_sequence(server: ServerProcess, steps, seed: int) -> None:
 
 
 def test_random_message_sequences_keep_the_server_sound(fuzz_server):
+    ran = Counter()
+
     @settings(
         max_examples=EXAMPLES,
         deadline=None,
@@ -381,6 +385,8 @@ def test_random_message_sequences_keep_the_server_sound(fuzz_server):
     )
     @given(steps=sequences, seed=st.integers(0, 2**16))
     def one(steps, seed):
+        ran["sequences"] += 1
+        ran["steps"] += len(steps)
         asyncio.run(play_sequence(fuzz_server, steps, seed))
         assert fuzz_server.proc.poll() is None, "the server process died"
 
@@ -390,7 +396,13 @@ def test_random_message_sequences_keep_the_server_sound(fuzz_server):
     asyncio.run(check_all(fuzz_server.database_url))
     # the fuzzer got into the games, not only past their doors
     kinds = asyncio.run(_event_types(fuzz_server.database_url, fuzz_server.fuzz_games))
-    print(f"fuzzed {len(fuzz_server.fuzz_games)} games: {dict(kinds)}")  # shown with -s
+    summary = (
+        f"websocket fuzzing: {ran['sequences']} sequences, {ran['steps']} steps, "
+        f"{len(fuzz_server.fuzz_games)} games, events by type {dict(sorted(kinds.items()))}"
+    )
+    print(summary)  # shown with -s; kept for the long mode's report:
+    SUMMARY.parent.mkdir(parents=True, exist_ok=True)
+    SUMMARY.write_text(summary + "\n")
     if EXAMPLES >= 50:
         assert {"utterance_sent", "selection_toggled", "selection_submitted", "game_ended"} <= set(kinds), kinds
 
