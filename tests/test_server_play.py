@@ -226,18 +226,24 @@ async def test_partner_gone_past_grace_ends_game_with_codes(start_server, sqlite
     await speaker.close()
 
 
-async def test_typing_window_auto_sends_draft_then_listener_auto_submits(start_server, sqlite_url, kilogram_dir):
-    server = start_server(
-        sqlite_url,
-        MULTIREF_RULES__SPEAKER_SECONDS="1.5",
-        MULTIREF_RULES__TURN_SECONDS="3",
-    )
+async def _game_with_a_draft(server, kilogram_dir):
+    """A game whose speaker has typed a message and not sent it."""
     config = _config(kilogram_dir)
     created = await create_game(server.url, ADMIN_TOKEN, config)
     speaker = await BotClient(server.url, created["speaker_token"]).connect()
     listener = await BotClient(server.url, created["listener_token"]).connect()
     await speaker.wait_for(lambda b: b.view and b.view.phase == "speaking")
     await speaker.send_raw(json.dumps({"type": "draft", "text": "the bird on the left"}))
+    return config, created, speaker, listener
+
+
+async def test_typing_window_auto_sends_draft_then_listener_auto_submits(start_server, sqlite_url, kilogram_dir):
+    server = start_server(
+        sqlite_url,
+        MULTIREF_RULES__SPEAKER_SECONDS="1.5",
+        MULTIREF_RULES__TURN_SECONDS="3",
+    )
+    config, created, speaker, listener = await _game_with_a_draft(server, kilogram_dir)
     view = await listener.wait_for(lambda b: b.view.phase == "selecting" and b.view, 10)
     assert view.messages[-1].text == "the bird on the left" and view.messages[-1].auto
     await listener.click(config.context[5])
@@ -259,12 +265,7 @@ async def test_an_action_after_a_deadline_the_sweeper_has_not_fired_is_not_appli
         MULTIREF_RULES__SPEAKER_SECONDS="1",
         MULTIREF_RULES__TURN_SECONDS="3",
     )
-    config = _config(kilogram_dir)
-    created = await create_game(server.url, ADMIN_TOKEN, config)
-    speaker = await BotClient(server.url, created["speaker_token"]).connect()
-    listener = await BotClient(server.url, created["listener_token"]).connect()
-    await speaker.wait_for(lambda b: b.view and b.view.phase == "speaking")
-    await speaker.send_raw(json.dumps({"type": "draft", "text": "the bird on the left"}))
+    config, created, speaker, listener = await _game_with_a_draft(server, kilogram_dir)
     await asyncio.sleep(1.5)  # the typing window has closed; nobody has fired it
     late = json.dumps({"type": "send_utterance", "version": speaker.view.version, "text": "too late"})
     await speaker.send_raw(late)
