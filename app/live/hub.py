@@ -212,7 +212,7 @@ class GameHub:
                     # yet: time goes first, so a click after the turn ended is not applied.
                     draft = await self._speaker_draft(game_id)
                     try:
-                        state = await self._apply(state, Tick(at=cmd.at, speaker_draft=draft), "server")
+                        state = await self._apply(state, decide(state, Tick(at=cmd.at, speaker_draft=draft)), "server")
                     except Conflict:
                         self.stats["conflicts"] += 1
                         self.states.pop(game_id, None)
@@ -240,12 +240,9 @@ class GameHub:
                 return after, result
             return None, Rejection("busy", "The game is busy; please try again.")
 
-    async def _apply(self, state: GameState, what: list[Event] | Tick, actor: str) -> GameState:
-        """Commit ``what`` (events, or a Tick to decide first) and broadcast; the new state.
-
-        Raises Conflict when another writer committed first.
-        """
-        events = decide(state, what) if isinstance(what, Tick) else what
+    async def _apply(self, state: GameState, events: list[Event], actor: str) -> GameState:
+        """Commit ``events`` and broadcast them; the new state. Raises Conflict when another
+        writer committed first."""
         if not events:
             return state
         after = state
