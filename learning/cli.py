@@ -147,8 +147,10 @@ def train_command(
     system: str = typer.Option(
         ..., help="System name, e.g. B-SUP (its variant unless the config names one)."
     ),
-    round_: int = typer.Option(
-        ..., "--round", help="Train on D≤ρ: labelled games of rounds up to this one."
+    round_: Optional[int] = typer.Option(
+        None,
+        "--round",
+        help="Train on D≤ρ: labelled games of rounds up to this one (with --pi0: default 0).",
     ),
     out: Path = typer.Option(..., help="Output folder: adapter, manifest.json, resumable state."),
     config: Optional[Path] = typer.Option(None, help="TOML or JSON file overriding the defaults."),
@@ -165,11 +167,29 @@ def train_command(
     device: Optional[str] = typer.Option(
         None, help="Override the config's device (cuda, cpu, auto)."
     ),
+    profile: Optional[str] = typer.Option(
+        None,
+        help="paper (default: the reference implementation, MULTIREF §8) or project "
+        "(this project's earlier defaults); the config file may set it too.",
+    ),
+    pi0: bool = typer.Option(
+        False,
+        "--pi0",
+        help="Train the initial policy π0 from the human–human seed task alone "
+        "(human-listener games of rounds ≤ --round, played or imported); deploy it at round 0.",
+    ),
 ) -> None:
     """Train a system's next adapter (SUP, RL or KTO) and write it with its manifest."""
     from learning.train import load_config, train
 
-    overrides = {k: v for k, v in {"epochs": epochs, "device": device}.items() if v is not None}
+    if round_ is None and not pi0:
+        raise typer.BadParameter("give --round R (or --pi0 for the initial policy)", param_hint="--round")
+    round_ = 0 if round_ is None else round_
+    overrides = {
+        k: v
+        for k, v in {"epochs": epochs, "device": device, "profile": profile}.items()
+        if v is not None
+    }
     try:
         cfg = load_config(system, config, overrides)
         manifest = train(
@@ -183,6 +203,7 @@ def train_command(
             init_adapter=init_adapter,
             resume=resume,
             console=console,
+            pi0=pi0,
         )
     except ValueError as error:
         console.print(f"[red]cannot train:[/] {error}")
@@ -192,7 +213,7 @@ def train_command(
         f"adapter written to {out} (epoch {manifest.get('best_epoch')} kept, held-out exact match "
         + ("—" if best is None else f"{100 * best:.1f}%")
         + "); deploy it with: "
-        + f"multiref deploy --system {system} --round {round_ + 1} --adapter {out}"
+        + f"multiref deploy --system {system} --round {0 if pi0 else round_ + 1} --adapter {out}"
     )
 
 

@@ -6,8 +6,14 @@ same code the policy worker used, and checked against the exact ``model_input`` 
 logged when there is one — the action taken, the decoded label, and the deployed policy's
 probability of the action (``ListenerRequest.prob_action``; none for human listeners).
 
-The held-out set is the turns of human–human games: model selection compares the greedy action
-with the human listener's action (exact match).
+The held-out set is the turns of human–human games: model selection compares the policy's
+action with the human listener's action.
+
+The **seed task** (MULTIREF.md §8) is the other human–human games: their good listener turns
+(:func:`good_move`) plus synthetic "deselect the last selection" / "clear all" turns built from
+them. It trains π0 alone and is mixed into every later round. Human–human games are split between
+the two by a hash of the game id (:func:`human_game_side`), so no game is both trained on and used
+for model selection.
 
 :class:`ActionCollator` turns examples into tensors (prompt with images, action tokens, the
 tokens constrained decoding allowed at each step); the losses live in ``learning.losses``.
@@ -26,8 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policy_worker.prompt import (
+    LETTERS,
+    NOTHING,
     PromptGame,
+    PromptTurn,
     build_chat,
+    format_action,
+    parse_action,
     remap_action,
     render_prompt,
     shuffle_letters,
@@ -36,6 +47,24 @@ from policy_worker.prompt import (
 logger = logging.getLogger("multiref.learning")
 
 HUMAN = "human"
+INTERACTION, SEED = "interaction", "seed"
+SEED_UNDO, SEED_CLEAR = "seed-undo-last", "seed-clear-all"  # synthetic seed turns
+
+# Speaker requests for the synthetic seed turns (our wording; one is picked per turn by a hash).
+DESELECT_LAST_UTTERANCES = (
+    "undo your last pick",
+    "no, take back what you just chose",
+    "wrong, deselect the ones you just picked",
+    "not those, remove your last selection",
+    "that last choice was wrong, unselect it",
+)
+CLEAR_ALL_UTTERANCES = (
+    "clear everything",
+    "deselect all of them",
+    "start over, unselect every image",
+    "remove all your picks",
+    "no, clear your whole selection",
+)
 
 
 @dataclass(frozen=True)
@@ -52,9 +81,15 @@ class Example:
     round: int | None = None
     listener_kind: str = "model"
     decoder_version: str | None = None
+    source: str = INTERACTION  # interaction (D≤ρ) | seed | seed-undo-last | seed-clear-all
 
     def key(self) -> str:
-        return f"{self.game_id}_{self.turn}"
+        suffix = "" if self.source in (INTERACTION, SEED) else f"_{self.source}"
+        return f"{self.game_id}_{self.turn}{suffix}"
+
+    @property
+    def is_seed(self) -> bool:
+        return self.source != INTERACTION
 
     @property
     def selected(self) -> list[str]:
@@ -74,6 +109,7 @@ class DataStats:
     model_inputs_checked: int = 0
     model_input_mismatches: int = 0
     action_mismatches: int = 0
+    sources: dict[str, int] = field(default_factory=dict)
     sha256: str = ""
 
     def json(self) -> dict:
@@ -83,7 +119,11 @@ class DataStats:
 def data_hash(examples: Sequence[Example]) -> str:
     """A fingerprint of a dataset: ids, actions, labels, probabilities (order-independent)."""
     rows = sorted(
-        json.dumps([e.game_id, e.turn, e.action, e.label, e.prob], separators=(",", ":"))
+        json.dumps(
+            [e.game_id, e.turn, e.action, e.label, e.prob]
+            + ([] if e.source == INTERACTION else [e.source]),
+            separators=(",", ":"),
+        )
         for e in examples
     )
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
@@ -228,34 +268,62 @@ def _undecided(turn: Any) -> Any:
     return replace(turn, action=None)
 
 
+def human_game_side(game_id: str, seed: int, heldout_fraction: float) -> str:
+    """``heldout`` or ``seed``: a fixed split of human–human games by a hash of seed and id."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:split:{game_id}".encode()).digest()[:8], "big")
+    return "heldout" if h / 2**64 < heldout_fraction else "seed"
+
+
+def good_move(before: Sequence[str], after: Sequence[str], targets: Sequence[str]) -> bool:
+    """MULTIREF.md §8's +1: the newly selected images are all targets or the deselected ones all
+    non-targets, the other part being empty or also good; an unchanged selection is not good."""
+    b, a, goal = set(before), set(after), set(targets)
+    selected, deselected = a - b, b - a
+    if not selected and not deselected:
+        return False
+    return selected <= goal and not (deselected & goal)
+
+
+async def _human_games(
+    s: Any, max_round: int | None, include_unrounded: bool, rounds: bool = True
+) -> list[tuple[str, int | None, str | None]]:
+    from sqlalchemy import select
+
+    from app.db.models import Game
+
+    q = select(Game.id, Game.round, Game.system).where(
+        Game.listener_kind == HUMAN, Game.status == "ended"
+    )
+    if rounds:
+        q = q.where(_round_filter(Game.round, max_round, include_unrounded))
+    return list(await s.execute(q.order_by(Game.id)))
+
+
 async def load_heldout(
     db: Any,
     max_round: int | None,
     include_unrounded: bool = True,
     limit: int | None = 500,
     seed: int = 0,
+    heldout_fraction: float | None = None,
 ) -> tuple[list[Example], DataStats]:
     """Turns of human–human games (round ≤ ``max_round``): the model-selection set.
 
     Every submitted turn counts (no label needed). Above ``limit`` turns, a fixed sample is
-    kept (by a hash of seed and turn id, so it does not change as games are added).
+    kept (by a hash of seed and turn id, so it does not change as games are added). With
+    ``heldout_fraction`` (the seed task is on), only the games :func:`human_game_side` puts on
+    the held-out side count; the others are the seed task's.
     """
-    from sqlalchemy import select
-
     from app.db.gamelog import load_state
-    from app.db.models import Game
     from policy_worker.gamedata import prompt_game
 
-    q = (
-        select(Game.id, Game.round, Game.system)
-        .where(Game.listener_kind == HUMAN, Game.status == "ended")
-        .where(_round_filter(Game.round, max_round, include_unrounded))
-        .order_by(Game.id)
-    )
     examples: list[Example] = []
     async with db.session() as s:
-        games = list(await s.execute(q))
-        for gid, rnd, system in games:
+        for gid, rnd, system in await _human_games(s, max_round, include_unrounded):
+            if heldout_fraction is not None and (
+                human_game_side(gid, seed, heldout_fraction) != "heldout"
+            ):
+                continue
             state = await load_state(s, gid)
             if state is None:
                 continue
@@ -286,6 +354,98 @@ async def load_heldout(
     return examples, _stats(examples)
 
 
+def _pick(options: Sequence[str], seed: int, key: str) -> str:
+    return options[example_seed(seed, 0, key) % len(options)]
+
+
+def seed_turns(
+    state: Any, seed: int = 0, synthetic: bool = True, drop_empty: bool = True
+) -> list[Example]:
+    """The seed task's examples from one ended human–human game (MULTIREF.md §8).
+
+    * every good listener turn (:func:`good_move`), label +1;
+    * after a turn whose new selection was not all targets: a synthetic next turn where the
+      speaker asks to undo it and the listener deselects exactly what that turn selected;
+    * after a turn that leaves something selected: a synthetic "clear all" turn that
+      deselects everything.
+    A turn whose action changed nothing is never an example when ``drop_empty``.
+    """
+    from policy_worker.gamedata import prompt_game
+
+    targets = list(state.config.targets)
+    out: list[Example] = []
+    for record in state.turns:
+        if record.utterance is None or record.selection_after is None:
+            continue
+        before, after = list(record.selection_before), list(record.selection_after)
+        full = prompt_game(state, record.turn, include_action=True)
+        action = str(full.turns[-1].action)
+        common = dict(system=HUMAN, round=None, listener_kind=HUMAN, label=1)
+        if good_move(before, after, targets) and not (drop_empty and action == NOTHING):
+            game = PromptGame(full.listener_order, [*full.turns[:-1], _undecided(full.turns[-1])])
+            out.append(Example(state.game_id, record.turn, game, action, source=SEED, **common))
+        if not synthetic:
+            continue
+        letters = full.letter_of()
+        newly = sorted(set(after) - set(before))
+        requests = []
+        if newly and not set(newly) <= set(targets):
+            requests.append((SEED_UNDO, DESELECT_LAST_UTTERANCES, newly))
+        if after:
+            requests.append((SEED_CLEAR, CLEAR_ALL_UTTERANCES, sorted(after)))
+        for source, phrases, to_deselect in requests:
+            key = f"{state.game_id}_{record.turn}_{source}"
+            turn = PromptTurn(_pick(phrases, seed, key), sorted(after), None)
+            game = PromptGame(full.listener_order, [*full.turns, turn])
+            act = format_action(sorted(letters[t] for t in to_deselect), [])
+            out.append(Example(state.game_id, record.turn + 1, game, act, source=source, **common))
+    return out
+
+
+async def load_seed_examples(
+    db: Any,
+    max_round: int | None,
+    include_unrounded: bool = True,
+    seed: int = 0,
+    heldout_fraction: float | None = None,
+    synthetic: bool = True,
+    drop_empty: bool = True,
+    all_rounds: bool = False,
+) -> tuple[list[Example], DataStats]:
+    """The seed task: :func:`seed_turns` of every ended human–human game of round ≤
+    ``max_round`` (every round with ``all_rounds``) on the seed side of the split."""
+    from app.db.gamelog import load_state
+
+    examples: list[Example] = []
+    games = 0
+    async with db.session() as s:
+        for gid, _rnd, _system in await _human_games(
+            s, max_round, include_unrounded, rounds=not all_rounds
+        ):
+            if heldout_fraction is not None and (
+                human_game_side(gid, seed, heldout_fraction) != "seed"
+            ):
+                continue
+            state = await load_state(s, gid)
+            if state is None:
+                continue
+            games += 1
+            examples.extend(seed_turns(state, seed, synthetic, drop_empty))
+    sources = Counter(e.source for e in examples)
+    return examples, _stats(examples, **{"sources": dict(sorted(sources.items()))})
+
+
+def mismatched_single_click(example: Example) -> str:
+    """KTO's mismatched action a′ (MULTIREF.md §8): one click on the first image, or on the
+    second when the action taken was exactly one click on the first; in the example's letters."""
+    letters = LETTERS[: len(example.game.listener_order)]
+    deselect, select = parse_action(example.action)
+    first = letters[0]
+    click = letters[1] if deselect + select == [first] else first
+    selected = example.game.current_selected_letters()
+    return format_action([click], []) if click in selected else format_action([], [click])
+
+
 # ---------------------------------------------------------------- augmentation
 
 
@@ -296,6 +456,11 @@ class Sample:
     example: Example
     game: PromptGame
     action: str
+    mapping: dict[str, str] | None = None  # old letter -> new letter (None: not shuffled)
+
+    def remap(self, action: str) -> str:
+        """Another action of the example (in its letters) in this sample's letters."""
+        return action if self.mapping is None else remap_action(action, self.mapping)
 
 
 def example_seed(seed: int, epoch: int, key: str) -> int:
@@ -308,7 +473,7 @@ def augment(example: Example, rng: random.Random | None) -> Sample:
     if rng is None:
         return Sample(example, example.game, example.action)
     game, mapping = shuffle_letters(example.game, rng)
-    return Sample(example, game, remap_action(example.action, mapping))
+    return Sample(example, game, remap_action(example.action, mapping), mapping)
 
 
 class ActionDataset:
@@ -434,6 +599,7 @@ class ActionCollator:
             "allowed": allowed,
             "allowed_mask": allowed_mask,
             "labels": torch.tensor([s.example.label or 0 for s in samples], dtype=torch.long),
+            "seed": torch.tensor([s.example.is_seed for s in samples], dtype=torch.bool),
             "deployed_probs": torch.tensor(
                 [math.nan if s.example.prob is None else s.example.prob for s in samples],
                 dtype=torch.float64,

@@ -54,6 +54,12 @@ def sequence_logps(logps: torch.Tensor, mask: torch.Tensor, normalise: bool) -> 
     return total / mask.sum(-1).clamp(min=1.0) if normalise else total
 
 
+def smoothing_term(mean_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The label-smoothing term of MULTIREF.md §8: mean_t ( −(1/V) Σ_v log p_v ) over the
+    action's tokens [B]. ``mean_logps`` is the second output of :func:`token_logps`."""
+    return sequence_logps(-mean_logps, mask, normalise=True)
+
+
 def sup_loss(
     logps: torch.Tensor, mean_logps: torch.Tensor, mask: torch.Tensor, label_smoothing: float = 0.1
 ) -> torch.Tensor:
@@ -85,23 +91,39 @@ def importance_weights(
     return torch.where(use_one, torch.ones_like(ratio), ratio)
 
 
-def rl_loss(norm_logps: torch.Tensor, rewards: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """REINFORCE as a contextual bandit (B-RL / T-RL):
+def rl_loss(
+    norm_logps: torch.Tensor,
+    rewards: torch.Tensor,
+    weights: torch.Tensor,
+    smoothing: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """REINFORCE as a contextual bandit (B-RL / T-RL), with MULTIREF.md §8's smoothing:
 
-        L_i = − w_i · r_i · (1/|a_i|) Σ_t log π(a_t | x, a_<t)
+        L_i = (1−ε) · ( − w_i · r_i · (1/|a_i|) Σ_t log π(a_t | x, a_<t) ) + ε · |r_i| · S_i
 
     norm_logps [B] length-normalised log-probs; rewards r [B] (+1 / 0 / −0.1); weights w [B]
-    from :func:`importance_weights` (already detached).
+    from :func:`importance_weights` (already detached); S [B] from :func:`smoothing_term`.
+    ε = 0 (no ``smoothing``) is the plain form of §5.
     """
-    return -(weights.detach() * rewards * norm_logps)
+    loss = -(weights.detach() * rewards * norm_logps)
+    if smoothing is None or label_smoothing == 0.0:
+        return loss
+    return (1.0 - label_smoothing) * loss + label_smoothing * rewards.abs() * smoothing
+
+
+def smoothed(loss: torch.Tensor, smoothing: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """(1−ε) · loss + ε · S: how §8 adds the smoothing term to KTO (ε = 0.01)."""
+    if label_smoothing == 0.0:
+        return loss
+    return (1.0 - label_smoothing) * loss + label_smoothing * smoothing
 
 
 def kto_reference_point(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
     """z = max(0, mean_i [log π(a_i|x_i) − log π_ref(a_i|x_i)]), detached.
 
-    TRL estimates KTO's KL term on mismatched (x, a') pairs, which needs the reference model;
-    our reference is the deployed policy's *stored* probabilities, known only for the actions it
-    took, so the batch's own log-ratios estimate it.
+    The paper (§8) passes the mismatched single-click actions a′ of the whole effective batch,
+    scored before the update; ``kl_estimate = "batch"`` passes the batch's own actions instead.
     """
     return (policy_logps - reference_logps).mean().clamp(min=0.0).detach()
 

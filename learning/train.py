@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from learning import losses
 from learning.datasets import ActionCollator, ActionDataset, Example, model_inputs
@@ -46,28 +46,69 @@ MANIFEST_FORMAT = "multiref-adapter/1"
 # ---------------------------------------------------------------- configs
 
 
+PROFILES = ("paper", "project")
+TEXT_LORA_TARGETS = (
+    r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+)
+# MULTIREF.md §8: the text model and the connector (modality projection, perceiver resampler).
+PAPER_LORA_TARGETS = (
+    r".*(text_model|modality_projection|perceiver_resampler).*"
+    r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+)
+
+
 @dataclass
 class TrainConfig:
-    """Shared defaults (MULTIREF.md §5). Method configs below add their own fields."""
+    """Shared defaults (MULTIREF.md §5, §8). Method configs below add their own fields.
+
+    ``profile`` fills every field left at None: ``paper`` reproduces the reference
+    implementation (§8), ``project`` is this project's earlier behaviour. Each such field is
+    one row of the table in docs/learning.md; a config file or override sets any of them.
+    """
+
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {
+            "lora_targets": PAPER_LORA_TARGETS,
+            "lora_init": "gaussian",
+            "optimizer": "paged_adamw_8bit",
+            "weight_decay": 0.01,
+            "micro_batch_size": 32,
+            "policy_prob": "full",
+            "seed_task": True,
+            "drop_empty_turns": True,
+            "selection": "sample",
+        },
+        "project": {
+            "lora_targets": TEXT_LORA_TARGETS,
+            "lora_init": "default",
+            "optimizer": "adamw",
+            "weight_decay": 0.0,
+            "micro_batch_size": 4,
+            "policy_prob": "constrained",
+            "seed_task": False,
+            "drop_empty_turns": False,
+            "selection": "greedy",
+        },
+    }
 
     variant: str = ""  # e.g. "B-SUP"; empty: read from the system name
-    # LoRA on the text model's attention and MLP projections
+    profile: str = "paper"  # paper (§8) | project: fills every field left at None
+    # LoRA (r, α, dropout as §5); targets: paper = text + connector + perceiver, project = text
     lora_r: int = 8
     lora_alpha: int = 8
     lora_dropout: float = 0.1
-    lora_targets: str = (
-        r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-    )
+    lora_targets: str | None = None
+    lora_init: str | None = None  # gaussian (paper) | default (peft's Kaiming A, zero B)
     init: str = ""  # fresh | previous; empty: the method's rule (SUP, RL fresh; KTO previous)
     # optimisation
-    optimizer: str = "adamw"  # adamw | rmsprop
+    optimizer: str | None = None  # paged_adamw_8bit (AdamW without bitsandbytes/CUDA) | adamw | rmsprop
     learning_rate: float = 1e-4
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     lr_scheduler: str = "cosine"  # cosine | constant
     warmup_steps: int = 10
     epochs: int = 20
     effective_batch_size: int = 64  # examples per optimiser step (gradient accumulation)
-    micro_batch_size: int = 4  # examples per forward pass
+    micro_batch_size: int | None = None  # examples per forward pass (memory only: same update)
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # auto: bfloat16 on an accelerator, float32 on the CPU
@@ -78,12 +119,34 @@ class TrainConfig:
     include_unrounded: bool = True  # games with round NULL (imported, replayed) count as ≤ ρ
     data_systems: list[str] | None = None  # None: the trained system's own games; ["*"]: all
     decoder_version: str | None = None  # None: the newest label of each action
-    policy_prob: str = "constrained"  # constrained (prob_action) | unconstrained
+    # π(a|x) for RL and KTO, and the stored π_deployed it is compared with: full (the whole
+    # vocabulary, prob_unconstrained / `multiref rescore`) | constrained (prob_action)
+    policy_prob: str | None = None
     max_new_tokens: int = 10  # the deployed decoding budget (for the constrained steps)
+    seed_task: bool | None = None  # mix the human–human seed task into every round (§8)
+    seed_synthetic: bool = True  # with it, the synthetic "undo last" / "clear all" turns
+    seed_label_smoothing: float = 0.1  # the seed task's SUP loss, whatever the method
+    heldout_fraction: float = 0.5  # share of human–human games held out when seed_task is on
+    drop_empty_turns: bool | None = None  # drop turns whose action changed nothing
     # model selection
+    selection: str | None = None  # sample (T = 1, no grammar: paper) | greedy (exact match)
     max_heldout_turns: int = 500
     eval_batch_size: int = 16
     eval_before_training: bool = True
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, not {self.profile!r}")
+        merged: dict[str, Any] = {}
+        for cls in reversed(type(self).__mro__):
+            merged.update(cls.__dict__.get("PROFILE_DEFAULTS", {}).get(self.profile, {}))
+        for key, value in merged.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.policy_prob == "unconstrained":
+            self.policy_prob = "full"
+        if self.policy_prob not in ("full", "constrained"):
+            raise ValueError(f"policy_prob must be full or constrained, not {self.policy_prob!r}")
 
     @property
     def method(self) -> str:
@@ -106,12 +169,20 @@ class SUPConfig(TrainConfig):
 
 @dataclass
 class RLConfig(TrainConfig):
-    """B-RL / T-RL: REINFORCE with rewards per label and importance weights for non-positives."""
+    """B-RL / T-RL: REINFORCE with rewards per label and importance weights for non-positives;
+    paper: 0.9 · REINFORCE + 0.1 · |r| · smoothing, neutral examples dropped (§8)."""
+
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"label_smoothing": 0.1, "drop_neutral": True},
+        "project": {"label_smoothing": 0.0, "drop_neutral": False},
+    }
 
     reward_positive: float = 1.0
     reward_neutral: float = 0.0
     reward_negative: float = -0.1
     weight_floor: float = 0.01  # the importance weight's denominator is at least this
+    label_smoothing: float | None = None
+    drop_neutral: bool | None = None
 
     @property
     def rewards(self) -> dict[int, float]:
@@ -120,17 +191,40 @@ class RLConfig(TrainConfig):
 
 @dataclass
 class KTOConfig(TrainConfig):
-    """B-KTO / T-KTO: positives desirable, negatives undesirable, reference = stored probs."""
+    """B-KTO / T-KTO: positives desirable, negatives undesirable, reference = stored probs;
+    paper: 0.99 · KTO + 0.01 · smoothing, π_ref ≥ 0.01, z from mismatched single clicks (§8)."""
+
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {
+            "label_smoothing": 0.01,
+            "reference_floor": 0.01,
+            "kl_estimate": "mismatched",
+            "lr_scheduler": "constant",
+            "shuffle_letters": True,
+        },
+        # The reference is the deployed prompt's probability: shuffled letters would compare
+        # the policy on another prompt with it, so the project trained on the prompts as played.
+        "project": {
+            "label_smoothing": 0.0,
+            "reference_floor": 0.0,
+            "kl_estimate": "batch",
+            "lr_scheduler": "cosine",
+            "shuffle_letters": False,
+        },
+    }
 
     beta: float = 0.5
-    optimizer: str = "rmsprop"
+    optimizer: str | None = "rmsprop"
     learning_rate: float = 1e-5
+    lr_scheduler: str | None = None  # type: ignore[assignment]
+    shuffle_letters: bool | None = None  # type: ignore[assignment]
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
-    kl_estimate: str = "batch"  # batch: z from the batch's log-ratios | zero
-    # The reference is the deployed prompt's probability: shuffled letters would compare the
-    # policy on another prompt with it, so KTO trains on the prompts as played by default.
-    shuffle_letters: bool = False
+    label_smoothing: float | None = None
+    reference_floor: float | None = None  # π_ref = max(stored probability, this)
+    # z: mismatched (single-click a′ over the effective batch, before the update: paper) |
+    # batch (the batch's own log-ratios) | zero
+    kl_estimate: str | None = None
 
 
 CONFIGS: dict[str, type[TrainConfig]] = {"sup": SUPConfig, "rl": RLConfig, "kto": KTOConfig}
@@ -205,11 +299,14 @@ def attach_adapter(policy: Any, config: TrainConfig, init_adapter: str | Path | 
 
     if init_adapter is None:
         torch.manual_seed(config.seed)
+        if config.lora_init not in ("gaussian", "default"):
+            raise ValueError(f"lora_init must be gaussian or default, not {config.lora_init!r}")
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
             target_modules=config.lora_targets,
+            init_lora_weights="gaussian" if config.lora_init == "gaussian" else True,
         )
         model = get_peft_model(policy.model, lora)
     else:
@@ -227,9 +324,19 @@ def attach_adapter(policy: Any, config: TrainConfig, init_adapter: str | Path | 
 
 
 def batch_losses(
-    model: Any, batch: dict[str, Any], config: TrainConfig, device: Any, dtype: Any
+    model: Any,
+    batch: dict[str, Any],
+    config: TrainConfig,
+    device: Any,
+    dtype: Any,
+    kl: Any = None,
 ) -> Any:
-    """Per-example losses [B] of the config's method on a collated batch."""
+    """Per-example losses [B] of the config's method on a collated batch.
+
+    Seed-task examples (``batch["seed"]``) take the SUP loss with ``seed_label_smoothing``
+    whatever the method. ``kl`` is KTO's reference point z when computed outside the batch
+    (``kl_estimate = "mismatched"``: :func:`mismatched_reference_point`).
+    """
     import torch
 
     targets = batch["targets"].to(device)
@@ -237,21 +344,34 @@ def batch_losses(
     width = targets.shape[1]
     out = model(**model_inputs(batch, device, dtype), logits_to_keep=width + 1)
     logits = out.logits[:, :-1]  # position j predicts action token j
+    full, mean_lp = losses.token_logps(logits, targets)
+    seed = batch["seed"].to(device) if "seed" in batch else torch.zeros_like(mask[:, 0])
+    seed_loss = losses.sup_loss(full, mean_lp, mask, config.seed_label_smoothing)
     if isinstance(config, SUPConfig):
-        lp, mean_lp = losses.token_logps(logits, targets)
-        return losses.sup_loss(lp, mean_lp, mask, config.label_smoothing)
-    lp = policy_token_logps(logits, batch, config, device)
+        loss = losses.sup_loss(full, mean_lp, mask, config.label_smoothing)
+        return torch.where(seed, seed_loss, loss)
+    smoothing = losses.smoothing_term(mean_lp, mask)
+    lp = policy_token_logps(logits, batch, config, device, full)
     labels = batch["labels"].to(device)
     deployed = batch["deployed_probs"].to(device=device, dtype=torch.float32)
     seq = losses.sequence_logps(lp, mask, normalise=False)
     if isinstance(config, RLConfig):
         norm = losses.sequence_logps(lp, mask, normalise=True)
         w = losses.importance_weights(seq, deployed, labels == 1, config.weight_floor)
-        return losses.rl_loss(norm, losses.rewards_for(labels, config.rewards), w)
-    if isinstance(config, KTOConfig):
-        ref = torch.log(deployed.clamp(min=1e-30))
-        kl = losses.kto_reference_point(seq, ref) if config.kl_estimate == "batch" else 0.0
-        return losses.kto_loss(
+        r = losses.rewards_for(labels, config.rewards)
+        loss = losses.rl_loss(norm, r, w, smoothing, config.label_smoothing)
+    elif isinstance(config, KTOConfig):
+        ref = torch.log(deployed.clamp(min=max(config.reference_floor, 1e-30)))
+        if kl is None:
+            if config.kl_estimate == "mismatched":
+                raise ValueError("kl_estimate = mismatched: pass z (mismatched_reference_point)")
+            live = ~seed
+            kl = (
+                losses.kto_reference_point(seq[live], ref[live])
+                if config.kl_estimate == "batch" and bool(live.any())
+                else 0.0
+            )
+        kto = losses.kto_loss(
             seq,
             ref,
             labels == 1,
@@ -260,15 +380,105 @@ def batch_losses(
             config.desirable_weight,
             config.undesirable_weight,
         )
-    raise TypeError(f"no loss for {type(config).__name__}")
+        loss = losses.smoothed(kto, smoothing, config.label_smoothing)
+    else:
+        raise TypeError(f"no loss for {type(config).__name__}")
+    return torch.where(seed, seed_loss, loss)
 
 
-def policy_token_logps(logits: Any, batch: dict[str, Any], config: TrainConfig, device: Any) -> Any:
-    """log π per action token, constrained (as decoding sampled) or over the whole vocabulary."""
+def sequence_logps_of(
+    model: Any, batch: dict[str, Any], config: TrainConfig, device: Any, dtype: Any
+) -> Any:
+    """log π(a|x) [B] of each batch action (not normalised), as the method's loss sees it."""
+    width = batch["targets"].shape[1]
+    out = model(**model_inputs(batch, device, dtype), logits_to_keep=width + 1)
+    lp = policy_token_logps(out.logits[:, :-1], batch, config, device)
+    return losses.sequence_logps(lp, batch["target_mask"].to(device), normalise=False)
+
+
+def mismatched_samples(samples: Sequence[Any]) -> list[Any]:
+    """Each sample with its action replaced by the mismatched single click a′ (same letters)."""
+    from learning.datasets import mismatched_single_click
+
+    return [
+        dataclasses.replace(s, action=s.remap(mismatched_single_click(s.example)))
+        for s in samples
+    ]
+
+
+def mismatched_reference_table(
+    model: Any,
+    examples: Sequence[Example],
+    collator: Any,
+    config: TrainConfig,
+    device: Any,
+    dtype: Any,
+) -> dict[str, float]:
+    """log π_ref(a′|x) of every KTO example's mismatched single click, floored at
+    ``reference_floor``, scored by the model as loaded (the deployed adapter KTO continues
+    from) on the prompts as played: the paper's stored table of one-click alternatives."""
+    import torch
+
+    from learning.datasets import augment
+
+    table: dict[str, float] = {}
+    live = [e for e in examples if not e.is_seed]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for k in range(0, len(live), config.micro_batch_size):
+                chunk = mismatched_samples([augment(e, None) for e in live[k : k + config.micro_batch_size]])
+                seq = sequence_logps_of(model, collator(chunk), config, device, dtype)
+                floor = math.log(max(config.reference_floor, 1e-30))
+                for s, v in zip(chunk, seq.tolist()):
+                    table[s.example.key()] = max(v, floor)
+    finally:
+        model.train(was_training)
+    return table
+
+
+def mismatched_reference_point(
+    model: Any,
+    samples: Sequence[Any],
+    table: dict[str, float],
+    collator: Any,
+    config: TrainConfig,
+    device: Any,
+    dtype: Any,
+) -> Any:
+    """KTO's z (§8): max(0, mean over the whole effective batch of log π(a′) − log π_ref(a′)),
+    a′ the mismatched single clicks, computed before the update (no gradient)."""
+    import torch
+
+    live = [s for s in samples if not s.example.is_seed]
+    if not live:
+        return torch.zeros((), device=device)
+    ratios = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for k in range(0, len(live), config.micro_batch_size):
+                chunk = mismatched_samples(live[k : k + config.micro_batch_size])
+                seq = sequence_logps_of(model, collator(chunk), config, device, dtype)
+                ref = torch.tensor([table[s.example.key()] for s in chunk], device=seq.device)
+                ratios.append(seq.float() - ref)
+    finally:
+        model.train(was_training)
+    return torch.cat(ratios).mean().clamp(min=0.0)
+
+
+def policy_token_logps(
+    logits: Any, batch: dict[str, Any], config: TrainConfig, device: Any, full: Any = None
+) -> Any:
+    """log π per action token, over the whole vocabulary (paper) or constrained (as grammar
+    decoding sampled)."""
     import torch
 
     targets = batch["targets"].to(device)
-    full, _ = losses.token_logps(logits, targets)
+    if full is None:
+        full, _ = losses.token_logps(logits, targets)
     if config.policy_prob != "constrained":
         return full
     allowed_mask = batch["allowed_mask"].to(device)
@@ -282,17 +492,36 @@ def policy_token_logps(logits: Any, batch: dict[str, Any], config: TrainConfig, 
 def select_examples(
     examples: Sequence[Example], config: TrainConfig
 ) -> tuple[list[Example], dict[str, int]]:
-    """What each method trains on: SUP positives; RL every label; KTO ±1 with a stored prob."""
-    if isinstance(config, SUPConfig):
-        kept = [e for e in examples if e.label == 1]
-    elif isinstance(config, KTOConfig):
-        kept = [e for e in examples if e.label in (1, -1) and e.prob is not None]
-    else:
-        kept = list(examples)
+    """What each method trains on: SUP positives; RL every label (neutral dropped in the paper
+    profile); KTO ±1 with a stored prob. Seed-task examples stay whatever the method; turns
+    whose action changed nothing go when ``drop_empty_turns``."""
+    from policy_worker.prompt import NOTHING
+
+    kept: list[Example] = []
+    empty = neutral = 0
+    for e in examples:
+        if config.drop_empty_turns and e.action == NOTHING:
+            empty += 1
+            continue
+        if e.is_seed:
+            kept.append(e)
+        elif isinstance(config, SUPConfig):
+            if e.label == 1:
+                kept.append(e)
+        elif isinstance(config, KTOConfig):
+            if e.label in (1, -1) and e.prob is not None:
+                kept.append(e)
+        elif isinstance(config, RLConfig) and config.drop_neutral and e.label == 0:
+            neutral += 1
+        else:
+            kept.append(e)
     return kept, {
         "available": len(examples),
         "used": len(kept),
         "dropped": len(examples) - len(kept),
+        "dropped_empty": empty,
+        "dropped_neutral": neutral,
+        "seed": sum(e.is_seed for e in kept),
     }
 
 
@@ -363,6 +592,7 @@ class FitResult:
     best_epoch: int | None = None
     best_exact_match: float | None = None
     resumed_from_epoch: int | None = None
+    optimizer: str | None = None  # what actually ran (paged 8-bit AdamW falls back to AdamW)
 
     def json(self) -> dict[str, Any]:
         return {
@@ -370,6 +600,7 @@ class FitResult:
             "best_epoch": self.best_epoch,
             "best_exact_match": self.best_exact_match,
             "resumed_from_epoch": self.resumed_from_epoch,
+            "optimizer": self.optimizer,
         }
 
 
@@ -391,16 +622,37 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _optimizer(params: list[Any], config: TrainConfig) -> Any:
+def _optimizer(params: list[Any], config: TrainConfig) -> tuple[Any, str]:
+    """The optimiser and the name of what actually runs (recorded in the manifest):
+    ``paged_adamw_8bit`` needs bitsandbytes and CUDA parameters, else plain AdamW runs."""
     import torch
 
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay
-        )
-    raise ValueError(f"optimizer must be adamw or rmsprop, not {config.optimizer!r}")
+    name = config.optimizer
+    if name == "paged_adamw_8bit":
+        on_cuda = bool(params) and params[0].is_cuda
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found]
+        except ImportError:
+            bnb = None
+        if bnb is not None and on_cuda:
+            opt = bnb.optim.PagedAdamW8bit(
+                params, lr=config.learning_rate, weight_decay=config.weight_decay
+            )
+            return opt, "paged_adamw_8bit"
+        why = "no CUDA" if bnb is not None else "bitsandbytes not installed"
+        name = "adamw"
+        used = f"adamw (paged_adamw_8bit unavailable: {why})"
+    else:
+        used = str(name)
+    if name == "adamw":
+        opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        return opt, used
+    if name == "rmsprop":
+        opt = torch.optim.RMSprop(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        return opt, used
+    raise ValueError(
+        f"optimizer must be paged_adamw_8bit, adamw or rmsprop, not {config.optimizer!r}"
+    )
 
 
 def _scheduler(optimizer: Any, config: TrainConfig, total_steps: int) -> Any:
@@ -445,10 +697,17 @@ def fit(
     constrained = not isinstance(config, SUPConfig) and config.policy_prob == "constrained"
     collator = ActionCollator(policy, images, config.max_new_tokens, with_allowed=constrained)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, config)
+    optimizer, optimizer_used = _optimizer(params, config)
     steps_per_epoch = math.ceil(len(dataset) / config.effective_batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
-    result = FitResult()
+    result = FitResult(optimizer=optimizer_used)
+    mismatched = isinstance(config, KTOConfig) and config.kl_estimate == "mismatched"
+    # π_ref(a′) is scored before any resumed state is loaded: by the adapter training starts from
+    ref_table = (
+        mismatched_reference_table(model, train_examples, collator, config, device, dtype)
+        if mismatched
+        else {}
+    )
     start_epoch = 1
     fingerprint = fingerprint or {}
     say = log or (lambda msg: logger.info(msg))
@@ -486,9 +745,20 @@ def fit(
         for k in range(0, len(order), config.effective_batch_size):
             group = order[k : k + config.effective_batch_size]
             optimizer.zero_grad(set_to_none=True)
+            z = None
+            if mismatched:
+                z = mismatched_reference_point(
+                    model,
+                    [dataset.sample(i, epoch) for i in group],
+                    ref_table,
+                    collator,
+                    config,
+                    device,
+                    dtype,
+                )
             for m in range(0, len(group), config.micro_batch_size):
                 samples = [dataset.sample(i, epoch) for i in group[m : m + config.micro_batch_size]]
-                per_example = batch_losses(model, collator(samples), config, device, dtype)
+                per_example = batch_losses(model, collator(samples), config, device, dtype, z)
                 loss = per_example.sum() / len(group)
                 loss.backward()
                 total_loss += per_example.detach().sum().float()  # no device sync per step
@@ -580,25 +850,67 @@ async def previous_adapter(db: Any, system: str, round_: int) -> str | None:
 
 
 async def load_training_data(
-    db: Any, system: str, round_: int, config: TrainConfig, renderer: Any = None
+    db: Any,
+    system: str,
+    round_: int,
+    config: TrainConfig,
+    renderer: Any = None,
+    pi0: bool = False,
 ) -> tuple[list[Example], dict[str, Any], list[Example], dict[str, Any]]:
-    from learning.datasets import load_examples, load_heldout
+    """D≤ρ of the system's games plus the seed task (when ``seed_task``), and the held-out
+    human turns. ``pi0``: the seed task alone (the initial policy π0, §8)."""
+    from learning.datasets import (
+        DataStats,
+        data_hash,
+        load_examples,
+        load_heldout,
+        load_seed_examples,
+    )
 
-    systems = None if config.data_systems == ["*"] else (config.data_systems or [system])
-    examples, stats = await load_examples(
-        db,
-        config.decoder,
-        round_,
-        systems=systems,
-        include_unrounded=config.include_unrounded,
-        decoder_version=config.decoder_version,
-        prob=config.policy_prob,
-        renderer=renderer,
-    )
+    if pi0 and not config.seed_task:
+        raise ValueError("π0 is trained from the seed task alone: set seed_task = true")
+    examples: list[Example] = []
+    stats: dict[str, Any] = {}
+    if not pi0:
+        systems = None if config.data_systems == ["*"] else (config.data_systems or [system])
+        examples, own = await load_examples(
+            db,
+            config.decoder,
+            round_,
+            systems=systems,
+            include_unrounded=config.include_unrounded,
+            decoder_version=config.decoder_version,
+            prob="constrained" if config.policy_prob == "constrained" else "unconstrained",
+            renderer=renderer,
+        )
+        stats = own.json()
+    fraction = config.heldout_fraction if config.seed_task else None
+    if config.seed_task:
+        seed_examples, seed_stats = await load_seed_examples(
+            db,
+            round_,
+            config.include_unrounded,
+            config.seed,
+            heldout_fraction=fraction,
+            synthetic=config.seed_synthetic,
+            drop_empty=bool(config.drop_empty_turns),
+        )
+        examples = [*examples, *seed_examples]
+        stats["seed_task"] = seed_stats.json()
+        if pi0:
+            stats.update({k: v for k, v in seed_stats.json().items() if k != "sha256"})
+        stats["sha256"] = data_hash(examples)
+    elif not stats:
+        stats = DataStats().json()
     heldout, hstats = await load_heldout(
-        db, round_, config.include_unrounded, config.max_heldout_turns, config.seed
+        db,
+        round_,
+        config.include_unrounded,
+        config.max_heldout_turns,
+        config.seed,
+        heldout_fraction=fraction,
     )
-    return examples, stats.json(), heldout, hstats.json()
+    return examples, stats, heldout, hstats.json()
 
 
 def train(
@@ -613,8 +925,10 @@ def train(
     resume: bool = False,
     console: Any = None,
     stop_after_epoch: int | None = None,
+    pi0: bool = False,
 ) -> dict[str, Any]:
-    """Load D≤ρ and the held-out turns, train, and write the adapter and its manifest.json."""
+    """Load D≤ρ (plus the seed task) and the held-out turns, train, and write the adapter and
+    its manifest.json. ``pi0``: the initial policy, from the seed task alone, fresh adapter."""
     import torch
 
     from app.db.database import Database
@@ -630,9 +944,9 @@ def train(
         db = Database(database_url)
         try:
             await db.migrate()
-            data = await load_training_data(db, system, round_, config, policy.processor)
+            data = await load_training_data(db, system, round_, config, policy.processor, pi0)
             prev = None
-            if not starts_fresh(config) and init_adapter is None:
+            if not pi0 and not starts_fresh(config) and init_adapter is None:
                 prev = await previous_adapter(db, system, round_)
             return (*data, prev)
         finally:
@@ -640,7 +954,7 @@ def train(
 
     examples, stats, heldout, hstats, prev = asyncio.run(load())
     init = None
-    if not starts_fresh(config):
+    if not pi0 and not starts_fresh(config):
         init = str(init_adapter or prev or "")
         if not init:
             raise ValueError(
@@ -648,6 +962,11 @@ def train(
                 f"no checkpoint with an adapter at round ≤ {round_}: pass --init-adapter"
             )
     train_examples, selection = select_examples(examples, config)
+    if not train_examples and pi0:
+        raise ValueError(
+            "no seed-task examples: π0 needs ended human–human games in the database "
+            "(play them, or import published games with `multiref import`)"
+        )
     if not train_examples:
         systems = config.data_systems or [system]
         raise ValueError(
@@ -656,8 +975,9 @@ def train(
             "or set data_systems in the config"
         )
     say(
-        f"{system} round {round_} ({config.variant}): {selection['used']} training examples "
-        f"(of {selection['available']} decoded), {len(heldout)} held-out human turns, "
+        f"{system} {'π0' if pi0 else f'round {round_}'} ({config.variant}, {config.profile} "
+        f"profile): {selection['used']} training examples ({selection['seed']} from the seed "
+        f"task, of {selection['available']}), {len(heldout)} held-out human turns, "
         f"{'fresh adapter' if init is None else 'continuing from ' + init}"
     )
     attach_adapter(policy, config, init)
@@ -669,6 +989,7 @@ def train(
         "heldout_sha256": hstats["sha256"],
         "base": str(base),
         "init_adapter": init,
+        "pi0": pi0,
     }
     progress = _progress(console)
     with progress:
@@ -695,6 +1016,10 @@ def train(
         "base": str(base),
         "init_adapter": init,
         "restart": init is None,
+        "pi0": pi0,
+        "profile": config.profile,
+        "settings": applied_settings(config, result.optimizer, selection),
+        "deviations_from_paper": deviations_from_paper(config),
         "config": config.json(),
         "data": {"train": {**stats, "selection": selection}, "heldout": hstats},
         **result.json(),
@@ -710,6 +1035,69 @@ def train(
     if not manifest["complete"]:
         say(f"stopped after epoch {result.metrics[-1].epoch}: run again with --resume to finish")
     return manifest
+
+
+def applied_settings(
+    config: TrainConfig, optimizer: str | None, selection: dict[str, int]
+) -> dict[str, Any]:
+    """Every MULTIREF.md §8 training setting as this run applied it (for the manifest)."""
+    out: dict[str, Any] = {
+        "profile": config.profile,
+        "lora": {
+            "r": config.lora_r,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "targets": config.lora_targets,
+            "init": config.lora_init,
+        },
+        "optimizer_requested": config.optimizer,
+        "optimizer_ran": optimizer,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler": config.lr_scheduler,
+        "warmup_steps": config.warmup_steps,
+        "weight_decay": config.weight_decay,
+        "batch": f"{config.micro_batch_size} per pass, {config.effective_batch_size} per step",
+        "epochs": config.epochs,
+        "max_grad_norm": config.max_grad_norm,
+        "seed": config.seed,
+        "shuffle_letters": config.shuffle_letters,
+        "policy_probability": config.policy_prob,
+        "seed_task": config.seed_task,
+        "seed_synthetic_turns": config.seed_synthetic,
+        "seed_label_smoothing": config.seed_label_smoothing,
+        "seed_examples_used": selection.get("seed", 0),
+        "drop_empty_turns": config.drop_empty_turns,
+        "dropped_empty": selection.get("dropped_empty", 0),
+        "checkpoint_selection": config.selection,
+    }
+    if isinstance(config, SUPConfig):
+        out["loss"] = f"SUP: {1 - config.label_smoothing:g}·NLL/|a| + {config.label_smoothing:g}·S"
+    elif isinstance(config, RLConfig):
+        ls = config.label_smoothing
+        out["loss"] = (
+            f"RL: {1 - ls:g}·(−w·r·(1/|a|)Σlog p) + {ls:g}·|r|·S, w = p/max(p_dep, "
+            f"{config.weight_floor:g}) for r ≤ 0"
+        )
+        out["rewards"] = config.rewards
+        out["drop_neutral"] = config.drop_neutral
+        out["dropped_neutral"] = selection.get("dropped_neutral", 0)
+    elif isinstance(config, KTOConfig):
+        ls = config.label_smoothing
+        out["loss"] = f"KTO: {1 - ls:g}·KTO + {ls:g}·S, β {config.beta:g}"
+        out["reference_floor"] = config.reference_floor
+        out["kl_estimate"] = config.kl_estimate
+    return out
+
+
+def deviations_from_paper(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Config fields whose value differs from the paper profile's: {} for a paper run."""
+    paper = type(config)(variant=config.variant, profile="paper")
+    skip = {"variant", "profile", "device", "dtype"}
+    return {
+        f.name: {"value": getattr(config, f.name), "paper": getattr(paper, f.name)}
+        for f in dataclasses.fields(config)
+        if f.name not in skip and getattr(config, f.name) != getattr(paper, f.name)
+    }
 
 
 def _versions() -> dict[str, str]:

@@ -134,15 +134,29 @@ def test_config_files_override_defaults(tmp_path):
 
 
 def test_each_method_selects_its_examples():
-    g = PromptGame(["a"], [PromptTurn("x", [], None)])
+    g = PromptGame(["a", "b"], [PromptTurn("x", [], None)])
     ex = [
-        Example("g", i, g, "nothing", label, prob)
+        Example("g", i, g, "select A", label, prob)
         for i, (label, prob) in enumerate([(1, 0.5), (0, 0.5), (-1, 0.5), (1, None), (-1, None)])
     ]
-    assert [e.turn for e in select_examples(ex, load_config("B-SUP"))[0]] == [0, 3]
-    assert len(select_examples(ex, load_config("T-RL"))[0]) == 5
-    kept, info = select_examples(ex, load_config("T-KTO"))
-    assert [e.turn for e in kept] == [0, 2] and info == {"available": 5, "used": 2, "dropped": 3}
+    empty = Example("g", 9, g, "nothing", 1, 0.5)
+    seed = Example("h", 1, g, "select B", 1, None, source="seed")
+    project = {"profile": "project"}
+    # the project profile: RL keeps neutral examples, empty turns stay, no seed task
+    assert [e.turn for e in select_examples(ex, load_config("B-SUP", overrides=project))[0]] == [
+        0,
+        3,
+    ]
+    assert len(select_examples(ex, load_config("T-RL", overrides=project))[0]) == 5
+    kept, info = select_examples(ex, load_config("T-KTO", overrides=project))
+    assert [e.turn for e in kept] == [0, 2] and (info["available"], info["used"]) == (5, 2)
+    assert [e.turn for e in select_examples([empty], load_config("B-SUP", overrides=project))[0]]
+    # the paper profile: neutral RL examples and empty turns are dropped; seed examples stay
+    kept, info = select_examples([*ex, empty, seed], load_config("T-RL"))
+    assert [e.turn for e in kept] == [0, 2, 3, 4, 1]
+    assert (info["dropped_neutral"], info["dropped_empty"], info["seed"]) == (1, 1, 1)
+    assert [e.game_id for e in select_examples([empty, seed], load_config("B-KTO"))[0]] == ["h"]
+    assert [e.turn for e in select_examples([*ex, empty], load_config("B-SUP"))[0]] == [0, 3]
 
 
 # ---------------------------------------------------------------- restart vs continue
@@ -225,15 +239,16 @@ def test_kto_reference_is_the_stored_deployed_probability(tiny_dir, tmp_path, ta
         for i, g in enumerate(games)
     ]
     results = decode_actions(served, requests)
-    examples = [
-        Example(f"g{i}", len(g.turns), g, r.action, 1 if i % 2 == 0 else -1, r.prob_constrained)
-        for i, (g, r) in enumerate(zip(games, results))
-    ]
-    config = load_config("B-KTO")
-    samples = [augment(e, None) for e in examples]
 
-    def ratios(policy):
+    def examples(prob: str) -> list[Example]:
+        return [
+            Example(f"g{i}", len(g.turns), g, r.action, 1 if i % 2 == 0 else -1, getattr(r, prob))
+            for i, (g, r) in enumerate(zip(games, results))
+        ]
+
+    def ratios(policy, config, prob):
         policy.model.eval()
+        samples = [augment(e, None) for e in examples(prob)]
         batch = ActionCollator(policy, images)(samples)
         with torch.no_grad():
             width = batch["targets"].shape[1]
@@ -247,17 +262,24 @@ def test_kto_reference_is_the_stored_deployed_probability(tiny_dir, tmp_path, ta
                 batch["target_mask"],
                 False,
             )
-            kto = batch_losses(policy.model, batch, config, policy.device, policy.dtype)
+            kto = batch_losses(policy.model, batch, config, policy.device, policy.dtype, 0.0)
         return seq - torch.log(batch["deployed_probs"].float()), kto
 
+    # the project option: π over the grammar's tokens vs the stored constrained probability
+    project = load_config("B-KTO", overrides={"profile": "project"})
     trained = load(tiny_dir)
-    attach_adapter(trained, config, adapter)  # KTO: continue from the deployed adapter
-    r, kto = ratios(trained)
+    attach_adapter(trained, project, adapter)  # KTO: continue from the deployed adapter
+    r, kto = ratios(trained, project, "prob_constrained")
     assert r.abs().max().item() < 1e-4
     assert kto.tolist() == pytest.approx([0.5] * 3, abs=1e-4)
+    # the paper: full-vocabulary π vs the full-vocabulary deployed probability
+    paper = load_config("B-KTO", overrides={"reference_floor": 0.0})  # tiny model: p < 0.01
+    r, kto = ratios(trained, paper, "prob_unconstrained")
+    assert r.abs().max().item() < 1e-4
+    assert all(0.99 * 0.5 < k for k in kto.tolist())  # + 0.01 · the smoothing term (> 0)
     fresh = load(tiny_dir)
     attach_adapter(fresh, load_config("B-SUP"), None)
-    r_fresh, _ = ratios(fresh)
+    r_fresh, _ = ratios(fresh, project, "prob_constrained")
     assert r_fresh.abs().max().item() > 1e-2
 
 
