@@ -701,15 +701,16 @@ def fit(
     steps_per_epoch = math.ceil(len(dataset) / config.effective_batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
     result = FitResult(optimizer=optimizer_used)
+    start_epoch = 1
+    fingerprint = fingerprint or {}
     mismatched = isinstance(config, KTOConfig) and config.kl_estimate == "mismatched"
-    # π_ref(a′) is scored before any resumed state is loaded: by the adapter training starts from
     ref_table = (
-        mismatched_reference_table(model, train_examples, collator, config, device, dtype)
+        _stored_reference_table(
+            state_dir, fingerprint, model, train_examples, collator, config, device, dtype
+        )
         if mismatched
         else {}
     )
-    start_epoch = 1
-    fingerprint = fingerprint or {}
     say = log or (lambda msg: logger.info(msg))
 
     if resume and (state_dir / "trainer.pt").is_file():
@@ -818,6 +819,30 @@ def fit(
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
             break
     return result
+
+
+def _stored_reference_table(
+    state_dir: Path,
+    fingerprint: dict[str, Any],
+    model: Any,
+    examples: Sequence[Example],
+    collator: Any,
+    config: TrainConfig,
+    device: Any,
+    dtype: Any,
+) -> dict[str, float]:
+    """KTO's table of log π_ref(a′), stored in ``state_dir/kto_reference.json``: scored once,
+    before any resumed state is loaded (by the adapter training starts from), and read back by
+    a run with the same fingerprint, so a resumed run uses the very same reference."""
+    path = state_dir / "kto_reference.json"
+    keys = {e.key() for e in examples if not e.is_seed}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == fingerprint and keys <= set(saved.get("table", {})):
+            return {k: float(v) for k, v in saved["table"].items()}
+    table = mismatched_reference_table(model, examples, collator, config, device, dtype)
+    path.write_text(json.dumps({"fingerprint": fingerprint, "table": table}, default=str))
+    return table
 
 
 def _fmt(x: float | None) -> str:
