@@ -183,7 +183,9 @@ def train_command(
     from learning.train import load_config, train
 
     if round_ is None and not pi0:
-        raise typer.BadParameter("give --round R (or --pi0 for the initial policy)", param_hint="--round")
+        raise typer.BadParameter(
+            "give --round R (or --pi0 for the initial policy)", param_hint="--round"
+        )
     round_ = 0 if round_ is None else round_
     overrides = {
         k: v

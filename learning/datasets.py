@@ -285,17 +285,17 @@ def good_move(before: Sequence[str], after: Sequence[str], targets: Sequence[str
 
 
 async def _human_games(
-    s: Any, max_round: int | None, include_unrounded: bool, rounds: bool = True
+    s: Any, max_round: int | None, include_unrounded: bool
 ) -> list[tuple[str, int | None, str | None]]:
     from sqlalchemy import select
 
     from app.db.models import Game
 
-    q = select(Game.id, Game.round, Game.system).where(
-        Game.listener_kind == HUMAN, Game.status == "ended"
+    q = (
+        select(Game.id, Game.round, Game.system)
+        .where(Game.listener_kind == HUMAN, Game.status == "ended")
+        .where(_round_filter(Game.round, max_round, include_unrounded))
     )
-    if rounds:
-        q = q.where(_round_filter(Game.round, max_round, include_unrounded))
     return list(await s.execute(q.order_by(Game.id)))
 
 
@@ -410,18 +410,14 @@ async def load_seed_examples(
     heldout_fraction: float | None = None,
     synthetic: bool = True,
     drop_empty: bool = True,
-    all_rounds: bool = False,
 ) -> tuple[list[Example], DataStats]:
     """The seed task: :func:`seed_turns` of every ended human–human game of round ≤
-    ``max_round`` (every round with ``all_rounds``) on the seed side of the split."""
+    ``max_round`` on the seed side of the split."""
     from app.db.gamelog import load_state
 
     examples: list[Example] = []
-    games = 0
     async with db.session() as s:
-        for gid, _rnd, _system in await _human_games(
-            s, max_round, include_unrounded, rounds=not all_rounds
-        ):
+        for gid, _rnd, _system in await _human_games(s, max_round, include_unrounded):
             if heldout_fraction is not None and (
                 human_game_side(gid, seed, heldout_fraction) != "seed"
             ):
@@ -429,7 +425,6 @@ async def load_seed_examples(
             state = await load_state(s, gid)
             if state is None:
                 continue
-            games += 1
             examples.extend(seed_turns(state, seed, synthetic, drop_empty))
     sources = Counter(e.source for e in examples)
     return examples, _stats(examples, **{"sources": dict(sorted(sources.items()))})

@@ -1,21 +1,26 @@
-"""Training a system's next checkpoint on D≤ρ: SUP, RL and KTO (MULTIREF.md §5).
+"""Training a system's next checkpoint on D≤ρ: SUP, RL and KTO (MULTIREF.md §5, §8).
 
 A system name says its variant: ``B-SUP`` is the binary decoder's labels with the supervised
 loss, ``T-KTO`` the ternary decoder's with KTO, and so on (a config's ``variant`` key names it
-for other system names). One config dataclass per method holds every knob with the defaults of
-§5; a TOML or JSON file overrides them (top-level keys for all methods, a ``[sup]`` / ``[rl]`` /
-``[kto]`` table for one)::
+for other system names). One config dataclass per method holds every knob; its ``profile``
+fills the defaults: ``paper`` (the default) reproduces the reference implementation point by
+point (§8), ``project`` is this project's earlier behaviour, and each point is also a key of its
+own. A TOML or JSON file overrides them (top-level keys for all methods, a ``[sup]`` / ``[rl]``
+/ ``[kto]`` table for one)::
 
+    profile = "paper"
     epochs = 10
-    micro_batch_size = 8
     [kto]
     beta = 0.3
 
-Restart vs continue: SUP and RL start each round from the base model with a fresh adapter; KTO
-continues from the previous round's adapter (the system's newest checkpoint of round ≤ ρ, or
-``--init-adapter``). The epoch kept is the one with the best exact match on held-out
-human–human turns. Each epoch saves the adapter, optimiser, scheduler and random states under
-``OUT/state`` so ``--resume`` continues an interrupted run where it stopped.
+Data: D≤ρ plus the human–human seed task (``seed_task``); ``train(..., pi0=True)`` trains the
+initial policy from the seed task alone. Restart vs continue: SUP and RL start each round from
+the base model with a fresh adapter; KTO continues from the previous round's adapter (the
+system's newest checkpoint of round ≤ ρ, or ``--init-adapter``). The epoch kept is the one with
+the best accuracy on held-out human–human turns. Each epoch saves the adapter, optimiser,
+scheduler and random states under ``OUT/state`` so ``--resume`` continues an interrupted run
+where it stopped. The manifest records the profile, every §8 setting as applied and the
+deviations from the paper.
 """
 
 from __future__ import annotations
@@ -101,7 +106,8 @@ class TrainConfig:
     lora_init: str | None = None  # gaussian (paper) | default (peft's Kaiming A, zero B)
     init: str = ""  # fresh | previous; empty: the method's rule (SUP, RL fresh; KTO previous)
     # optimisation
-    optimizer: str | None = None  # paged_adamw_8bit (AdamW without bitsandbytes/CUDA) | adamw | rmsprop
+    # paged_adamw_8bit (AdamW runs without bitsandbytes or CUDA) | adamw | rmsprop
+    optimizer: str | None = None
     learning_rate: float = 1e-4
     weight_decay: float | None = None
     lr_scheduler: str = "cosine"  # cosine | constant
@@ -428,7 +434,8 @@ def mismatched_reference_table(
     try:
         with torch.no_grad():
             for k in range(0, len(live), config.micro_batch_size):
-                chunk = mismatched_samples([augment(e, None) for e in live[k : k + config.micro_batch_size]])
+                part = live[k : k + config.micro_batch_size]
+                chunk = mismatched_samples([augment(e, None) for e in part])
                 seq = sequence_logps_of(model, collator(chunk), config, device, dtype)
                 floor = math.log(max(config.reference_floor, 1e-30))
                 for s, v in zip(chunk, seq.tolist()):

@@ -131,3 +131,25 @@ def test_kto_at_the_reference_is_one_half():
         p, p.clone(), torch.tensor([True, False, True]), losses.kto_reference_point(p, p)
     )
     assert got.tolist() == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_smoothing_term_and_the_paper_rl_form_by_hand():
+    # mean_t over the real tokens of −(1/V) Σ_v log p_v: tokens with −2 and −4, one padding step
+    mean_lp = torch.tensor([[-2.0, -4.0, -99.0]])
+    mask = torch.tensor([[True, True, False]])
+    s = losses.smoothing_term(mean_lp, mask)
+    assert s.tolist() == pytest.approx([3.0])
+    # MULTIREF §8: 0.9 · (−w r norm) + 0.1 · |r| · S; r = −0.1, w = 2, norm = −2, S = 3:
+    # 0.9 · (−(2)(−0.1)(−2)) + 0.1 · 0.1 · 3 = −0.36 + 0.03 = −0.33
+    got = losses.rl_loss(
+        torch.tensor([-2.0]), torch.tensor([-0.1]), torch.tensor([2.0]), s, label_smoothing=0.1
+    )
+    assert got.tolist() == pytest.approx([-0.33], rel=1e-6)
+    # a neutral reward has no smoothing term either: |r| = 0
+    zero = losses.rl_loss(torch.tensor([-2.0]), torch.tensor([0.0]), torch.tensor([1.0]), s, 0.1)
+    assert zero.tolist() == [0.0]
+    # KTO's 0.99 / 0.01 mix
+    assert losses.smoothed(torch.tensor([0.5]), s, 0.01).tolist() == pytest.approx(
+        [0.99 * 0.5 + 0.01 * 3.0]
+    )
+    assert losses.smoothed(torch.tensor([0.5]), s, 0.0).tolist() == [0.5]

@@ -116,7 +116,8 @@ def test_paper_defaults_and_the_project_option():
     assert sup.optimizer == rl.optimizer == "paged_adamw_8bit" and kto.optimizer == "rmsprop"
     assert (sup.lr_scheduler, kto.lr_scheduler) == ("cosine", "constant")
     assert sup.label_smoothing == 0.1
-    assert rl.label_smoothing == 0.1 and rl.drop_neutral and rl.rewards == {1: 1.0, 0: 0.0, -1: -0.1}
+    assert rl.label_smoothing == 0.1 and rl.drop_neutral
+    assert rl.rewards == {1: 1.0, 0: 0.0, -1: -0.1}
     assert (kto.label_smoothing, kto.reference_floor, kto.kl_estimate) == (0.01, 0.01, "mismatched")
     proj = load_config("B-KTO", overrides={"profile": "project"})
     assert (proj.kl_estimate, proj.shuffle_letters, proj.seed_task, proj.lora_targets) == (
@@ -199,7 +200,10 @@ def games(tangram_ids) -> list[PromptGame]:
 
 def test_sup_step_by_hand(tiny_dir, tmp_path, tangram_ids, images):
     g1, g2 = games(tangram_ids)
-    examples = [Example("s1", 1, g1, "select B", 1, 0.5), Example("s2", 2, g2, "deselect A select C E", 1, 0.2)]
+    examples = [
+        Example("s1", 1, g1, "select B", 1, 0.5),
+        Example("s2", 2, g2, "deselect A select C E", 1, 0.2),
+    ]
     config = tiny(SUPConfig, effective_batch_size=2)
     policy = load(tiny_dir)
     attach_adapter(policy, config, None)
@@ -243,29 +247,43 @@ def test_kto_step_by_hand(tiny_dir, tmp_path, tangram_ids, images):
     """Desirable and undesirable examples, π_ref floored at 0.01, and z from the stored table of
     mismatched single clicks (made 1 nat less likely than the policy finds them, so z = 1)."""
     g1, g2 = games(tangram_ids)
-    examples = [Example("k1", 1, g1, "select B", 1, 0.004), Example("k2", 2, g2, "select C", -1, 0.002)]
+    # Asymmetric on purpose: with equal log-ratios a swap of desirable and undesirable, or a
+    # change of z, moves the two losses by the same amount in opposite directions.
+    examples = [
+        Example("k1", 1, g1, "select B", 1, 0.9),
+        Example("k2", 2, g2, "select C", -1, 0.002),  # floored at 0.01
+    ]
     config = tiny(KTOConfig, effective_batch_size=2)
     policy = load(tiny_dir)
     attach_adapter(policy, config, None)  # dropout 0 (a saved adapter brings its own 0.1)
     out = tmp_path / "kto"
     (out / "state").mkdir(parents=True)
-    table, gaps, expected_parts = {}, [], []
+    table, gaps = {}, []
     for e in examples:
         alt = mismatched_single_click(e)
         alt_lp, _ = hand_logps(policy, images, e.game, alt)
         table[e.key()] = sum(alt_lp) - 1.0
         gaps.append(sum(alt_lp) - table[e.key()])
-    (out / "state" / "kto_reference.json").write_text(json.dumps({"fingerprint": {}, "table": table}))
+    stored = {"fingerprint": {}, "table": table}
+    (out / "state" / "kto_reference.json").write_text(json.dumps(stored))
     z = max(0.0, sum(gaps) / len(gaps))
     assert z == pytest.approx(1.0)
-    for e in examples:
-        lp, mean = hand_logps(policy, images, e.game, e.action)
-        ratio = sum(lp) - math.log(max(e.prob, 0.01))
-        sig = (lambda x: 1 / (1 + math.exp(-x)))
-        kto = 1 - sig(0.5 * (ratio - z)) if e.label == 1 else 1 - sig(0.5 * (z - ratio))
-        expected_parts.append(0.99 * kto + 0.01 * smoothing(mean))
+    parts = [hand_logps(policy, images, e.game, e.action) for e in examples]
+
+    def by_hand(z: float, desirable: int = 1) -> float:
+        total = 0.0
+        for e, (lp, mean) in zip(examples, parts):
+            ratio = sum(lp) - math.log(max(e.prob, 0.01))
+            sig = 1 / (1 + math.exp(-0.5 * (ratio - z)))  # σ(β (r − z))
+            kto = 1 - sig if e.label == desirable else sig  # undesirable: 1 − σ(β (z − r))
+            total += 0.99 * kto + 0.01 * smoothing(mean)
+        return total / len(examples)
+
+    expected = by_hand(z)
+    # the batch can tell the mistakes apart from the right loss
+    assert abs(by_hand(0.0) - expected) > 20 * TOL and abs(by_hand(z, -1) - expected) > 20 * TOL
     loss, _ = one_step(policy, images, config, examples, out)
-    assert loss == pytest.approx(sum(expected_parts) / 2, rel=TOL)
+    assert loss == pytest.approx(expected, rel=TOL)
 
 
 def test_mismatched_single_click():
@@ -337,7 +355,9 @@ def test_seed_turns_of_a_recorded_game(recorded_games, tmp_path):
     counts = {k: sum(e.source == k for e in examples) for k in (SEED, SEED_UNDO, SEED_CLEAR)}
     assert counts == {
         SEED: sum(good_move(r.selection_before, r.selection_after, targets) for r in done),
-        SEED_UNDO: sum(bool(set(r.selection_after) - set(r.selection_before) - targets) for r in done),
+        SEED_UNDO: sum(
+            bool(set(r.selection_after) - set(r.selection_before) - targets) for r in done
+        ),
         SEED_CLEAR: sum(bool(r.selection_after) for r in done),
     }
     assert counts[SEED_UNDO] > 0 and counts[SEED] > 0
@@ -494,10 +514,10 @@ def test_paper_lora_reaches_the_connector_and_adapters_with_other_targets_serve_
         return DecodeRequest.for_game(game, images(tangram_ids), adapter=adapter, seed=seed)
 
     served = load_policy(tiny_dir, adapters=dirs, dtype="float32", device="cpu")
-    mixed = decode_actions(served, [request("paper", 1), request("project", 1), request("paper", 2)])
-    alone = [
-        decode_actions(served, [request(a, s)])[0] for a, s in (("paper", 1), ("project", 1), ("paper", 2))
-    ]
+    order = [("paper", 1), ("project", 1), ("paper", 2)]
+    mixed = decode_actions(served, [request(a, s) for a, s in order])
+    alone = [decode_actions(served, [request(a, s)])[0] for a, s in order]
     for m_, a_ in zip(mixed, alone):
-        assert m_.action == a_.action and m_.prob_constrained == pytest.approx(a_.prob_constrained, rel=1e-4)
+        assert m_.action == a_.action
+        assert m_.prob_constrained == pytest.approx(a_.prob_constrained, rel=1e-4)
     assert mixed[0].prob_unconstrained != pytest.approx(mixed[1].prob_unconstrained, rel=1e-3)
