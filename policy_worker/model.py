@@ -1,7 +1,10 @@
 """Load the listener policy: one base model, its processor, and named LoRA adapters (peft).
 
 Every system of a round (B-SUP, CONTROL, …) is an adapter on the same base, so one GPU serves
-them all; adapters are added and removed at run time without reloading the base.
+them all; adapters are added and removed at run time without reloading the base. Adapters may
+target different modules (the paper's LoRA also covers the connector and the perceiver, the
+project's text-only option does not), so one forward pass runs one adapter:
+``decoding.decode_actions`` groups each batch by adapter (:meth:`LoadedPolicy.use_adapter`).
 """
 
 from __future__ import annotations

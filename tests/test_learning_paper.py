@@ -245,7 +245,8 @@ def test_rl_step_by_hand(tiny_dir, tmp_path, tangram_ids, images):
 
 def test_kto_step_by_hand(tiny_dir, tmp_path, tangram_ids, images):
     """Desirable and undesirable examples, π_ref floored at 0.01, and z from the stored table of
-    mismatched single clicks (made 1 nat less likely than the policy finds them, so z = 1)."""
+    mismatched single clicks over the whole effective batch (two micro-batches of one): the
+    table makes the policy's log-ratios on a′ 3 and −1 nats, so z = 1."""
     g1, g2 = games(tangram_ids)
     # Asymmetric on purpose: with equal log-ratios a swap of desirable and undesirable, or a
     # change of z, moves the two losses by the same amount in opposite directions.
@@ -259,10 +260,10 @@ def test_kto_step_by_hand(tiny_dir, tmp_path, tangram_ids, images):
     out = tmp_path / "kto"
     (out / "state").mkdir(parents=True)
     table, gaps = {}, []
-    for e in examples:
+    for e, gap in zip(examples, (3.0, -1.0)):  # z per micro-batch would be 3 and 0, not 1
         alt = mismatched_single_click(e)
         alt_lp, _ = hand_logps(policy, images, e.game, alt)
-        table[e.key()] = sum(alt_lp) - 1.0
+        table[e.key()] = sum(alt_lp) - gap
         gaps.append(sum(alt_lp) - table[e.key()])
     stored = {"fingerprint": {}, "table": table}
     (out / "state" / "kto_reference.json").write_text(json.dumps(stored))
