@@ -5,18 +5,24 @@ Python on the model's log-probabilities, not ``learning.losses``), and compares 
 loss ``fit`` reports for that step (the mean per-example loss before the update), after
 ``select_examples`` as ``train`` calls it.
 
-Mutations tried (each edit made, the suite run, the edit reverted) and the test that fails:
+Mutations tried on 2026-11-29 (each edit made in a copy of the tree, the tests run, the edit
+reverted) and the tests that failed:
 
-| deliberate mistake                                                   | caught by                           |
-|----------------------------------------------------------------------|-------------------------------------|
-| RL not length-normalised (``norm = seq`` in ``batch_losses``)         | test_rl_step_by_hand                |
-| importance weight from a per-token mean (``w`` from ``norm``)         | test_rl_step_by_hand                |
-| SUP smoothing 0 (``label_smoothing = 0.0`` in ``SUPConfig``)          | test_sup_step_by_hand, test_paper_defaults |
-| RL without importance weights (``w = ones``)                          | test_rl_step_by_hand                |
-| KTO z forced to 0 (``z = None`` → 0 in ``fit``)                       | test_kto_step_by_hand               |
-| desirable and undesirable swapped (``labels == -1`` as desirable)     | test_kto_step_by_hand               |
-| neutral examples kept in RL (``drop_neutral`` ignored)                | test_rl_step_by_hand                |
-| seed task missing from a round's data (not added in load_training_data) | test_every_round_mixes_in_the_seed_task, test_train_command_paper_manifest |
+* RL not length-normalised (``normalise=False`` for ``norm`` in ``batch_losses``):
+  test_rl_step_by_hand
+* importance weight from a per-token mean (``importance_weights(norm, …)``):
+  test_rl_step_by_hand
+* SUP smoothing 0 (``SUPConfig.label_smoothing = 0.0``): test_sup_step_by_hand,
+  test_paper_defaults_and_the_project_option
+* RL without importance weights (``w = torch.ones_like(seq)``): test_rl_step_by_hand
+* KTO z forced to 0 (``mismatched_reference_point`` returns 0): test_kto_step_by_hand
+* desirable and undesirable swapped (``labels == -1`` as desirable): test_kto_step_by_hand
+* neutral examples kept in RL (``drop_neutral`` ignored in ``select_examples``):
+  test_rl_step_by_hand
+* seed task missing from a round's data (not appended in ``load_training_data``):
+  test_every_round_mixes_in_the_seed_task, test_train_command_paper_manifest
+* also: KTO's z per micro-batch instead of the whole effective batch, and π_ref without its
+  0.01 floor: test_kto_step_by_hand
 """
 
 from __future__ import annotations
