@@ -169,8 +169,8 @@ def train_command(
     ),
     profile: Optional[str] = typer.Option(
         None,
-        help="paper (default: the reference implementation, MULTIREF §8) or project "
-        "(this project's earlier defaults); the config file may set it too.",
+        help="paper (default: the reference implementation) or project (this project's "
+        "alternatives); the config file may set it too. See docs/learning.md.",
     ),
     pi0: bool = typer.Option(
         False,
