@@ -27,7 +27,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +162,7 @@ async def load_examples(
     prob: str = "constrained",
     renderer: Any = None,
     strict: bool = False,
+    deployed_probs: Mapping[tuple[str, int], float] | None = None,
 ) -> tuple[list[Example], DataStats]:
     """D≤ρ: every action labelled by ``decoder`` in games of round ≤ ``max_round``.
 
@@ -171,7 +172,9 @@ async def load_examples(
     probability: ``constrained`` (``prob_action``, what decoding sampled from) or
     ``unconstrained``. With a ``renderer`` (processor), each model turn's rebuilt prompt is
     compared with the worker's ``model_input``: a mismatch is counted and logged (raised if
-    ``strict``).
+    ``strict``). ``deployed_probs`` ((game, turn) -> the whole action's full-vocabulary
+    probability, as ``multiref rescore`` computes it) replaces the stored probability of the
+    ``full`` kind and fills the actions that have none (imported games).
     """
     from sqlalchemy import select
 
@@ -239,6 +242,8 @@ async def load_examples(
                     if strict:
                         raise ValueError(msg)
                     logger.warning(msg)
+        if prob != "constrained" and deployed_probs and (gid, turn) in deployed_probs:
+            p = deployed_probs[(gid, turn)]
         examples.append(
             Example(
                 game_id=gid,

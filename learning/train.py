@@ -888,9 +888,11 @@ async def load_training_data(
     config: TrainConfig,
     renderer: Any = None,
     pi0: bool = False,
+    deployed_probs: Any = None,
 ) -> tuple[list[Example], dict[str, Any], list[Example], dict[str, Any]]:
     """D≤ρ of the system's games plus the seed task (when ``seed_task``), and the held-out
-    human turns. ``pi0``: the seed task alone (the initial policy π0, §8)."""
+    human turns. ``pi0``: the seed task alone (the initial policy π0, §8). ``deployed_probs``:
+    re-scored whole-action probabilities (see ``datasets.load_examples``)."""
     from learning.datasets import (
         DataStats,
         data_hash,
@@ -914,6 +916,7 @@ async def load_training_data(
             decoder_version=config.decoder_version,
             prob="constrained" if config.policy_prob == "constrained" else "unconstrained",
             renderer=renderer,
+            deployed_probs=deployed_probs,
         )
         stats = own.json()
     fraction = config.heldout_fraction if config.seed_task else None

@@ -154,6 +154,22 @@ def test_d_le_rho_rebuilds_the_worker_prompts_and_reads_labels_and_probs(databas
         url, lambda db: load_examples(db, "binary", 1, systems=["B-SUP"], prob="unconstrained")
     )
     assert [e.prob for e in unconstrained] == pytest.approx([e.prob / 10 for e in examples])
+    # re-scored probabilities (`multiref rescore`) replace the full-vocabulary ones
+    rescored = {(e.game_id, e.turn): 0.123 for e in examples[:2]}
+    full, _ = run_db(
+        url,
+        lambda db: load_examples(
+            db, "binary", 1, systems=["B-SUP"], prob="unconstrained", deployed_probs=rescored
+        ),
+    )
+    assert [e.prob for e in full] == pytest.approx(
+        [0.123, 0.123] + [e.prob / 10 for e in examples[2:]]
+    )
+    kept, _ = run_db(
+        url,
+        lambda db: load_examples(db, "binary", 1, systems=["B-SUP"], deployed_probs=rescored),
+    )
+    assert [e.prob for e in kept] == [e.prob for e in examples]  # constrained: not replaced
     # without unrounded games, and for all systems
     only, _ = run_db(url, lambda db: load_examples(db, "binary", 0, include_unrounded=False))
     assert {e.round for e in only} == {0} and {e.system for e in only} == {"B-SUP", "B-RL"}
