@@ -66,12 +66,21 @@ def retrospect_command(
     ),
     batch_size: int = typer.Option(32, help="Actions per forward pass."),
     method: str = typer.Option(
-        "scores", help="scores (label-word log-probs) or generate (parse an answer)."
+        "generate",
+        "--decoder-scoring",
+        "--method",
+        help="generate (paper: greedy answer, exact word match) or margin (label-word "
+        "log-probabilities with a margin).",
     ),
     margin: float = typer.Option(
-        0.5, help="Binary: positive only if logp(positive) - logp(negative) exceeds this (nats)."
+        0.5,
+        help="margin scoring, binary: positive only if logp(positive) - logp(negative) exceeds "
+        "this (nats).",
     ),
-    scoring: str = typer.Option("auto", help="auto, first_token or sequence (scores method)."),
+    scoring: str = typer.Option("auto", help="auto, first_token or sequence (margin scoring)."),
+    max_tokens: int = typer.Option(
+        256, help="Right-truncate each decoder prompt to this many tokens (0: never)."
+    ),
     prefix_cache: bool = typer.Option(True, help="Encode the shared instructions once."),
     device: str = typer.Option("auto", help="cuda, cpu or auto."),
     dtype: Optional[str] = typer.Option(None, help="Default: bfloat16 on cuda, float32 on cpu."),
@@ -89,19 +98,25 @@ def retrospect_command(
         confusion_summary,
         confusion_table,
         load_decoder,
+        metrics_from_confusion,
+        metrics_table,
         retrospect,
     )
 
     if round_ is None and not all_games:
         raise typer.BadParameter("give --round R or --all", param_hint="--round")
-    config = DecoderConfig(
-        decoder=decoder,
-        method=method,
-        margin=margin,
-        batch_size=batch_size,
-        prefix_cache=prefix_cache,
-        scoring=scoring,
-    )
+    try:
+        config = DecoderConfig(
+            decoder=decoder,
+            method=method,
+            margin=margin,
+            batch_size=batch_size,
+            prefix_cache=prefix_cache,
+            scoring=scoring,
+            max_tokens=max_tokens,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
     with console.status(f"loading {base}"):
         dec = load_decoder(base, config, template, device=device, dtype=dtype)
 
@@ -135,6 +150,11 @@ def retrospect_command(
             "decoded positives the heuristic calls negative: "
             + ("—" if fp is None else f"{100 * fp:.1f}%")
         )
+    console.print(
+        metrics_table(
+            metrics_from_confusion(result.confusion), f"{decoder} decoder against the heuristic"
+        )
+    )
     console.print(
         f"throughput: {result.actions_per_s:.1f} actions/s "
         f"({result.labelled} in {result.seconds:.1f} s)"
