@@ -244,6 +244,82 @@ def report_command(
     console.print(f"report: {written['report']} ({len(written['plots'])} plots)")
 
 
+def rescore_command(
+    rounds: Optional[list[str]] = typer.Option(
+        None, "--rounds", help="Rounds whose games to score: 0,1,2 or 0-6 (default: all games)."
+    ),
+    system: Optional[list[str]] = typer.Option(
+        None, "--system", help="Only these systems' games (repeatable)."
+    ),
+    checkpoint: Optional[str] = typer.Option(
+        None,
+        help="Score every action under this checkpoint id ('base': no adapter). Default: the "
+        "checkpoint that produced each action.",
+    ),
+    adapter: Optional[Path] = typer.Option(
+        None, help="Score every action under this adapter folder instead."
+    ),
+    base: str = typer.Option(DEFAULT_BASE, help="Base model (hub id or folder)."),
+    database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
+    tangrams: Optional[Path] = typer.Option(None, help="Tangram folder (env MULTIREF_TANGRAMS)."),
+    batch_size: int = typer.Option(16, help="Actions per forward pass."),
+    device: str = typer.Option("auto", help="cuda, cpu or auto."),
+    dtype: Optional[str] = typer.Option(None, help="Default: bfloat16 on cuda, float32 on cpu."),
+    overwrite: bool = typer.Option(False, help="Recompute actions already scored."),
+    json_out: Optional[Path] = typer.Option(None, help="Also write the summary as JSON here."),
+) -> None:
+    """Fill π_deployed: re-score logged model-listener actions under a checkpoint (§8).
+
+    Imported published games arrive without it; pass --checkpoint or --adapter for them when
+    their games name no checkpoint of this database."""
+    from app.db.database import Database
+    from learning.rescore import rescore
+    from policy_worker.gamedata import TangramImages
+    from policy_worker.model import load_policy, resolve_device
+
+    if checkpoint is not None and adapter is not None:
+        raise typer.BadParameter("give --checkpoint or --adapter, not both", param_hint="--adapter")
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise typer.BadParameter(f"{adapter} holds no adapter_config.json", param_hint="--adapter")
+    dev = resolve_device(device)
+    with console.status(f"loading {base}"):
+        policy = load_policy(
+            base, dtype=dtype or ("float32" if dev.type == "cpu" else "bfloat16"), device=dev
+        )
+    images = TangramImages(_tangram_folder(tangrams)).images
+
+    async def run():
+        db = Database(_database_url(database_url))
+        try:
+            await db.migrate()
+            with _progress() as progress:
+                return await rescore(
+                    db, policy, images, _rounds(rounds), system, checkpoint,
+                    adapter, overwrite, batch_size, progress,
+                )
+        finally:
+            await db.close()
+
+    try:
+        result = asyncio.run(run())
+    except ValueError as error:
+        console.print(f"[red]cannot rescore:[/] {error}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"{result.actions} model-listener actions: scored {result.scored}, already scored "
+        f"{result.skipped}, no known checkpoint {result.unknown} in {result.seconds:.1f} s"
+    )
+    for ck, n in sorted(result.checkpoints.items()):
+        console.print(f"  {ck}: {n}")
+    if result.unknown:
+        console.print(
+            "actions of games that name no checkpoint were left out: pass --checkpoint ID or "
+            "--adapter PATH to score them"
+        )
+    if json_out:
+        json_out.write_text(json.dumps(result.json(), indent=2))
+
+
 def _progress():
     from rich.progress import (
         BarColumn,
@@ -271,3 +347,9 @@ def learning_commands(app: typer.Typer) -> None:
     app.command("retrospect")(retrospect_command)
     app.command("train")(train_command)
     app.command("report")(report_command)
+    register_paper_commands(app)
+
+
+def register_paper_commands(app: typer.Typer) -> None:
+    """``rescore`` and ``evaluate`` (MULTIREF.md §8)."""
+    app.command("rescore")(rescore_command)

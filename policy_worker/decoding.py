@@ -119,6 +119,7 @@ class DecodeResult:
     token_ids: list[int] = field(default_factory=list)
     # full-vocabulary, length-normalised probability at temperature 1: π_deployed (§8)
     prob_deployed: float | None = None
+    num_action_tokens: int = 0  # the action's tokens (stop included) that prob_deployed averages
     decoding: str = "grammar"
     generated: str | None = None  # paper mode: the raw text the model wrote
     parse: str = "grammar"  # paper mode: parsed | dropped (illegal letters removed) | fallback
@@ -417,6 +418,7 @@ def _decode_group(
             prompt=prompts[b],
             token_ids=tokens[b],
             prob_deployed=deployed[b],
+            num_action_tokens=len(tries[b].token_ids[str(nodes[b].action)]),
             decoding="grammar",
         )
         for b in range(n)
@@ -579,6 +581,7 @@ def _decode_paper_group(
             prompt=prompts[b],
             token_ids=tokens[b],
             prob_deployed=probs["deployed"][b],
+            num_action_tokens=len(seqs[b]),
             decoding="paper",
             generated=texts[b],
             parse=parsed[b][1],
@@ -796,3 +799,39 @@ def most_probable_action(policy: LoadedPolicy, request: DecodeRequest) -> tuple[
     scores = score_actions(policy, request, trie.actions)
     best = max(range(len(scores)), key=scores.__getitem__)
     return trie.actions[best], scores[best]
+
+
+def score_deployed(
+    policy: LoadedPolicy,
+    requests: Sequence[DecodeRequest],
+    actions: Sequence[str],
+    max_batch_size: int = 16,
+) -> list[tuple[float, int]]:
+    """(π_deployed, number of tokens) of each given action, teacher-forced under each request's
+    adapter: the full-vocabulary, length-normalised probability at temperature 1 that decoding
+    stores with the actions it produces (``DecodeResult.prob_deployed``). For re-scoring logged
+    actions — any text the tokenizer takes, legal or not, is scored as written."""
+    if len(requests) != len(actions):
+        raise ValueError("one action per request")
+    out: list[tuple[float, int] | None] = [None] * len(requests)
+    groups: dict[str | None, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.adapter, []).append(i)
+    with torch.inference_mode():
+        for adapter, idx in groups.items():
+            with policy.use_adapter(adapter):
+                for k in range(0, len(idx), max_batch_size):
+                    chunk = idx[k : k + max_batch_size]
+                    inputs, _ = _encode(policy, [requests[i] for i in chunk])
+                    first = policy.model(**inputs, use_cache=True, logits_to_keep=1)
+                    prefill = _Prefill(
+                        cache=_output_cache(first),
+                        first_logits=first.logits[:, -1, :].float(),
+                        mask=inputs["attention_mask"],
+                        last_pos=inputs["position_ids"][:, -1:],
+                    )
+                    seqs = action_token_ids(policy, [actions[i] for i in chunk])
+                    probs = prefill.score(policy, seqs, [1.0] * len(chunk))["deployed"]
+                    for i, p, q in zip(chunk, probs, seqs):
+                        out[i] = (p, len(q))
+    return [x for x in out if x is not None]

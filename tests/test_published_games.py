@@ -8,6 +8,7 @@ Before the fix, training crashed with ``FileNotFoundError: no image for tangram 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -123,3 +124,88 @@ def test_released_games_import_train_and_export_in_one_convention(
         turn = json.loads(line)
         for key in ("context", "targets", "currently_selected", "selected", "deselected", "clicks"):
             assert all(t.endswith(".png") for t in turn[key]), key
+
+
+def test_rescore_fills_pi_deployed_for_imported_games(tmp_path, recorded_games, kilogram_dir):
+    """Imported games arrive without π_deployed: ``multiref rescore`` scores each action under
+    the checkpoint that produced it (the record's), reports those with none, scores them under
+    ``--adapter``, skips what is done, and training reads the numbers back."""
+    from sqlalchemy import select
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from app.db.models import ActionScore
+    from app.deploy import deploy_checkpoint
+    from learning.rescore import load_deployed_probs
+    from policy_worker.decoding import DecodeRequest
+    from policy_worker.gamedata import TangramImages, prompt_game
+    from policy_worker.model import load_policy
+    from policy_worker.tiny import build_tiny_idefics2, make_tiny_lora
+    from tests.test_policy_model import _full_forward_logps
+
+    tiny = build_tiny_idefics2(tmp_path / "tiny", seed=0)
+    lora = make_tiny_lora(tiny, tmp_path / "lora", seed=1)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'rescore.sqlite3'}"
+    games = recorded_games[:3]
+
+    async def deploy(db):
+        await db.migrate()
+        async with db.session() as s, s.begin():
+            return (await deploy_checkpoint(s, "B-SUP", 1, str(tiny), str(lora))).id
+
+    ck = run_db(url, deploy)
+    records = [release_record(g, "B-SUP") for g in games]
+    records[0]["checkpoint"] = ck  # one game names the checkpoint that played it
+    path = tmp_path / "interaction.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = CliRunner()
+    assert run.invoke(app, ["import", str(path), "--database-url", url]).exit_code == 0
+
+    common = ["--base", str(tiny), "--database-url", url, "--tangrams", str(kilogram_dir)]
+    common += ["--device", "cpu"]
+    first = run.invoke(app, ["rescore", *common], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    n = [g["num_turns"] for g in games]
+    out = " ".join(first.output.split())
+    assert f"{sum(n)} model-listener actions: scored {n[0]}" in out
+    assert f"no known checkpoint {n[1] + n[2]}" in out and "--adapter PATH" in out
+
+    second = run.invoke(app, ["rescore", "--adapter", str(lora), *common], catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert f"scored {sum(n)}, already scored 0" in " ".join(second.output.split())
+    again = run.invoke(app, ["rescore", "--adapter", str(lora), *common], catch_exceptions=False)
+    assert f"scored 0, already scored {sum(n)}" in " ".join(again.output.split())
+
+    async def rows(db):
+        async with db.session() as s:
+            return list((await s.execute(select(ActionScore))).scalars())
+
+    scores = run_db(url, rows)
+    assert len(scores) == n[0] + sum(n) and {a.source for a in scores} == {"rescore"}
+    by_ck = {(a.game_id, a.turn, a.checkpoint): a for a in scores}
+    key = f"adapter:{lora.resolve()}"
+    gid = games[0]["game_id"]
+    # the same adapter under its checkpoint id and its path gives the same number
+    assert by_ck[(gid, 2, ck)].prob_deployed == pytest.approx(
+        by_ck[(gid, 2, key)].prob_deployed, rel=1e-5
+    )
+
+    # one stored number checked against a plain forward pass over prompt + action
+    from app.db.gamelog import load_state
+
+    async def state_of(db):
+        async with db.session() as s:
+            return await load_state(s, gid)
+
+    state = run_db(url, state_of)
+    policy = load_policy(tiny, adapters={"x": lora}, dtype="float32", device="cpu")
+    images = TangramImages(kilogram_dir).images(list(state.config.listener_order))
+    req = DecodeRequest.for_game(prompt_game(state, 2), images, adapter="x")
+    row = by_ck[(gid, 2, key)]
+    logps, _ = _full_forward_logps(policy, req, row.action)
+    assert row.num_tokens == len(logps)
+    assert row.prob_deployed == pytest.approx(math.exp(sum(logps) / len(logps)), rel=1e-4)
+
+    probs = run_db(url, lambda db: load_deployed_probs(db, checkpoint=key))
+    assert len(probs) == sum(n) and all(0 < p < 1 for p in probs.values())
+    assert probs[(gid, 2)] == row.prob_deployed
