@@ -320,6 +320,111 @@ def rescore_command(
         json_out.write_text(json.dumps(result.json(), indent=2))
 
 
+def evaluate_command(
+    adapter: Optional[Path] = typer.Option(
+        None, help="Adapter folder to evaluate (default: the base model, or --checkpoint's)."
+    ),
+    checkpoint: Optional[str] = typer.Option(None, help="A deployed checkpoint id instead."),
+    base: str = typer.Option(DEFAULT_BASE, help="Base model (hub id or folder)."),
+    split: Optional[str] = typer.Option(
+        None, help="Only human–human games of this split (the games' split column)."
+    ),
+    source: Optional[str] = typer.Option(None, help="Only live or only imported games."),
+    rounds: Optional[list[str]] = typer.Option(None, "--rounds", help="Only these rounds."),
+    all_turns: bool = typer.Option(
+        False, "--all-turns", help="Keep every human turn, not only good moves (§8 filters)."
+    ),
+    limit: Optional[int] = typer.Option(None, help="At most this many turns (a fixed sample)."),
+    mode: str = typer.Option(
+        "sample", help="sample (T=1, no grammar: the paper's) or greedy (grammar-constrained)."
+    ),
+    seed: int = typer.Option(42, help="Sampling seed (each turn gets its own from it)."),
+    database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
+    tangrams: Optional[Path] = typer.Option(None, help="Tangram folder (env MULTIREF_TANGRAMS)."),
+    batch_size: int = typer.Option(16, help="Turns per batch."),
+    device: str = typer.Option("auto", help="cuda, cpu or auto."),
+    dtype: Optional[str] = typer.Option(None, help="Default: bfloat16 on cuda, float32 on cpu."),
+    out: Optional[Path] = typer.Option(
+        None, help="Folder for evaluation.json (metrics and every prediction) and evaluation.png."
+    ),
+) -> None:
+    """Evaluate a checkpoint on held-out human turns: exact match, select / deselect accuracy,
+    true / false positive rates and exact match by turn (the reference's offline metrics)."""
+    from app.db.database import Database
+    from learning.evaluate import evaluate, load_heldout_turns, plot, resolve_mode, rich_tables
+    from policy_worker.gamedata import TangramImages
+    from policy_worker.model import load_policy, resolve_device
+
+    try:
+        mode = resolve_mode(mode)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--mode") from None
+    if source not in (None, "live", "imported"):
+        raise typer.BadParameter("use live or imported", param_hint="--source")
+    if checkpoint is not None and adapter is not None:
+        raise typer.BadParameter("give --checkpoint or --adapter, not both", param_hint="--adapter")
+
+    async def load():
+        from app.db.models import Checkpoint
+
+        db = Database(_database_url(database_url))
+        try:
+            await db.migrate()
+            path = adapter
+            if checkpoint is not None:
+                async with db.session() as s:
+                    ck = await s.get(Checkpoint, checkpoint)
+                if ck is None:
+                    raise ValueError(f"no checkpoint {checkpoint!r}")
+                path = Path(ck.adapter) if ck.adapter else None
+            examples, stats = await load_heldout_turns(
+                db, split=split, source=source, rounds=_rounds(rounds),
+                good_only=not all_turns, limit=limit, seed=seed,
+            )
+            return path, examples, stats
+        finally:
+            await db.close()
+
+    try:
+        path, examples, stats = asyncio.run(load())
+    except ValueError as error:
+        console.print(f"[red]cannot evaluate:[/] {error}")
+        raise typer.Exit(2) from None
+    if not examples:
+        console.print(
+            "no held-out human turns match: import or play human–human games, or widen "
+            "--split / --source / --rounds"
+        )
+        raise typer.Exit(1)
+    if path is not None and not (path / "adapter_config.json").is_file():
+        raise typer.BadParameter(f"{path} holds no adapter_config.json", param_hint="--adapter")
+    dev = resolve_device(device)
+    with console.status(f"loading {base}"):
+        policy = load_policy(
+            base,
+            adapters={"evaluated": path} if path is not None else None,
+            dtype=dtype or ("float32" if dev.type == "cpu" else "bfloat16"),
+            device=dev,
+        )
+    images = TangramImages(_tangram_folder(tangrams)).images
+    with _progress() as progress:
+        task = progress.add_task(f"evaluate ({mode})", total=len(examples))
+        result = evaluate(
+            policy, examples, images, mode, seed, batch_size,
+            adapter="evaluated" if path is not None else None, heldout_stats=stats,
+            on_batch=lambda n: progress.advance(task, n),
+        )
+    name = str(path) if path is not None else f"{base} (no adapter)"
+    result.summary["adapter"] = name
+    for table in rich_tables(result.summary, f"{name}: held-out human turns ({mode})"):
+        console.print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps(result.json(), indent=2, default=str))
+        plot(result.summary, out / "evaluation.png", Path(name).name or name)
+        console.print(f"written: {out / 'evaluation.json'}, {out / 'evaluation.png'}")
+
+
 def _progress():
     from rich.progress import (
         BarColumn,
@@ -353,3 +458,4 @@ def learning_commands(app: typer.Typer) -> None:
 def register_paper_commands(app: typer.Typer) -> None:
     """``rescore`` and ``evaluate`` (MULTIREF.md §8)."""
     app.command("rescore")(rescore_command)
+    app.command("evaluate")(evaluate_command)

@@ -35,6 +35,7 @@ from typing import Any
 
 from learning import losses
 from learning.datasets import ActionCollator, ActionDataset, Example, model_inputs
+from learning.evaluate import heldout_metric
 
 logger = logging.getLogger("multiref.learning")
 
@@ -470,7 +471,7 @@ def fit(
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         if config.eval_before_training:
-            em = exact_match(policy, heldout, images, config.eval_batch_size, config.max_new_tokens)
+            em = heldout_metric(policy, heldout, images, config)  # config.selection (§8)
             result.metrics.append(EpochMetrics(0, None, em, 0, 0, 0.0, None, None))
             say(f"epoch 0 (before training): held-out exact match {_fmt(em)}")
 
@@ -503,7 +504,7 @@ def fit(
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        em = exact_match(policy, heldout, images, config.eval_batch_size, config.max_new_tokens)
+        em = heldout_metric(policy, heldout, images, config)  # config.selection (§8)
         metrics = EpochMetrics(
             epoch=epoch,
             loss=float(total_loss) / seen if seen else None,
