@@ -4,8 +4,8 @@ Per (system, round): interaction success rate with a 95% Wilson interval, turns 
 accuracy (share of newly selected images that are targets), the held-out exact match recorded
 in the checkpoint's training manifest, the feedback decoders' confusion, precision, recall and
 F1 against the heuristic label (§8's rule, recomputed here from the turns and targets, so labels
-stored under an older rule do not leak in), and the speakers' language: vocabulary size, mean utterance length in words, and the
-rate of reset / "try again" phrases.
+stored under an older rule do not leak in), and the speakers' language: vocabulary size, mean
+utterance length in words, and the rate of reset / "try again" phrases.
 
 Success and turns count completed games (outcome successful or unsuccessful); games ended
 early for another reason (idle, disconnect, admin) are counted as aborted and left out of both.
@@ -398,7 +398,8 @@ def markdown(results: Sequence[SystemRound], plots: Sequence[Path]) -> str:
             lines.append(
                 f"**{r.system}, round {r.round_label}, {decoder}** — "
                 f"agreement {_pct(s['agreement'])}, "
-                f"decoded positives the heuristic calls negative {_pct(s['false_positive_share'])}, "
+                "decoded positives the heuristic calls negative "
+                f"{_pct(s['false_positive_share'])}, "
                 f"weighted F1 {_pct(m['weighted_f1'])}"
             )
             lines.append("")

@@ -131,7 +131,9 @@ async def scored_keys(db: Any) -> set[tuple[str, int, str]]:
     from app.db.models import ActionScore
 
     async with db.session() as s:
-        rows = await s.execute(select(ActionScore.game_id, ActionScore.turn, ActionScore.checkpoint))
+        rows = await s.execute(
+            select(ActionScore.game_id, ActionScore.turn, ActionScore.checkpoint)
+        )
         return {(g, t, c) for g, t, c in rows}
 
 

@@ -46,7 +46,9 @@ def test_turn_metrics_by_hand():
     assert turn_metrics("select B", "select B")["exact_match"] == 1
     with pytest.raises(ValueError, match="did nothing"):
         turn_metrics("nothing", "select A")
-    s = summarize([(1, "select A", "select A"), (1, "select B", "select C"), (2, "deselect A", "deselect A")])
+    s = summarize(
+        [(1, "select A", "select A"), (1, "select B", "select C"), (2, "deselect A", "deselect A")]
+    )
     assert s["n"] == 3 and s["exact_match"] == pytest.approx(2 / 3)
     assert s["select_accuracy_on_select_turns"] == pytest.approx(1 / 2)
     assert s["deselect_accuracy_on_deselect_turns"] == 1
@@ -95,7 +97,8 @@ def test_heldout_turns_are_good_human_moves(human_db):
     url, games = human_db
     examples, stats = run_db(url, lambda db: load_heldout_turns(db))
     assert len(examples) == _good_turns(games) == stats["count"] > 0
-    assert {e.listener_kind for e in examples} == {"human"} and "nothing" not in {e.action for e in examples}
+    assert {e.listener_kind for e in examples} == {"human"}
+    assert "nothing" not in {e.action for e in examples}
     every, _ = run_db(url, lambda db: load_heldout_turns(db, good_only=False))
     assert len(every) == _good_turns(games, good_only=False) > len(examples)
     test, _ = run_db(url, lambda db: load_heldout_turns(db, split="test"))
@@ -155,7 +158,8 @@ def test_evaluate_command_prints_writes_json_and_plot(human_db, tiny, kilogram_d
         assert name in printed, name
     report = json.loads((out / "evaluation.json").read_text())
     n = _good_turns(games[:3])
-    assert report["summary"]["n"] == n == len(report["turns"]) and report["summary"]["mode"] == "sample"
+    assert report["summary"]["n"] == n == len(report["turns"])
+    assert report["summary"]["mode"] == "sample"
     matches = sum(t["human"] == t["predicted"] for t in report["turns"])
     assert report["summary"]["exact_match"] == pytest.approx(matches / n)
     assert sum(v["n"] for v in report["summary"]["by_turn"].values()) == n
