@@ -82,6 +82,7 @@ class TrainConfig:
     policy_prob: str = "constrained"  # constrained (prob_action) | unconstrained
     max_new_tokens: int = 10  # the deployed decoding budget (for the constrained steps)
     # model selection
+    selection: str = "sample"  # sample (T=1, no grammar: §8) | greedy (grammar exact match)
     max_heldout_turns: int = 500
     eval_batch_size: int = 16
     eval_before_training: bool = True

@@ -171,3 +171,27 @@ def test_evaluate_command_prints_writes_json_and_plot(human_db, tiny, kilogram_d
     none = CliRunner().invoke(app, [*args[:-4], "--split", "nosuchsplit"])
     assert none.exit_code == 1 and "no held-out human turns" in none.output
     assert Path(lora / "adapter_config.json").is_file()
+
+
+def test_fit_selects_by_sampled_accuracy_and_ties_go_to_the_earlier_epoch(
+    tiny, kilogram_dir, tmp_path
+):
+    """Through fit(): with a learning rate of 0 every epoch scores the same (fixed per-turn
+    seeds), so the kept epoch is the first; each epoch's number is the sampled accuracy."""
+    from learning.train import attach_adapter, fit
+    from policy_worker.gamedata import TangramImages
+    from policy_worker.model import load_policy
+    from tests.test_learning_train import synthetic, tiny_config
+
+    model, _, _ = tiny
+    tangram_ids = sorted(p.stem for p in Path(kilogram_dir).glob("*.svg"))[:10]
+    images = TangramImages(kilogram_dir).images
+    policy = load_policy(model, dtype="float32", device="cpu")
+    config = tiny_config(epochs=3, learning_rate=0.0, selection="sample", seed=7)
+    attach_adapter(policy, config, None)
+    held = synthetic(tangram_ids, 6, "h")
+    result = fit(policy, config, synthetic(tangram_ids, 4, "t"), held, images, tmp_path / "o")
+    scores = [m.heldout_exact_match for m in result.metrics]
+    expected = selection_accuracy(policy, held, images, "sample", seed=7, batch_size=8)
+    assert scores == [expected] * 4  # epoch 0 (before training) and epochs 1–3
+    assert result.best_epoch == 1 and result.best_exact_match == expected
