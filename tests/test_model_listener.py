@@ -221,3 +221,19 @@ async def test_serve_with_worker_runs_the_model_listener_in_process(start_server
     assert view.end_reason in ("success", "max_turns")
     assert all(r.status == "applied" for r in await _requests(sqlite_url, view.game_id))
     await bot.close()
+
+
+def test_worker_decodes_in_paper_mode_unless_told_otherwise(tmp_path):
+    """--decoding: paper by default (MULTIREF.md §8), grammar as the option, anything else a
+    one-line error before a model is loaded; the mode reaches every decode request."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from policy_worker.decoding import DecodeRequest
+    from policy_worker.serve import WorkerOptions
+
+    assert WorkerOptions(systems=["m"], base="b", tangrams=tmp_path).decoding == "paper"
+    bad = CliRunner().invoke(app, ["worker", "--decoding", "beam", "--base", str(tmp_path)])
+    assert bad.exit_code == 2 and "paper or grammar" in bad.output
+    with pytest.raises(ValueError, match="paper or grammar"):
+        DecodeRequest(chat=[], images=[], selected=[], decoding="beam")
