@@ -127,6 +127,11 @@ def worker(
     batch_size: int = typer.Option(16, help="Maximum turns decoded in one batch."),
     max_wait: float = typer.Option(0.02, help="Seconds to wait for a batch to fill."),
     temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
+    decoding: str = typer.Option(
+        "paper",
+        help="paper (the reference: action-token vocabulary, no grammar, regex parse, fallback "
+        "to the first image) or grammar (only legal actions can be sampled).",
+    ),
     lease: float = typer.Option(20.0, help="Seconds a claimed turn stays this worker's."),
     log_level: str = typer.Option("info", help="Logging level."),
 ) -> None:
@@ -134,12 +139,14 @@ def worker(
     from app.db.database import Database
     from policy_worker.serve import PolicyWorker
 
+    if decoding not in ("paper", "grammar"):
+        raise typer.BadParameter("use paper or grammar", param_hint="--decoding")
     _logging(log_level)
     settings = _settings(database_url=database_url, tangrams=tangrams)
     options = _worker_options(
         settings, system or [settings.model_system], base, device, dtype=dtype,
         max_batch_size=batch_size, max_wait_seconds=max_wait, temperature=temperature,
-        lease_seconds=lease,
+        lease_seconds=lease, decoding=decoding,
     )
 
     async def run() -> None:

@@ -20,6 +20,10 @@ Three files per export, JSONL or Parquet, in one folder:
     listener_kind, sec_until_send, sec_until_submit, auto_sent, auto_submitted, incomplete.
 ``events`` — the raw event log: game_id, seq, type, at, actor, data (the event as JSON text).
 
+Tangram ids in the interaction and turn rows are written as the release writes them, file names
+(``page7-40.png``), for every game, live or imported; the database and the ``events`` rows hold
+the canonical id without extension (``app.tangrams.store``).
+
 Rows are rebuilt from each game's event log (the truth), not from the derived tables. An export
 reads one consistent snapshot (a REPEATABLE READ, read-only transaction on PostgreSQL; one read
 transaction on SQLite's WAL), so it can run while games are being played; games still running
@@ -45,6 +49,7 @@ from sqlalchemy import Text, and_, cast, func, or_, select, text
 from app.db.database import Database
 from app.db.models import Game, GameEvent, ListenerRequest
 from app.game.rules import GameState, Outcome, event_from_dict, replay
+from app.tangrams.store import release_id
 
 FORMATS = ("jsonl", "parquet")
 KINDS = ("interaction", "turn", "events")
@@ -136,6 +141,11 @@ def _end(state: GameState) -> int:
     return 1 if state.outcome is Outcome.SUCCESSFUL else 0
 
 
+def _ids(tangrams) -> list[str]:
+    """Tangram ids as the release writes them (``page7-40.png``), for live and imported games."""
+    return [release_id(t) for t in tangrams]
+
+
 def interaction_row(b: GameBundle, state: GameState) -> dict:
     g = b.game
     spoken = [t for t in state.turns if t.utterance is not None]
@@ -146,11 +156,11 @@ def interaction_row(b: GameBundle, state: GameState) -> dict:
         "end": _end(state),
         "outcome": state.outcome.value if state.outcome else None,
         "end_reason": state.end_reason.value if state.end_reason else None,
-        "targets": sorted(state.config.targets),
-        "context": list(state.config.listener_order),
-        "speaker_order": list(state.config.speaker_order),
-        "listener_order": list(state.config.listener_order),
-        "clicks": [list(t.selection_after) for t in submitted],
+        "targets": _ids(sorted(state.config.targets)),
+        "context": _ids(state.config.listener_order),
+        "speaker_order": _ids(state.config.speaker_order),
+        "listener_order": _ids(state.config.listener_order),
+        "clicks": [_ids(t.selection_after) for t in submitted],
         "chat": [t.utterance for t in spoken],
         "policy_name": g["system"] or ("human" if g["listener_kind"] == "human" else "model"),
         "round": g["round"],
@@ -172,8 +182,8 @@ def turn_rows(b: GameBundle, state: GameState) -> list[dict]:
     spoken = [t for t in state.turns if t.utterance is not None]
     chats = [t.utterance for t in spoken]
     common = {
-        "context": list(state.config.listener_order),
-        "targets": sorted(state.config.targets),
+        "context": _ids(state.config.listener_order),
+        "targets": _ids(sorted(state.config.targets)),
         "end": _end(state),
         "outcome": state.outcome.value if state.outcome else None,
         "policy_name": g["system"] or ("human" if g["listener_kind"] == "human" else "model"),
@@ -195,10 +205,10 @@ def turn_rows(b: GameBundle, state: GameState) -> list[dict]:
                 "chats": chats[: i + 1],
                 "context": common["context"],
                 "targets": common["targets"],
-                "currently_selected": list(t.selection_before),
-                "selected": list(t.selected),
-                "deselected": list(t.deselected),
-                "clicks": list(t.selection_after),
+                "currently_selected": _ids(t.selection_before),
+                "selected": _ids(t.selected),
+                "deselected": _ids(t.deselected),
+                "clicks": _ids(t.selection_after),
                 "chat_feedback": chats[i + 1] if i + 1 < len(chats) else None,
                 "action": request.get("action"),
                 "prob_action": request.get("prob_action"),

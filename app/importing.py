@@ -39,6 +39,7 @@ from app.db.database import Database
 from app.db.gamelog import append, create_game
 from app.db.models import Game
 from app.export import parse_date
+from app.tangrams.store import canonical_id
 from app.game.rules import (
     AdminEnd,
     Click,
@@ -266,13 +267,14 @@ def parse_record(record: dict, *, policy: str | None = None, round_: int | None 
             raise BadRecord(f"{key} must be a string")
     if extra.get("listener_kind") not in (None, "human", "model"):
         raise BadRecord("listener_kind must be human or model")
+    # One tangram id in the database, whatever the source: the release writes "page7-40.png".
     return GameRecord(
         game_id=gid,
-        speaker_order=speaker_order,
-        listener_order=listener_order,
-        targets=_strings(record.get("targets"), "targets"),
+        speaker_order=[canonical_id(t) for t in speaker_order],
+        listener_order=[canonical_id(t) for t in listener_order],
+        targets=[canonical_id(t) for t in _strings(record.get("targets"), "targets")],
         utterances=utterances,
-        selections=selections,
+        selections=[[canonical_id(t) for t in s] for s in selections],
         policy_name=name,
         round=_optional_int(rnd, "round"),
         created_at=_date(created),

@@ -187,7 +187,7 @@ def bench_retrospection(
 
     decoder = FeedbackDecoder(
         policy,
-        DecoderConfig("binary", batch_size=batch_size),
+        DecoderConfig("binary", "margin", batch_size=batch_size),  # the label-word scoring path
         FeedbackTemplate.load(None, "binary"),
     )
     prompts = [decoder.prompt(c) for c in contexts[:64]]

@@ -66,12 +66,21 @@ def retrospect_command(
     ),
     batch_size: int = typer.Option(32, help="Actions per forward pass."),
     method: str = typer.Option(
-        "scores", help="scores (label-word log-probs) or generate (parse an answer)."
+        "generate",
+        "--decoder-scoring",
+        "--method",
+        help="generate (paper: greedy answer, exact word match) or margin (label-word "
+        "log-probabilities with a margin).",
     ),
     margin: float = typer.Option(
-        0.5, help="Binary: positive only if logp(positive) - logp(negative) exceeds this (nats)."
+        0.5,
+        help="margin scoring, binary: positive only if logp(positive) - logp(negative) exceeds "
+        "this (nats).",
     ),
-    scoring: str = typer.Option("auto", help="auto, first_token or sequence (scores method)."),
+    scoring: str = typer.Option("auto", help="auto, first_token or sequence (margin scoring)."),
+    max_tokens: int = typer.Option(
+        256, help="Right-truncate each decoder prompt to this many tokens (0: never)."
+    ),
     prefix_cache: bool = typer.Option(True, help="Encode the shared instructions once."),
     device: str = typer.Option("auto", help="cuda, cpu or auto."),
     dtype: Optional[str] = typer.Option(None, help="Default: bfloat16 on cuda, float32 on cpu."),
@@ -89,19 +98,25 @@ def retrospect_command(
         confusion_summary,
         confusion_table,
         load_decoder,
+        metrics_from_confusion,
+        metrics_table,
         retrospect,
     )
 
     if round_ is None and not all_games:
         raise typer.BadParameter("give --round R or --all", param_hint="--round")
-    config = DecoderConfig(
-        decoder=decoder,
-        method=method,
-        margin=margin,
-        batch_size=batch_size,
-        prefix_cache=prefix_cache,
-        scoring=scoring,
-    )
+    try:
+        config = DecoderConfig(
+            decoder=decoder,
+            method=method,
+            margin=margin,
+            batch_size=batch_size,
+            prefix_cache=prefix_cache,
+            scoring=scoring,
+            max_tokens=max_tokens,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
     with console.status(f"loading {base}"):
         dec = load_decoder(base, config, template, device=device, dtype=dtype)
 
@@ -135,6 +150,11 @@ def retrospect_command(
             "decoded positives the heuristic calls negative: "
             + ("—" if fp is None else f"{100 * fp:.1f}%")
         )
+    console.print(
+        metrics_table(
+            metrics_from_confusion(result.confusion), f"{decoder} decoder against the heuristic"
+        )
+    )
     console.print(
         f"throughput: {result.actions_per_s:.1f} actions/s "
         f"({result.labelled} in {result.seconds:.1f} s)"
@@ -247,6 +267,187 @@ def report_command(
     console.print(f"report: {written['report']} ({len(written['plots'])} plots)")
 
 
+def rescore_command(
+    rounds: Optional[list[str]] = typer.Option(
+        None, "--rounds", help="Rounds whose games to score: 0,1,2 or 0-6 (default: all games)."
+    ),
+    system: Optional[list[str]] = typer.Option(
+        None, "--system", help="Only these systems' games (repeatable)."
+    ),
+    checkpoint: Optional[str] = typer.Option(
+        None,
+        help="Score every action under this checkpoint id ('base': no adapter). Default: the "
+        "checkpoint that produced each action.",
+    ),
+    adapter: Optional[Path] = typer.Option(
+        None, help="Score every action under this adapter folder instead."
+    ),
+    base: str = typer.Option(DEFAULT_BASE, help="Base model (hub id or folder)."),
+    database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
+    tangrams: Optional[Path] = typer.Option(None, help="Tangram folder (env MULTIREF_TANGRAMS)."),
+    batch_size: int = typer.Option(16, help="Actions per forward pass."),
+    device: str = typer.Option("auto", help="cuda, cpu or auto."),
+    dtype: Optional[str] = typer.Option(None, help="Default: bfloat16 on cuda, float32 on cpu."),
+    overwrite: bool = typer.Option(False, help="Recompute actions already scored."),
+    json_out: Optional[Path] = typer.Option(None, help="Also write the summary as JSON here."),
+) -> None:
+    """Fill π_deployed: re-score logged model-listener actions under a checkpoint (§8).
+
+    Imported published games arrive without it; pass --checkpoint or --adapter for them when
+    their games name no checkpoint of this database."""
+    from app.db.database import Database
+    from learning.rescore import rescore
+    from policy_worker.gamedata import TangramImages
+    from policy_worker.model import load_policy, resolve_device
+
+    if checkpoint is not None and adapter is not None:
+        raise typer.BadParameter("give --checkpoint or --adapter, not both", param_hint="--adapter")
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise typer.BadParameter(f"{adapter} holds no adapter_config.json", param_hint="--adapter")
+    dev = resolve_device(device)
+    with console.status(f"loading {base}"):
+        policy = load_policy(
+            base, dtype=dtype or ("float32" if dev.type == "cpu" else "bfloat16"), device=dev
+        )
+    images = TangramImages(_tangram_folder(tangrams)).images
+
+    async def run():
+        db = Database(_database_url(database_url))
+        try:
+            await db.migrate()
+            with _progress() as progress:
+                return await rescore(
+                    db, policy, images, _rounds(rounds), system, checkpoint,
+                    adapter, overwrite, batch_size, progress,
+                )
+        finally:
+            await db.close()
+
+    try:
+        result = asyncio.run(run())
+    except ValueError as error:
+        console.print(f"[red]cannot rescore:[/] {error}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"{result.actions} model-listener actions: scored {result.scored}, already scored "
+        f"{result.skipped}, no known checkpoint {result.unknown} in {result.seconds:.1f} s"
+    )
+    for ck, n in sorted(result.checkpoints.items()):
+        console.print(f"  {ck}: {n}")
+    if result.unknown:
+        console.print(
+            "actions of games that name no checkpoint were left out: pass --checkpoint ID or "
+            "--adapter PATH to score them"
+        )
+    if json_out:
+        json_out.write_text(json.dumps(result.json(), indent=2))
+
+
+def evaluate_command(
+    adapter: Optional[Path] = typer.Option(
+        None, help="Adapter folder to evaluate (default: the base model, or --checkpoint's)."
+    ),
+    checkpoint: Optional[str] = typer.Option(None, help="A deployed checkpoint id instead."),
+    base: str = typer.Option(DEFAULT_BASE, help="Base model (hub id or folder)."),
+    split: Optional[str] = typer.Option(
+        None, help="Only human–human games of this split (the games' split column)."
+    ),
+    source: Optional[str] = typer.Option(None, help="Only live or only imported games."),
+    rounds: Optional[list[str]] = typer.Option(None, "--rounds", help="Only these rounds."),
+    all_turns: bool = typer.Option(
+        False, "--all-turns", help="Keep every human turn, not only good moves (§8 filters)."
+    ),
+    limit: Optional[int] = typer.Option(None, help="At most this many turns (a fixed sample)."),
+    mode: str = typer.Option(
+        "sample", help="sample (T=1, no grammar: the paper's) or greedy (grammar-constrained)."
+    ),
+    seed: int = typer.Option(42, help="Sampling seed (each turn gets its own from it)."),
+    database_url: str = typer.Option(None, help="SQLAlchemy URL (env MULTIREF_DATABASE_URL)."),
+    tangrams: Optional[Path] = typer.Option(None, help="Tangram folder (env MULTIREF_TANGRAMS)."),
+    batch_size: int = typer.Option(16, help="Turns per batch."),
+    device: str = typer.Option("auto", help="cuda, cpu or auto."),
+    dtype: Optional[str] = typer.Option(None, help="Default: bfloat16 on cuda, float32 on cpu."),
+    out: Optional[Path] = typer.Option(
+        None, help="Folder for evaluation.json (metrics and every prediction) and evaluation.png."
+    ),
+) -> None:
+    """Evaluate a checkpoint on held-out human turns: exact match, select / deselect accuracy,
+    true / false positive rates and exact match by turn (the reference's offline metrics)."""
+    from app.db.database import Database
+    from learning.evaluate import evaluate, load_heldout_turns, plot, resolve_mode, rich_tables
+    from policy_worker.gamedata import TangramImages
+    from policy_worker.model import load_policy, resolve_device
+
+    try:
+        mode = resolve_mode(mode)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--mode") from None
+    if source not in (None, "live", "imported"):
+        raise typer.BadParameter("use live or imported", param_hint="--source")
+    if checkpoint is not None and adapter is not None:
+        raise typer.BadParameter("give --checkpoint or --adapter, not both", param_hint="--adapter")
+
+    async def load():
+        from app.db.models import Checkpoint
+
+        db = Database(_database_url(database_url))
+        try:
+            await db.migrate()
+            path = adapter
+            if checkpoint is not None:
+                async with db.session() as s:
+                    ck = await s.get(Checkpoint, checkpoint)
+                if ck is None:
+                    raise ValueError(f"no checkpoint {checkpoint!r}")
+                path = Path(ck.adapter) if ck.adapter else None
+            examples, stats = await load_heldout_turns(
+                db, split=split, source=source, rounds=_rounds(rounds),
+                good_only=not all_turns, limit=limit, seed=seed,
+            )
+            return path, examples, stats
+        finally:
+            await db.close()
+
+    try:
+        path, examples, stats = asyncio.run(load())
+    except ValueError as error:
+        console.print(f"[red]cannot evaluate:[/] {error}")
+        raise typer.Exit(2) from None
+    if not examples:
+        console.print(
+            "no held-out human turns match: import or play human–human games, or widen "
+            "--split / --source / --rounds"
+        )
+        raise typer.Exit(1)
+    if path is not None and not (path / "adapter_config.json").is_file():
+        raise typer.BadParameter(f"{path} holds no adapter_config.json", param_hint="--adapter")
+    dev = resolve_device(device)
+    with console.status(f"loading {base}"):
+        policy = load_policy(
+            base,
+            adapters={"evaluated": path} if path is not None else None,
+            dtype=dtype or ("float32" if dev.type == "cpu" else "bfloat16"),
+            device=dev,
+        )
+    images = TangramImages(_tangram_folder(tangrams)).images
+    with _progress() as progress:
+        task = progress.add_task(f"evaluate ({mode})", total=len(examples))
+        result = evaluate(
+            policy, examples, images, mode, seed, batch_size,
+            adapter="evaluated" if path is not None else None, heldout_stats=stats,
+            on_batch=lambda n: progress.advance(task, n),
+        )
+    name = str(path) if path is not None else f"{base} (no adapter)"
+    result.summary["adapter"] = name
+    for table in rich_tables(result.summary, f"{name}: held-out human turns ({mode})"):
+        console.print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps(result.json(), indent=2, default=str))
+        plot(result.summary, out / "evaluation.png", Path(name).name or name)
+        console.print(f"written: {out / 'evaluation.json'}, {out / 'evaluation.png'}")
+
+
 def _progress():
     from rich.progress import (
         BarColumn,
@@ -274,3 +475,10 @@ def learning_commands(app: typer.Typer) -> None:
     app.command("retrospect")(retrospect_command)
     app.command("train")(train_command)
     app.command("report")(report_command)
+    register_paper_commands(app)
+
+
+def register_paper_commands(app: typer.Typer) -> None:
+    """``rescore`` and ``evaluate`` (MULTIREF.md §8)."""
+    app.command("rescore")(rescore_command)
+    app.command("evaluate")(evaluate_command)

@@ -311,8 +311,12 @@ async def load_heldout(
     limit: int | None = 500,
     seed: int = 0,
     heldout_fraction: float | None = None,
+    good_only: bool = False,
 ) -> tuple[list[Example], DataStats]:
     """Turns of human–human games (round ≤ ``max_round``): the model-selection set.
+
+    ``good_only`` (the paper profile): only turns that changed the selection with a good
+    select or deselect (``learning.retrospect.is_good_move``), as the reference's held-out set.
 
     Every submitted turn counts (no label needed). Above ``limit`` turns, a fixed sample is
     kept (by a hash of seed and turn id, so it does not change as games are added). With
@@ -320,6 +324,7 @@ async def load_heldout(
     the held-out side count; the others are the seed task's.
     """
     from app.db.gamelog import load_state
+    from learning.retrospect import is_good_move
     from policy_worker.gamedata import prompt_game
 
     examples: list[Example] = []
@@ -334,6 +339,13 @@ async def load_heldout(
                 continue
             for record in state.turns:
                 if record.utterance is None or record.selection_after is None:
+                    continue
+                if good_only and not (
+                    set(record.selection_before) != set(record.selection_after)
+                    and is_good_move(
+                        record.selection_before, record.selection_after, state.config.targets
+                    )
+                ):
                     continue
                 full = prompt_game(state, record.turn, include_action=True)
                 game = PromptGame(

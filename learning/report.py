@@ -2,9 +2,10 @@
 
 Per (system, round): interaction success rate with a 95% Wilson interval, turns per game, click
 accuracy (share of newly selected images that are targets), the held-out exact match recorded
-in the checkpoint's training manifest, the feedback decoders' confusion against the heuristic
-labels, and the speakers' language: vocabulary size, mean utterance length in words, and the
-rate of reset / "try again" phrases.
+in the checkpoint's training manifest, the feedback decoders' confusion, precision, recall and
+F1 against the heuristic label (§8's rule, recomputed here from the turns and targets, so labels
+stored under an older rule do not leak in), and the speakers' language: vocabulary size, mean
+utterance length in words, and the rate of reset / "try again" phrases.
 
 Success and turns count completed games (outcome successful or unsuccessful); games ended
 early for another reason (idle, disconnect, admin) are counted as aborted and left out of both.
@@ -22,7 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learning.retrospect import CLASSES, confusion_matrix, confusion_summary, signed_label
+from learning.retrospect import (
+    CLASSES,
+    confusion_matrix,
+    confusion_summary,
+    heuristic_label,
+    metrics_from_confusion,
+    signed_label,
+)
 
 RESET_RE = re.compile(
     r"\b(try again|start (?:over|again)|from scratch|reset|"
@@ -95,7 +103,7 @@ async def collect(db: Any, rounds: Sequence[int] | None = None) -> list[SystemRo
         games = list(await s.execute(q))
         ids = [g.id for g in games]
         turns: dict[str, list[Any]] = defaultdict(list)
-        labels: dict[tuple[str, int, str], tuple[int, int | None]] = {}
+        labels: dict[tuple[str, int, str], int] = {}
         for k in range(0, len(ids), 500):
             part = ids[k : k + 500]
             for t in (await s.execute(select(Turn).where(Turn.game_id.in_(part)))).scalars():
@@ -106,7 +114,7 @@ async def collect(db: Any, rounds: Sequence[int] | None = None) -> list[SystemRo
                 .order_by(FeedbackLabel.created_at, FeedbackLabel.id)
             )
             for lab in rows.scalars():  # the newest label of each action and decoder wins
-                labels[(lab.game_id, lab.turn, lab.decoder)] = (lab.label, lab.heuristic)
+                labels[(lab.game_id, lab.turn, lab.decoder)] = lab.label
         manifests = {
             c.id: c.manifest or {} for c in (await s.execute(select(Checkpoint))).scalars()
         }
@@ -118,8 +126,16 @@ async def collect(db: Any, rounds: Sequence[int] | None = None) -> list[SystemRo
         defaultdict(lambda: defaultdict(list))
     )
     key_of = {g.id: (_system_of(g.system, g.listener_kind), g.round) for g in games}
-    for (gid, _turn, decoder), (label, heuristic) in labels.items():
-        label_groups[key_of[gid]][decoder].append((heuristic, label))
+    heuristics = {
+        (g.id, t.turn): heuristic_label(
+            t.selection_before, t.selection_after, g.config.get("targets", [])
+        )
+        for g in games
+        for t in turns[g.id]
+        if t.selection_after is not None
+    }
+    for (gid, turn, decoder), label in labels.items():
+        label_groups[key_of[gid]][decoder].append((heuristics.get((gid, turn)), label))
 
     out: list[SystemRound] = []
     for key in sorted(groups, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
@@ -378,11 +394,23 @@ def markdown(results: Sequence[SystemRound], plots: Sequence[Path]) -> str:
         lines += ["## Decoder confusion (rows: heuristic, columns: decoded)", ""]
         for r, decoder, counts in confusions:
             s = confusion_summary(counts)
+            m = metrics_from_confusion(counts)
             lines.append(
                 f"**{r.system}, round {r.round_label}, {decoder}** — "
                 f"agreement {_pct(s['agreement'])}, "
-                f"decoded positives the heuristic calls negative {_pct(s['false_positive_share'])}"
+                "decoded positives the heuristic calls negative "
+                f"{_pct(s['false_positive_share'])}, "
+                f"weighted F1 {_pct(m['weighted_f1'])}"
             )
+            lines.append("")
+            lines.append("| class | precision | recall | F1 | support |")
+            lines.append("|---|---|---|---|---|")
+            for c in CLASSES:
+                pc = m["per_class"][c]
+                lines.append(
+                    f"| {signed_label(c)} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | "
+                    f"{_pct(pc['f1'])} | {pc['support']} |"
+                )
             lines.append("")
             lines.append(
                 "| heuristic \\ decoded | " + " | ".join(signed_label(d) for d in CLASSES) + " |"
@@ -413,6 +441,14 @@ def write_report(results: Sequence[SystemRound], out_dir: str | Path) -> dict[st
             **asdict(r),
             "confusion": {
                 d: {str(h): {str(k): v for k, v in row.items()} for h, row in c.items()}
+                for d, c in r.confusion.items()
+            },
+            "decoder_metrics": {
+                d: {
+                    k: v
+                    for k, v in metrics_from_confusion(c).items()
+                    if k != "confusion"
+                }
                 for d, c in r.confusion.items()
             },
         }

@@ -1,26 +1,29 @@
-"""Retrospection: decode implicit feedback from the speaker's next utterance (MULTIREF.md §4).
+"""Retrospection: decode implicit feedback from the speaker's next utterance (MULTIREF.md §4, §8).
 
 For every listener action followed by another speaker utterance, the *feedback decoder* — the
-base model without any adapter, text only — reads the last four messages (previous listener
-action, speaker utterance, the action being judged, the speaker's next utterance) rendered as
-``Speaker:`` / ``Listener:`` lines inside a replaceable template (``learning/prompts/``), and
-answers positive / negative (binary) or positive / neutral / negative (ternary).
+base model without any adapter, text only — reads the last four messages (three on the first
+turn: previous listener action, speaker utterance, the action being judged, the speaker's next
+utterance). The dialogue's *format* is fixed (§8): one line per message,
+``\tSpeaker: …<end_of_utterance>`` / ``\tListener: …<end_of_utterance>``; the *wording* around it
+is a replaceable template (``learning/prompts/``) holding ``{dialogue}`` between its own
+start- and end-of-conversation marker lines. The prompt is right-truncated at
+``DecoderConfig.max_tokens`` (256) tokens, as the reference did.
 
-Two ways to decide (``DecoderConfig.method``):
+Two ways to decide (``DecoderConfig.method``, the ``decoder_scoring`` option):
 
-* ``scores`` (default): one forward pass per action; the label is read from the log-probability
-  of each label word after the prompt. When the label words start with distinct tokens (the
-  Mistral tokenizer: ``▁positive``, ``▁negative``, ``▁neutral``) the first token's score is
-  enough; otherwise each word's whole token sequence is scored. The binary decoder leans
-  negative: it says positive only if log p(positive) − log p(negative) > ``margin``.
-* ``generate``: greedy generation of a few tokens, parsed for a label word; an answer with no
-  label word gets the fallback (binary: negative, ternary: neutral).
+* ``generate`` (paper default): greedy generation of a few tokens; the label is an exact match
+  of the answer's first word on Positive / Negative (/ Neutral), case-insensitive; any other
+  answer gets the fallback (binary: negative, ternary: neutral) and is flagged ``unparsed``.
+* ``margin`` (this project's alternative, formerly ``scores``): one forward pass per action;
+  the label is read from the log-probability of each label word after the prompt. The binary
+  decoder says positive only if log p(positive) − log p(negative) > ``margin``.
 
 The instructions before ``{dialogue}`` are the same for every action: their keys and values are
 computed once and shared by every batch (``prefix_cache``), which is most of the prompt.
 
-Besides the model, targets give a *heuristic* label (:func:`heuristic_label`), stored next to
-the decoder's label for evaluation only: training never reads it.
+Besides the model, targets give a *heuristic* label (:func:`heuristic_label`, §8's rule), stored
+next to the decoder's label for evaluation only: training never reads it. :func:`decoder_metrics`
+scores decoded labels against any reference labels (heuristic or human).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.game.rules import GameState
+from policy_worker.model import END_OF_UTTERANCE
 from policy_worker.prompt import action_text, clean_utterance, letter_map, render_prompt
 
 logger = logging.getLogger("multiref.learning")
@@ -48,33 +52,51 @@ LABEL_WORDS: dict[str, tuple[str, ...]] = {
     "ternary": ("positive", "neutral", "negative"),
 }
 WORD_LABEL = {"positive": 1, "neutral": 0, "negative": -1}
-FALLBACK_LABEL = {"binary": -1, "ternary": 0}  # an unparsable generated answer
+FALLBACK_LABEL = {"binary": -1, "ternary": 0}  # a generated answer that is no label word
 CLASSES = (-1, 0, 1)
 
-# Heuristic label of an action that changes nothing ("nothing"). Every turn asks the listener
-# to change its selection (the game is not over, so the selection is not the target set yet):
-# an unchanged selection did not follow the speaker, and speakers answer it like a mistake.
+# The heuristic label of an action that changes nothing ("nothing"): §8's rule gives −1 (no part
+# is good), and every turn asks the listener to change its selection.
 EMPTY_ACTION_HEURISTIC = -1
 
 
 # ---------------------------------------------------------------- the heuristic label
 
 
+def move_quality(
+    selection_before: Iterable[str], selection_after: Iterable[str], targets: Iterable[str]
+) -> tuple[set[str], set[str], bool, bool]:
+    """(newly selected, deselected, good select, good deselect): a part is good when it is
+    non-empty and all targets (select) / all non-targets (deselect)."""
+    before, after, goal = set(selection_before), set(selection_after), set(targets)
+    selected, deselected = after - before, before - after
+    good_select = bool(selected) and selected <= goal
+    good_deselect = bool(deselected) and not (deselected & goal)
+    return selected, deselected, good_select, good_deselect
+
+
 def heuristic_label(
     selection_before: Iterable[str], selection_after: Iterable[str], targets: Iterable[str]
 ) -> int:
-    """+1 if the action only selected targets and/or only deselected non-targets, −1 if it only
-    did the opposite (selected non-targets, deselected targets), 0 if it did both;
-    ``EMPTY_ACTION_HEURISTIC`` (−1) for an action that changed nothing. Evaluation only."""
-    before, after, goal = set(selection_before), set(selection_after), set(targets)
-    selected, deselected = after - before, before - after
-    good = (selected & goal) | (deselected - goal)
-    bad = (selected - goal) | (deselected & goal)
-    if not good and not bad:
-        return EMPTY_ACTION_HEURISTIC
-    if good and bad:
+    """§8's rule: +1 if the newly selected images are all targets or the deselected ones all
+    non-targets, with the other part empty or also good; 0 if one part is all good and the
+    other is not; −1 otherwise (an empty action included). Evaluation only."""
+    selected, deselected, good_sel, good_desel = move_quality(
+        selection_before, selection_after, targets
+    )
+    if (good_sel and (not deselected or good_desel)) or (good_desel and not selected):
+        return 1
+    if good_sel or good_desel:  # one part all good, the other non-empty and not
         return 0
-    return 1 if good else -1
+    return -1
+
+
+def is_good_move(
+    selection_before: Iterable[str], selection_after: Iterable[str], targets: Iterable[str]
+) -> bool:
+    """A good select or a good deselect (the reference's filter of held-out human turns)."""
+    _, _, good_sel, good_desel = move_quality(selection_before, selection_after, targets)
+    return good_sel or good_desel
 
 
 # ---------------------------------------------------------------- what the decoder reads
@@ -93,12 +115,19 @@ class FeedbackContext:
     heuristic: int | None = None
 
     def lines(self) -> list[str]:
-        """The last four messages as ``Speaker:`` / ``Listener:`` lines (three on turn 1)."""
-        out = [] if self.previous_action is None else [f"Listener: {self.previous_action}"]
-        out.append(f"Speaker: {_one_line(self.utterance)}")
-        out.append(f"Listener: {self.action}")
-        out.append(f"Speaker: {_one_line(self.next_utterance)}")
-        return out
+        """The last four messages (three on turn 1), one line each in §8's format:
+        ``\tSpeaker: …<end_of_utterance>`` / ``\tListener: …<end_of_utterance>``."""
+        messages = [] if self.previous_action is None else [("Listener", self.previous_action)]
+        messages += [
+            ("Speaker", _one_line(self.utterance)),
+            ("Listener", self.action),
+            ("Speaker", _one_line(self.next_utterance)),
+        ]
+        return [f"\t{who}: {text}{END_OF_UTTERANCE}" for who, text in messages]
+
+    def dialogue(self) -> str:
+        """What replaces ``{dialogue}`` in a template: the lines, one per line."""
+        return "\n".join(self.lines())
 
 
 def _one_line(text: str) -> str:
@@ -160,31 +189,42 @@ class FeedbackTemplate:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
     def render(self, context: FeedbackContext) -> str:
-        return self.text.replace(PLACEHOLDER, "\n".join(context.lines()))
+        return self.text.replace(PLACEHOLDER, context.dialogue())
 
 
 # ---------------------------------------------------------------- the decoder
 
 
+METHODS = ("generate", "margin")
+METHOD_ALIASES = {"scores": "margin"}  # the name before the paper profile
+
+
 @dataclass
 class DecoderConfig:
-    """How the feedback decoder decides. Everything that changes labels is in its version."""
+    """How the feedback decoder decides. Everything that changes labels is in its version.
+
+    ``method`` is the ``decoder_scoring`` option: ``generate`` (paper) or ``margin``.
+    ``max_tokens`` right-truncates every prompt (0: no truncation)."""
 
     decoder: str = "binary"  # binary | ternary
-    method: str = "scores"  # scores | generate
-    margin: float = 0.5  # binary, scores: positive only if logp(pos) − logp(neg) > margin (nats)
+    method: str = "generate"  # generate | margin
+    margin: float = 0.5  # binary, margin: positive only if logp(pos) − logp(neg) > margin (nats)
     batch_size: int = 32
     prefix_cache: bool = True  # encode the shared instructions once
-    scoring: str = "auto"  # auto | first_token | sequence (scores method)
-    max_new_tokens: int = 4  # generate method
+    scoring: str = "auto"  # auto | first_token | sequence (margin method)
+    max_new_tokens: int = 3  # generate method
+    max_tokens: int = 256  # right truncation of the prompt (§8)
 
     def __post_init__(self) -> None:
+        self.method = METHOD_ALIASES.get(self.method, self.method)
         if self.decoder not in LABEL_WORDS:
             raise ValueError(f"decoder must be one of {sorted(LABEL_WORDS)}, not {self.decoder!r}")
-        if self.method not in ("scores", "generate"):
-            raise ValueError(f"method must be scores or generate, not {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"decoder scoring must be generate or margin, not {self.method!r}")
         if self.scoring not in ("auto", "first_token", "sequence"):
             raise ValueError(f"scoring must be auto, first_token or sequence, not {self.scoring!r}")
+        if self.max_tokens < 0 or self.max_new_tokens < 1:
+            raise ValueError("max_tokens must be >= 0 and max_new_tokens >= 1")
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -200,8 +240,11 @@ class Decision:
 def decoder_version(config: DecoderConfig, template: FeedbackTemplate, model_id: str) -> str:
     """name + settings + template hash + model id, at most 64 characters (the column's size)."""
     settings = config.method
-    if config.method == "scores" and config.decoder == "binary":
+    if config.method == "margin" and config.decoder == "binary":
         settings += f"-m{config.margin:g}"
+    if config.method == "generate":
+        settings += f"-n{config.max_new_tokens}"
+    settings += f"-L{config.max_tokens}"
     tail = Path(str(model_id).rstrip("/")).name or "model"
     model_tag = hashlib.sha256(str(model_id).encode()).hexdigest()[:6]
     head = f"{config.decoder}-{settings}-t{template.sha256[:8]}-"
@@ -253,8 +296,7 @@ class FeedbackDecoder:
             if frame.count(PLACEHOLDER) != 1:
                 raise ValueError("the chat template changes the feedback template's placeholder")
             self._frame = frame
-        text = self._frame.replace(PLACEHOLDER, "\n".join(context.lines()))
-        return text
+        return self._frame.replace(PLACEHOLDER, context.dialogue())
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.policy.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
@@ -284,6 +326,8 @@ class FeedbackDecoder:
             return []
         prompts = [self.prompt(c) for c in contexts]
         ids = self._encode(prompts)
+        if self.config.max_tokens:  # right truncation, as the reference's processor did
+            ids = [x[: self.config.max_tokens] for x in ids]
         with torch.inference_mode(), self.policy.use_adapter(None):
             if self.config.method == "generate":
                 return self._generate_all(ids, on_batch)
@@ -391,7 +435,7 @@ class FeedbackDecoder:
 
     def _from_logps(self, logps: list[float], mode: str) -> Decision:
         words = self.config.words
-        scores: dict[str, Any] = {"method": "scores", "scoring": mode}
+        scores: dict[str, Any] = {"method": "margin", "scoring": mode}
         scores["logp"] = {w: round(v, 5) for w, v in zip(words, logps)}
         top = max(logps)
         z = math.log(sum(math.exp(v - top) for v in logps)) + top
@@ -468,12 +512,12 @@ class FeedbackDecoder:
         return [d for d in decisions if d is not None]
 
     def parse_answer(self, text: str) -> Decision:
-        """A generated answer's label: its first label word; none: the decoder's fallback."""
-        words = re.findall(r"[a-z]+", text.lower())
-        for w in words:
-            for label_word in self.config.words:
-                if w == label_word or (len(w) >= 3 and label_word.startswith(w)):
-                    return Decision(WORD_LABEL[label_word], {"method": "generate", "text": text})
+        """A generated answer's label: its first word, matched exactly (case and punctuation
+        aside) on a label word; anything else gets the decoder's fallback, flagged unparsed."""
+        words = re.findall(r"[A-Za-z]+", text)
+        first = words[0].lower() if words else ""
+        if first in self.config.words:
+            return Decision(WORD_LABEL[first], {"method": "generate", "text": text})
         fallback = FALLBACK_LABEL[self.config.decoder]
         return Decision(fallback, {"method": "generate", "text": text, "unparsed": True})
 
@@ -505,6 +549,70 @@ def confusion_summary(counts: dict[int, dict[int, int]]) -> dict[str, float | No
         row = sum(counts[c].values())
         out[f"recall_{c:+d}"] = counts[c][c] / row if row else None
     return out
+
+
+def decoder_metrics(pairs: Iterable[tuple[int | None, int]]) -> dict[str, Any]:
+    """Decoded labels against reference labels (heuristic, human, any source), as
+    (reference, decoded) pairs (no reference: skipped): the confusion matrix, accuracy, and per
+    class precision, recall, F1 and support, with their macro and support-weighted means (the
+    reference evaluation's "weighted" F1). A metric with an empty denominator is None."""
+    counts = confusion_matrix(pairs)
+    n = sum(sum(row.values()) for row in counts.values())
+    per_class: dict[int, dict[str, float | int | None]] = {}
+    for c in CLASSES:
+        tp = counts[c][c]
+        support = sum(counts[c].values())
+        predicted = sum(counts[h][c] for h in CLASSES)
+        precision = tp / predicted if predicted else None
+        recall = tp / support if support else None
+        f1 = None
+        if precision is not None and recall is not None:
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[c] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": support,
+            "predicted": predicted,
+        }
+    supported = [c for c in CLASSES if per_class[c]["support"]]
+    f1s = [(per_class[c]["f1"] or 0.0, per_class[c]["support"]) for c in supported]
+    return {
+        "n": n,
+        "accuracy": sum(counts[c][c] for c in CLASSES) / n if n else None,
+        "macro_f1": sum(f for f, _ in f1s) / len(f1s) if f1s else None,
+        "weighted_f1": sum(f * w for f, w in f1s) / n if n else None,
+        "per_class": per_class,
+        "confusion": counts,
+    }
+
+
+def metrics_from_confusion(counts: dict[int, dict[int, int]]) -> dict[str, Any]:
+    """:func:`decoder_metrics` of a confusion matrix already counted."""
+    return decoder_metrics((h, d) for h in CLASSES for d in CLASSES for _ in range(counts[h][d]))
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "") -> Any:
+    """A rich table of :func:`decoder_metrics`: one row per class."""
+    from rich.table import Table
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:.1f}%"
+
+    table = Table(title=title or "decoder metrics")
+    for col in ("class", "precision", "recall", "F1", "support", "decoded"):
+        table.add_column(col, justify="right")
+    for c in CLASSES:
+        m = metrics["per_class"][c]
+        table.add_row(
+            signed_label(c), pct(m["precision"]), pct(m["recall"]), pct(m["f1"]),
+            str(m["support"]), str(m["predicted"]),
+        )
+    table.caption = (
+        f"n {metrics['n']}, accuracy {pct(metrics['accuracy'])}, "
+        f"macro F1 {pct(metrics['macro_f1'])}, weighted F1 {pct(metrics['weighted_f1'])}"
+    )
+    return table
 
 
 def confusion_table(counts: dict[int, dict[int, int]], title: str = "") -> Any:
@@ -542,6 +650,7 @@ class RetrospectResult:
         d = asdict(self)
         d["actions_per_s"] = self.actions_per_s
         d["summary"] = confusion_summary(self.confusion)
+        d["metrics"] = metrics_from_confusion(self.confusion)
         return d
 
 

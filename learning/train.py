@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 from learning import losses
 from learning.datasets import ActionCollator, ActionDataset, Example, model_inputs
+from learning.evaluate import heldout_metric
 
 logger = logging.getLogger("multiref.learning")
 
@@ -82,6 +83,7 @@ class TrainConfig:
             "seed_task": True,
             "drop_empty_turns": True,
             "selection": "sample",
+            "heldout_good_only": True,
         },
         "project": {
             "lora_targets": TEXT_LORA_TARGETS,
@@ -93,6 +95,7 @@ class TrainConfig:
             "seed_task": False,
             "drop_empty_turns": False,
             "selection": "greedy",
+            "heldout_good_only": False,
         },
     }
 
@@ -136,6 +139,7 @@ class TrainConfig:
     drop_empty_turns: bool | None = None  # drop turns whose action changed nothing
     # model selection
     selection: str | None = None  # sample (T = 1, no grammar: paper) | greedy (exact match)
+    heldout_good_only: bool | None = None  # held-out turns filtered to good moves (paper)
     max_heldout_turns: int = 500
     eval_batch_size: int = 16
     eval_before_training: bool = True
@@ -737,7 +741,7 @@ def fit(
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         if config.eval_before_training:
-            em = exact_match(policy, heldout, images, config.eval_batch_size, config.max_new_tokens)
+            em = heldout_metric(policy, heldout, images, config)  # config.selection (§8)
             result.metrics.append(EpochMetrics(0, None, em, 0, 0, 0.0, None, None))
             say(f"epoch 0 (before training): held-out exact match {_fmt(em)}")
 
@@ -781,7 +785,7 @@ def fit(
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        em = exact_match(policy, heldout, images, config.eval_batch_size, config.max_new_tokens)
+        em = heldout_metric(policy, heldout, images, config)  # config.selection (§8)
         metrics = EpochMetrics(
             epoch=epoch,
             loss=float(total_loss) / seen if seen else None,
@@ -944,6 +948,7 @@ async def load_training_data(
         config.max_heldout_turns,
         config.seed,
         heldout_fraction=fraction,
+        good_only=bool(config.heldout_good_only),
     )
     return examples, stats, heldout, hstats.json()
 
@@ -979,7 +984,15 @@ def train(
         db = Database(database_url)
         try:
             await db.migrate()
-            data = await load_training_data(db, system, round_, config, policy.processor, pi0)
+            from learning.rescore import load_deployed_probs
+
+            # the whole action's re-scored probability (exp of the summed token log-probs), the
+            # scale of π(a|x) in the RL weight and the KTO ratio; stored by the worker and by
+            # `multiref rescore`; the newest score of each action wins
+            deployed = await load_deployed_probs(db, whole_action=True)
+            data = await load_training_data(
+                db, system, round_, config, policy.processor, pi0, deployed_probs=deployed
+            )
             prev = None
             if not pi0 and not starts_fresh(config) and init_adapter is None:
                 prev = await previous_adapter(db, system, round_)
@@ -1104,6 +1117,7 @@ def applied_settings(
         "drop_empty_turns": config.drop_empty_turns,
         "dropped_empty": selection.get("dropped_empty", 0),
         "checkpoint_selection": config.selection,
+        "heldout_good_only": config.heldout_good_only,
     }
     if isinstance(config, SUPConfig):
         out["loss"] = f"SUP: {1 - config.label_smoothing:g}·NLL/|a| + {config.label_smoothing:g}·S"

@@ -1,18 +1,33 @@
-"""Constrained decoding of listener actions, and exact action probabilities (MULTIREF.md §3).
+"""Decoding listener actions, and the probabilities stored with them (MULTIREF.md §3, §8).
 
-Only legal actions can come out: for a state (selected letters among A–J) the legal actions are
-finite (subsets of selected to deselect × subsets of unselected to select, at most 1024), so we
-tokenize each in context, build a trie of token ids ending with `<end_of_utterance>`, and at each
-step mask the logits to the trie node's children. The probability stored with an action (needed
-by the RL and KTO losses) is the product over steps of the renormalised masked softmax at the
-sampling temperature: it is exact, and `score_actions` reproduces it by teacher forcing.
+Two modes (``DecodeRequest.decoding``; the worker's ``--decoding``):
+
+* ``paper`` (the reference's deployment, §8): sampling at the request's temperature (1 in
+  deployment) for at most ``max_new_tokens`` (10), with the vocabulary cut to the tokens actions
+  are made of (letters, select/deselect, the stop token) and **no grammar**; the text is parsed
+  with a regular expression, illegal letters are dropped, and when nothing is left the action is
+  "select the first image" (the first unselected one in the listener's order: A when legal).
+  ``nothing`` is never produced.
+* ``grammar`` (this project's alternative): only legal actions can come out. For a state the
+  legal actions are finite (at most 1024), so we tokenize each in context, build a trie of token
+  ids ending with ``<end_of_utterance>``, and at each step mask the logits to the node's
+  children. ``prob_constrained`` is then the exact probability of the action under the masked,
+  renormalised policy, and ``score_actions`` reproduces it by teacher forcing.
+
+Whatever the mode, every result carries ``prob_deployed``: the action's **full-vocabulary,
+length-normalised** sequence probability at temperature 1, exp(mean_t log p(a_t | x, a_<t)) over
+its tokens (stop token included), teacher-forced on the prompt's cached keys and values. That is
+π_deployed, the number RL and KTO read (§8). In paper mode ``prob_constrained`` is the action's
+probability under the vocabulary-cut softmax at the sampling temperature.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import math
+import re
 import secrets
 import time
 import weakref
@@ -24,11 +39,20 @@ from typing import Any
 import torch
 
 from .model import LoadedPolicy
-from .prompt import LETTERS, Chat, PromptGame, build_chat, legal_actions, render_prompt
+from .prompt import (
+    LETTERS,
+    Chat,
+    PromptGame,
+    build_chat,
+    format_action,
+    legal_actions,
+    render_prompt,
+)
 
 logger = logging.getLogger("multiref.policy")
 
 DEFAULT_MAX_NEW_TOKENS = 10
+DECODING_MODES = ("paper", "grammar")
 
 
 @dataclass
@@ -48,6 +72,11 @@ class DecodeRequest:
     seed: int | None = None
     letters: Sequence[str] | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    decoding: str = "grammar"  # paper | grammar (the worker's default is paper)
+
+    def __post_init__(self) -> None:
+        if self.decoding not in DECODING_MODES:
+            raise ValueError(f"decoding must be paper or grammar, not {self.decoding!r}")
 
     @classmethod
     def for_game(cls, game: PromptGame, images: Sequence[Any], **kwargs: Any) -> DecodeRequest:
@@ -71,9 +100,11 @@ class DecodeResult:
     """A decoded action with the numbers the turn record needs.
 
     prob_constrained: probability of `action` under the masked, renormalised policy at the
-    effective temperature (the deployed policy's π(a|x)). prob_unconstrained: product of the
-    full-vocabulary softmax probabilities of its tokens. Greedy requests (temperature 0) report
-    both at temperature 1, the model's own distribution, since a point mass is useless to RL/KTO.
+    effective temperature (grammar: the trie's mask; paper: the action-token vocabulary).
+    prob_unconstrained: product of the full-vocabulary softmax probabilities of its tokens at
+    that temperature. prob_deployed: the full-vocabulary length-normalised probability at
+    temperature 1 (π_deployed). Greedy requests (temperature 0) report the first two at
+    temperature 1, the model's own distribution, since a point mass is useless to RL/KTO.
     """
 
     action: str
@@ -86,6 +117,12 @@ class DecodeResult:
     seed: int | None = None
     prompt: str = ""
     token_ids: list[int] = field(default_factory=list)
+    # full-vocabulary, length-normalised probability at temperature 1: π_deployed (§8)
+    prob_deployed: float | None = None
+    num_action_tokens: int = 0  # the action's tokens (stop included) that prob_deployed averages
+    decoding: str = "grammar"
+    generated: str | None = None  # paper mode: the raw text the model wrote
+    parse: str = "grammar"  # paper mode: parsed | dropped (illegal letters removed) | fallback
 
 
 # --- the action trie ---------------------------------------------------------------------------
@@ -326,6 +363,7 @@ def _decode_group(
 
     out = policy.model(**inputs, use_cache=True, logits_to_keep=1)
     cache = _output_cache(out)
+    prefill = _Prefill.keep(out, inputs)
     for _ in range(max(t.depth for t in tries)):
         logprobs = torch.log_softmax(out.logits[:, -1, :].float() / temp_t, dim=-1)
         next_tokens = []
@@ -363,6 +401,9 @@ def _decode_group(
         cache = _output_cache(out)
     if not all(done):  # cannot happen: every trie path fits in the step budget
         raise RuntimeError("constrained decoding did not finish")
+    deployed = prefill.score(
+        policy, [tries[b].token_ids[str(nodes[b].action)] for b in range(n)], temps
+    )["deployed"]
 
     return [
         DecodeResult(
@@ -376,15 +417,256 @@ def _decode_group(
             seed=seeds[b],
             prompt=prompts[b],
             token_ids=tokens[b],
+            prob_deployed=deployed[b],
+            num_action_tokens=len(tries[b].token_ids[str(nodes[b].action)]),
+            decoding="grammar",
         )
         for b in range(n)
     ]
 
 
+# --- paper mode: the action-token vocabulary, no grammar, a regex parse -------------------------
+
+
+_VOCAB_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[int, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+# Our own pattern for the action grammar (any capital letter: illegal ones are dropped after).
+_GENERATED_RE = re.compile(
+    r"^(?:deselect((?: [A-Z])+)(?: select((?: [A-Z])+))?|select((?: [A-Z])+))$"
+)
+
+
+def action_vocabulary(policy: LoadedPolicy, letters: Sequence[str] = LETTERS) -> tuple[int, ...]:
+    """The token ids actions are made of (paper mode's vocabulary): every token of ``select``
+    and ``deselect … select …`` actions over ``letters``, tokenized in context, plus the stop
+    and end-of-sequence tokens. ``nothing`` is left out: the paper's model never says it."""
+    tokenizer = policy.tokenizer
+    template = getattr(policy.processor, "chat_template", None) or tokenizer.chat_template
+    key = (template, tuple(letters))
+    per_tok = _VOCAB_CACHE.setdefault(tokenizer, {})
+    if key not in per_tok:
+        letters = list(letters)
+        every = " ".join(letters)
+        actions = [f"select {every}", f"deselect {every} select {every}"]
+        for a in letters:
+            actions += [f"select {a}", f"deselect {a}"]
+            actions += [f"deselect {a} select {b}" for b in letters if b != a]
+        ids = {t for seq in action_token_ids(policy, actions) for t in seq}
+        ids.add(policy.stop_token_id)
+        if tokenizer.eos_token_id is not None:
+            ids.add(int(tokenizer.eos_token_id))
+        per_tok[key] = tuple(sorted(ids))
+    return per_tok[key]
+
+
+def fallback_action(selected: Sequence[str], letters: Sequence[str] = LETTERS) -> str:
+    """"Select the first image": the first unselected letter in the listener's order (A when
+    legal). With every image selected, deselect the first one: the answer is never nothing."""
+    chosen = set(selected)
+    for letter in letters:
+        if letter not in chosen:
+            return f"select {letter}"
+    return f"deselect {letters[0]}"
+
+
+def parse_generated(
+    text: str, selected: Sequence[str], letters: Sequence[str] = LETTERS
+) -> tuple[str, str]:
+    """(canonical legal action, how): ``parsed`` when the text is a legal action, ``dropped``
+    when illegal letters (deselecting an unselected image, selecting a selected one, a letter
+    not in play) were removed, ``fallback`` when nothing parses or nothing legal is left."""
+    m = _GENERATED_RE.match(" ".join(text.split()))
+    if m is not None:
+        deselect = set((m.group(1) or "").split())
+        select = set((m.group(2) or m.group(3) or "").split())
+        chosen, universe = set(selected), set(letters)
+        keep_d = deselect & chosen & universe
+        keep_s = (select & universe) - chosen
+        if keep_d or keep_s:
+            how = "parsed" if (keep_d, keep_s) == (deselect, select) else "dropped"
+            return format_action(sorted(keep_d), sorted(keep_s)), how
+    return fallback_action(selected, letters), "fallback"
+
+
+def _decode_paper_group(
+    policy: LoadedPolicy, requests: Sequence[DecodeRequest], started: float
+) -> list[DecodeResult]:
+    """Batched paper-mode decoding for requests that share an adapter: one prefill, then sample
+    from the action-token vocabulary until the stop token or ``max_new_tokens``."""
+    device = policy.device
+    tokenizer = policy.tokenizer
+    stops = {policy.stop_token_id}
+    if tokenizer.eos_token_id is not None:
+        stops.add(int(tokenizer.eos_token_id))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else policy.stop_token_id
+    vocab = [action_vocabulary(policy, r.letters_in_play()) for r in requests]
+    vocab_t = {v: torch.tensor(v, dtype=torch.long, device=device) for v in set(vocab)}
+    seeds = [
+        r.seed if r.seed is not None else (secrets.randbits(63) if r.temperature > 0 else None)
+        for r in requests
+    ]
+    gens = [torch.Generator().manual_seed(x) if x is not None else None for x in seeds]
+    temps = [_effective_temperature(r.temperature) for r in requests]
+    n = len(requests)
+
+    inputs, prompts = _encode(policy, requests)
+    attn = inputs["attention_mask"]
+    pos = inputs["position_ids"][:, -1:]
+    num_prompt = attn.sum(-1).tolist()
+    cache_kw = _cache_kwarg(policy)
+    temp_t = torch.tensor(temps, dtype=torch.float32, device=device)[:, None]
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    latency = [0.0] * n
+    done = [r.max_new_tokens < 1 for r in requests]
+
+    out = policy.model(**inputs, use_cache=True, logits_to_keep=1)
+    cache = _output_cache(out)
+    prefill = _Prefill.keep(out, inputs)
+    for _ in range(max(r.max_new_tokens for r in requests)):
+        if all(done):
+            break
+        logits = out.logits[:, -1, :].float() / temp_t
+        next_tokens = []
+        for b in range(n):
+            if done[b]:
+                next_tokens.append(pad)
+                continue
+            allowed = vocab_t[vocab[b]]
+            logp = torch.log_softmax(logits[b, allowed].double().cpu(), dim=0)
+            if requests[b].temperature == 0:
+                i = int(torch.argmax(logp))
+            else:
+                i = int(torch.multinomial(logp.exp(), 1, generator=gens[b]))
+            tok = int(allowed[i])
+            tokens[b].append(tok)
+            if tok in stops or len(tokens[b]) >= requests[b].max_new_tokens:
+                done[b] = True
+                latency[b] = time.perf_counter() - started
+            next_tokens.append(tok)
+        if all(done):
+            break
+        attn = torch.cat([attn, attn.new_ones((n, 1))], dim=-1)
+        pos = pos + 1
+        out = policy.model(
+            input_ids=torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None],
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            **{cache_kw: cache},
+        )
+        cache = _output_cache(out)
+
+    texts = [
+        tokenizer.decode([t for t in toks if t not in stops], skip_special_tokens=True)
+        for toks in tokens
+    ]
+    parsed = [
+        parse_generated(texts[b], requests[b].selected, requests[b].letters_in_play())
+        for b in range(n)
+    ]
+    actions = [a for a, _ in parsed]
+    seqs = action_token_ids(policy, actions)
+    probs = prefill.score(policy, seqs, temps, [vocab_t[v] for v in vocab])
+    return [
+        DecodeResult(
+            action=actions[b],
+            prob_constrained=probs["constrained"][b],
+            prob_unconstrained=probs["unconstrained"][b],
+            num_prompt_tokens=int(num_prompt[b]),
+            latency_s=latency[b] or time.perf_counter() - started,
+            adapter=requests[b].adapter,
+            temperature=requests[b].temperature,
+            seed=seeds[b],
+            prompt=prompts[b],
+            token_ids=tokens[b],
+            prob_deployed=probs["deployed"][b],
+            num_action_tokens=len(seqs[b]),
+            decoding="paper",
+            generated=texts[b],
+            parse=parsed[b][1],
+        )
+        for b in range(n)
+    ]
+
+
+# --- teacher forcing on the prompt's cached keys and values -------------------------------------
+
+
+@dataclass
+class _Prefill:
+    """A copy of the prompt's key/value cache and last logits, kept before decoding moves on,
+    to teacher-force the decided actions afterwards (one short forward, no second prefill)."""
+
+    cache: Any
+    first_logits: torch.Tensor  # [n, V]: the distribution of the first action token
+    mask: torch.Tensor  # [n, prompt length] (left-padded)
+    last_pos: torch.Tensor  # [n, 1]: each prompt's last position
+
+    @classmethod
+    def keep(cls, out: Any, inputs: dict[str, torch.Tensor]) -> _Prefill:
+        return cls(
+            cache=copy.deepcopy(_output_cache(out)),
+            first_logits=out.logits[:, -1, :].float(),
+            mask=inputs["attention_mask"],
+            last_pos=inputs["position_ids"][:, -1:],
+        )
+
+    def score(
+        self,
+        policy: LoadedPolicy,
+        seqs: Sequence[Sequence[int]],
+        temps: Sequence[float],
+        allowed: Sequence[torch.Tensor] | None = None,
+    ) -> dict[str, list[float]]:
+        """Per row: ``deployed`` (full vocabulary, temperature 1, length-normalised),
+        ``unconstrained`` (full vocabulary at the row's temperature, product) and, given each
+        row's allowed token ids, ``constrained`` (that vocabulary only, at the temperature)."""
+        device = policy.device
+        n, width = len(seqs), max(len(q) for q in seqs)
+        pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([list(q) + [pad] * (width - len(q)) for q in seqs], device=device)
+        valid = torch.tensor(
+            [[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device
+        )
+        rows = self.first_logits[:, None, :]
+        if width > 1:
+            step = policy.model(
+                input_ids=ids[:, :-1],
+                attention_mask=torch.cat([self.mask, valid[:, :-1]], dim=-1),
+                position_ids=self.last_pos + 1 + torch.arange(width - 1, device=device)[None, :],
+                use_cache=True,
+                **{_cache_kwarg(policy): self.cache},
+            )
+            rows = torch.cat([rows, step.logits.float()], dim=1)  # row j predicts token j
+        mask = valid.bool()
+        tok = ids[..., None]
+
+        def gathered(logp: torch.Tensor) -> torch.Tensor:
+            lp = logp.gather(-1, tok).squeeze(-1)
+            return torch.where(mask, lp, torch.zeros_like(lp)).double()
+
+        t1 = gathered(torch.log_softmax(rows, dim=-1)).sum(-1) / valid.sum(-1)
+        temp = torch.tensor(temps, dtype=torch.float32, device=device)[:, None, None]
+        scaled = rows / temp
+        out = {
+            "deployed": t1.exp().tolist(),
+            "unconstrained": gathered(torch.log_softmax(scaled, -1)).sum(-1).exp().tolist(),
+        }
+        if allowed is not None:
+            constrained = []
+            for b in range(n):
+                lse = torch.logsumexp(scaled[b][:, allowed[b]], dim=-1)
+                lp = scaled[b].gather(-1, ids[b][:, None]).squeeze(-1) - lse
+                constrained.append(float(lp[mask[b]].double().sum().exp()))
+            out["constrained"] = constrained
+        return out
+
+
 def decode_actions(
     policy: LoadedPolicy, requests: Sequence[DecodeRequest], max_batch_size: int = 16
 ) -> list[DecodeResult]:
-    """Decode one legal action per request, batching requests that share an adapter.
+    """Decode one legal action per request, batching requests that share an adapter and mode.
 
     Results come back in request order. Each row's latency counts from this call's start to the
     step its action finished. Sampling uses a per-row generator, so a seeded request gives the
@@ -392,15 +674,16 @@ def decode_actions(
     """
     started = time.perf_counter()
     results: list[DecodeResult | None] = [None] * len(requests)
-    groups: dict[str | None, list[int]] = {}
+    groups: dict[tuple[str | None, str], list[int]] = {}
     for i, r in enumerate(requests):
-        groups.setdefault(r.adapter, []).append(i)
+        groups.setdefault((r.adapter, r.decoding), []).append(i)
     with torch.inference_mode():
-        for adapter, idx in groups.items():
+        for (adapter, mode), idx in groups.items():
+            decode = _decode_paper_group if mode == "paper" else _decode_group
             with policy.use_adapter(adapter):
                 for k in range(0, len(idx), max_batch_size):
                     chunk = idx[k : k + max_batch_size]
-                    decoded = _decode_group(policy, [requests[i] for i in chunk], started)
+                    decoded = decode(policy, [requests[i] for i in chunk], started)
                     for i, res in zip(chunk, decoded):
                         results[i] = res
     for r in results:
@@ -516,3 +799,39 @@ def most_probable_action(policy: LoadedPolicy, request: DecodeRequest) -> tuple[
     scores = score_actions(policy, request, trie.actions)
     best = max(range(len(scores)), key=scores.__getitem__)
     return trie.actions[best], scores[best]
+
+
+def score_deployed(
+    policy: LoadedPolicy,
+    requests: Sequence[DecodeRequest],
+    actions: Sequence[str],
+    max_batch_size: int = 16,
+) -> list[tuple[float, int]]:
+    """(π_deployed, number of tokens) of each given action, teacher-forced under each request's
+    adapter: the full-vocabulary, length-normalised probability at temperature 1 that decoding
+    stores with the actions it produces (``DecodeResult.prob_deployed``). For re-scoring logged
+    actions — any text the tokenizer takes, legal or not, is scored as written."""
+    if len(requests) != len(actions):
+        raise ValueError("one action per request")
+    out: list[tuple[float, int] | None] = [None] * len(requests)
+    groups: dict[str | None, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.adapter, []).append(i)
+    with torch.inference_mode():
+        for adapter, idx in groups.items():
+            with policy.use_adapter(adapter):
+                for k in range(0, len(idx), max_batch_size):
+                    chunk = idx[k : k + max_batch_size]
+                    inputs, _ = _encode(policy, [requests[i] for i in chunk])
+                    first = policy.model(**inputs, use_cache=True, logits_to_keep=1)
+                    prefill = _Prefill(
+                        cache=_output_cache(first),
+                        first_logits=first.logits[:, -1, :].float(),
+                        mask=inputs["attention_mask"],
+                        last_pos=inputs["position_ids"][:, -1:],
+                    )
+                    seqs = action_token_ids(policy, [actions[i] for i in chunk])
+                    probs = prefill.score(policy, seqs, [1.0] * len(chunk))["deployed"]
+                    for i, p, q in zip(chunk, probs, seqs):
+                        out[i] = (p, len(q))
+    return [x for x in out if x is not None]

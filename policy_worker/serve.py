@@ -4,8 +4,10 @@ A worker meets the game server only through the database. It claims pending requ
 systems it serves under a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so workers never take
 the same turn; a claim whose lease ran out — its worker died — is taken again), builds each
 prompt from the game's event log, decodes a batch with the request's checkpoint (one LoRA
-adapter per checkpoint on one base model), and writes the action, its probabilities, the
-checkpoint, the latency and the exact model input back. It wakes on LISTEN/NOTIFY on
+adapter per checkpoint on one base model) in the configured decoding mode (``paper`` by default,
+``grammar`` as an option: ``policy_worker.decoding``), and writes the action, its probabilities,
+the checkpoint, the latency and the exact model input back, with π_deployed (the full-vocabulary,
+length-normalised probability RL and KTO read) in ``action_scores``. It wakes on LISTEN/NOTIFY on
 PostgreSQL and polls on SQLite, and writes a heartbeat the server's admin pages read.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -25,7 +28,7 @@ from sqlalchemy import and_, or_, select, text, update
 
 from app.db.database import Database
 from app.db.gamelog import load_state
-from app.db.models import Checkpoint, ListenerRequest, WorkerHeartbeat
+from app.db.models import ActionScore, Checkpoint, ListenerRequest, WorkerHeartbeat
 from app.live.bus import CHANNEL, PostgresBus, asyncpg_dsn
 from policy_worker.gamedata import TangramImages, prompt_game
 
@@ -40,6 +43,7 @@ class WorkerOptions:
     device: str = "auto"
     dtype: str = "bfloat16"
     temperature: float = 1.0
+    decoding: str = "paper"  # paper (MULTIREF.md §8) | grammar
     max_batch_size: int = 16
     max_wait_seconds: float = 0.02  # gather a batch for at most this long after the first turn
     lease_seconds: float = 20.0
@@ -287,6 +291,7 @@ class PolicyWorker:
             self.images.images(list(state.config.listener_order)),
             adapter=adapter,
             temperature=self.options.temperature,
+            decoding=self.options.decoding,
         )
 
     async def _complete(self, c: Claimed, res) -> None:
@@ -312,6 +317,21 @@ class PolicyWorker:
             if result.rowcount != 1:
                 log.warning("turn %s/%s was taken from this worker (lease expired)", c.game_id, c.turn)
                 return
+            if res.prob_deployed is not None:
+                n = max(res.num_action_tokens, 1)
+                s.add(
+                    ActionScore(
+                        game_id=c.game_id,
+                        turn=c.turn,
+                        checkpoint=c.checkpoint or "base",
+                        action=res.action,
+                        prob_deployed=res.prob_deployed,
+                        logp_sum=math.log(max(res.prob_deployed, 1e-300)) * n,
+                        num_tokens=n,
+                        source="serve",
+                        created_at=time.time(),
+                    )
+                )
             if self.db.dialect == "postgresql":
                 await s.execute(
                     text("SELECT pg_notify(:c, :p)"),

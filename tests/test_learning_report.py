@@ -195,3 +195,33 @@ def test_markdown_without_labels_or_completed_games():
 
     md = markdown([SystemRound(system="X", round=None, games=1, aborted=1)], [Path("success.png")])
     assert "| X | — | 0 (+1 aborted) | — |" in md
+
+
+def test_report_confusion_uses_the_heuristic_of_the_turns_not_the_stored_one(report_db):
+    """A label stored with a stale heuristic (an older rule) must not reach the confusion: the
+    report recomputes §8's heuristic from the turns and targets; precision/recall/F1 follow."""
+    from sqlalchemy import update
+
+    from learning.retrospect import metrics_from_confusion
+
+    url, groups = report_db
+
+    async def corrupt(db):
+        async with db.session() as s, s.begin():
+            await s.execute(update(FeedbackLabel).values(heuristic=1))
+
+    run_db(url, corrupt)
+    conf = {(r.system, r.round): r for r in run_db(url, lambda db: collect(db))}[
+        ("B-SUP", 0)
+    ].confusion["binary"]
+    expected = {-1: 0, 0: 0, 1: 0}
+    for g in groups[("B-SUP", 0)]:
+        before: list[str] = []
+        for after in g["selection_after_turn"][:-1]:
+            expected[heuristic_label(before, after, g["targets"])] += 1
+            before = after
+    assert {h: sum(conf[h].values()) for h in (-1, 0, 1)} == expected
+    assert expected[0] and expected[-1]  # the sample has these classes: the check can fail
+    m = metrics_from_confusion(conf)
+    assert m["per_class"][1]["precision"] == 1.0 and m["per_class"][1]["recall"] == 1.0
+    assert m["per_class"][0]["recall"] == 0.0  # the binary labels never say 0

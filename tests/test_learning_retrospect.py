@@ -140,26 +140,58 @@ def tiny_policy(tiny_dir):
 # ---------------------------------------------------------------- heuristic labels
 
 
-@pytest.mark.parametrize(
-    "before, after, expected",
-    [
-        ([], ["t1"], 1),  # selected a target
-        (["t1", "x1"], ["t1"], 1),  # deselected a non-target
-        (["x1"], ["t1"], 1),  # both good moves
-        ([], ["x1"], -1),  # selected a non-target
-        (["t1"], [], -1),  # deselected a target
-        (["t1"], ["x1"], -1),  # both bad moves
-        ([], ["t1", "x1"], 0),  # mixed
-        (["x1"], ["t2", "x2"], 0),  # deselect good, select one good one bad: mixed
-        (["t1"], ["t1"], EMPTY_ACTION_HEURISTIC),  # nothing
-    ],
-)
-def test_heuristic_label(before, after, expected):
-    assert heuristic_label(before, after, ["t1", "t2", "t3"]) == expected
+# §8's rule, written out by hand for every kind of move in a universe of 4 images (targets T1 T2,
+# non-targets N1 N2). Key: (selected a target, selected a non-target, deselected a target,
+# deselected a non-target). A part is "good" when non-empty and all targets (select) / all
+# non-targets (deselect); +1 if a part is good and the other empty or good, 0 if a part is good and
+# the other not, −1 otherwise.
+HEURISTIC_TABLE = {
+    (0, 0, 0, 0): -1,  # nothing
+    (1, 0, 0, 0): 1,  # selected targets only
+    (0, 1, 0, 0): -1,  # selected non-targets only
+    (1, 1, 0, 0): -1,  # selected a target and a non-target: no part all good
+    (0, 0, 1, 0): -1,  # deselected targets only
+    (0, 0, 0, 1): 1,  # deselected non-targets only
+    (0, 0, 1, 1): -1,  # deselected a target and a non-target
+    (1, 0, 1, 0): 0,  # good select, bad deselect
+    (1, 0, 0, 1): 1,  # good select, good deselect
+    (1, 0, 1, 1): 0,  # good select, mixed deselect
+    (0, 1, 1, 0): -1,  # bad select, bad deselect
+    (0, 1, 0, 1): 0,  # bad select, good deselect
+    (0, 1, 1, 1): -1,  # bad select, mixed deselect
+    (1, 1, 1, 0): -1,  # mixed select, bad deselect
+    (1, 1, 0, 1): 0,  # mixed select, good deselect
+    (1, 1, 1, 1): -1,  # mixed select, mixed deselect
+}
+GOOD_MOVE = {k for k in HEURISTIC_TABLE if (k[0] and not k[1]) or (k[3] and not k[2])}
+
+
+def test_heuristic_label_on_every_move_of_a_four_image_universe():
+    from itertools import combinations
+
+    from learning.retrospect import is_good_move
+
+    universe, targets = ["T1", "T2", "N1", "N2"], {"T1", "T2"}
+    subsets = [set(c) for n in range(5) for c in combinations(universe, n)]
+    seen = set()
+    for before in subsets:
+        for after in subsets:
+            sel, desel = after - before, before - after
+            key = (
+                int(bool(sel & targets)),
+                int(bool(sel - targets)),
+                int(bool(desel & targets)),
+                int(bool(desel - targets)),
+            )
+            seen.add(key)
+            got = heuristic_label(sorted(before), sorted(after), sorted(targets))
+            assert got == HEURISTIC_TABLE[key], (before, after)
+            assert is_good_move(before, after, targets) == (key in GOOD_MOVE), (before, after)
+    assert seen == set(HEURISTIC_TABLE)  # all 16 kinds of move occur in 256 (before, after)
 
 
 def test_empty_action_heuristic_is_documented_as_negative():
-    assert EMPTY_ACTION_HEURISTIC == -1
+    assert EMPTY_ACTION_HEURISTIC == -1 == heuristic_label(["T1"], ["T1"], ["T1"])
 
 
 # ---------------------------------------------------------------- the decoder's input
@@ -185,19 +217,22 @@ def test_contexts_and_prompt_lines_follow_the_recorded_game(recorded_games, tmp_
     assert first.turn == 1 and first.previous_action is None
     assert first.action == "select " + letters[game["selection_after_turn"][0][0]]
     assert first.next_utterance == " ".join(game["utterances"][1].split())
+    eou = "<end_of_utterance>"
     assert first.lines() == [
-        f"Speaker: {' '.join(game['utterances'][0].split())}",
-        f"Listener: {first.action}",
-        f"Speaker: {' '.join(game['utterances'][1].split())}",
+        f"\tSpeaker: {' '.join(game['utterances'][0].split())}{eou}",
+        f"\tListener: {first.action}{eou}",
+        f"\tSpeaker: {' '.join(game['utterances'][1].split())}{eou}",
     ]
     assert second.previous_action == first.action
     lines = second.lines()
-    assert len(lines) == 4 and lines[0] == f"Listener: {first.action}"
-    assert [ln.split(":")[0] for ln in lines] == ["Listener", "Speaker", "Listener", "Speaker"]
+    assert len(lines) == 4 and lines[0] == f"\tListener: {first.action}{eou}"
+    assert [ln.split(":")[0] for ln in lines] == ["\tListener", "\tSpeaker", "\tListener", "\tSpeaker"]
     template = FeedbackTemplate.load(None, "binary")
     text = template.render(second)
-    assert "\n".join(lines) in text and "{dialogue}" not in text
-    assert "positive or negative" in text and "answer negative" in text
+    assert "{dialogue}" not in text
+    # the dialogue sits between a start and an end marker line
+    assert "=== dialogue begins ===\n" + "\n".join(lines) + "\n=== dialogue ends ===" in text
+    assert "Positive or Negative" in text and "say Negative" in text
 
 
 def test_template_must_have_one_placeholder(tmp_path):
@@ -211,12 +246,18 @@ def test_decoder_version_names_decoder_template_and_model():
     t1 = FeedbackTemplate("A {dialogue} B")
     t2 = FeedbackTemplate("A {dialogue} C")
     cfg = DecoderConfig("binary")
+    assert cfg.method == "generate" and cfg.max_tokens == 256  # the paper's defaults
     v = decoder_version(cfg, t1, "HuggingFaceM4/idefics2-8b")
-    assert v.startswith("binary-scores-m0.5-t" + t1.sha256[:8]) and "idefics2-8b" in v
+    assert v.startswith("binary-generate-n3-L256-t" + t1.sha256[:8]) and "idefics2-8b" in v
     assert v != decoder_version(cfg, t2, "HuggingFaceM4/idefics2-8b")
     assert v != decoder_version(cfg, t1, "/models/other")
-    long = decoder_version(DecoderConfig("ternary"), t1, "/x/" + "m" * 200)
-    assert len(long) <= 64 and long.startswith("ternary-scores-t")
+    margin = decoder_version(DecoderConfig("binary", method="margin"), t1, "m")
+    assert margin.startswith("binary-margin-m0.5-L256-t")
+    assert DecoderConfig("binary", method="scores").method == "margin"  # the former name
+    with pytest.raises(ValueError, match="generate or margin"):
+        DecoderConfig("binary", method="vote")
+    long = decoder_version(DecoderConfig("ternary", method="margin"), t1, "/x/" + "m" * 200)
+    assert len(long) <= 64 and long.startswith("ternary-margin-L256-t")
 
 
 # ---------------------------------------------------------------- scoring
@@ -233,9 +274,13 @@ CONTEXTS = [
 
 def test_prefix_cache_and_batching_do_not_change_the_scores(tiny_policy):
     template = FeedbackTemplate.load(None, "ternary")
-    cached = FeedbackDecoder(tiny_policy, DecoderConfig("ternary", batch_size=2), template)
+    cached = FeedbackDecoder(
+        tiny_policy, DecoderConfig("ternary", "margin", batch_size=2, max_tokens=0), template
+    )
     plain = FeedbackDecoder(
-        tiny_policy, DecoderConfig("ternary", batch_size=1, prefix_cache=False), template
+        tiny_policy,
+        DecoderConfig("ternary", "margin", batch_size=1, prefix_cache=False, max_tokens=0),
+        template,
     )
     odd = FeedbackContext(
         "o", 2, "select A", "type <image> here {dialogue}", "nothing", "  spaced   out  ", -1
@@ -252,14 +297,16 @@ def test_prefix_cache_and_batching_do_not_change_the_scores(tiny_policy):
     assert a[0].scores["scoring"] == "sequence"
     with pytest.raises(ValueError, match="first token"):
         FeedbackDecoder(
-            tiny_policy, DecoderConfig("ternary", scoring="first_token"), template
+            tiny_policy, DecoderConfig("ternary", "margin", scoring="first_token"), template
         ).decide(CONTEXTS)
 
 
 def test_scores_are_label_word_log_probabilities(tiny_policy):
     """The sequence score of a word equals its teacher-forced log-probability after the prompt."""
     dec = FeedbackDecoder(
-        tiny_policy, DecoderConfig("binary"), FeedbackTemplate.load(None, "binary")
+        tiny_policy,
+        DecoderConfig("binary", "margin", max_tokens=0),  # the tiny tokenizer's prompts are long
+        FeedbackTemplate.load(None, "binary"),
     )
     decision = dec.decide(CONTEXTS[:1])[0]
     prompt = dec.prompt(CONTEXTS[0])
@@ -277,7 +324,9 @@ def test_scores_are_label_word_log_probabilities(tiny_policy):
 
 def test_binary_margin_leans_negative(tiny_policy):
     dec = FeedbackDecoder(
-        tiny_policy, DecoderConfig("binary", margin=0.0), FeedbackTemplate.load(None, "binary")
+        tiny_policy,
+        DecoderConfig("binary", "margin", margin=0.0),
+        FeedbackTemplate.load(None, "binary"),
     )
     for logps, margin, label in [
         ((-1.0, -2.0), 0.0, 1),
@@ -287,7 +336,7 @@ def test_binary_margin_leans_negative(tiny_policy):
         dec.config.margin = margin
         assert dec._from_logps(list(logps), "first_token").label == label
     ternary = FeedbackDecoder(
-        tiny_policy, DecoderConfig("ternary"), FeedbackTemplate.load(None, "ternary")
+        tiny_policy, DecoderConfig("ternary", "margin"), FeedbackTemplate.load(None, "ternary")
     )
     assert ternary._from_logps([-3.0, -1.0, -2.0], "first_token").label == 0
     assert ternary._from_logps([-0.5, -1.0, -2.0], "first_token").label == 1
@@ -303,14 +352,81 @@ def test_generate_method_parses_or_falls_back(tiny_policy):
     assert len(decisions) == len(CONTEXTS)
     assert all(d.label in (1, -1) and "text" in d.scores for d in decisions)
     assert dec.parse_answer(" Positive.").label == 1
-    assert dec.parse_answer("neg").label == -1
-    assert dec.parse_answer("hmm").label == -1 and dec.parse_answer("hmm").scores["unparsed"]
+    assert dec.parse_answer("negative").label == -1
+    assert "unparsed" not in dec.parse_answer("Negative").scores
+    # exact word match: no prefixes, no label word later in the answer, no third class in binary
+    for text in ("neg", "pos", "hmm", "I think Positive", "Neutral", ""):
+        d = dec.parse_answer(text)
+        assert d.label == -1 and d.scores["unparsed"], text
     ternary = FeedbackDecoder(
         tiny_policy,
         DecoderConfig("ternary", method="generate"),
         FeedbackTemplate.load(None, "ternary"),
     )
-    assert ternary.parse_answer("???").label == 0 and ternary.parse_answer("neutral").label == 0
+    assert ternary.parse_answer("???").label == 0 and ternary.parse_answer("???").scores["unparsed"]
+    assert ternary.parse_answer("Neutral").label == 0 and ternary.parse_answer("Negative.").label == -1
+
+
+def _reference_greedy(policy, ids: list[int], n: int) -> list[int]:
+    """Plain transformers greedy generation of one prompt (no batching, no shared prefix)."""
+    out = policy.model.generate(
+        input_ids=torch.tensor([ids]),
+        attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=[policy.stop_token_id, policy.tokenizer.eos_token_id],
+        pad_token_id=policy.tokenizer.pad_token_id,
+    )[0, len(ids):].tolist()
+    stops = {policy.stop_token_id, policy.tokenizer.eos_token_id}
+    for k, t in enumerate(out):
+        if t in stops:
+            return out[:k]
+    return out
+
+
+def test_generate_equals_plain_greedy_generation_of_the_truncated_prompt(tiny_policy):
+    """Batched, prefix-cached generation reads the same answer as ``model.generate`` on each
+    prompt right-truncated at max_tokens; a long utterance is cut, the instructions stay."""
+    long = FeedbackContext(
+        "l", 2, "select A", "the boat " * 200, "select B", "no not that one " * 40, -1
+    )
+    contexts = [*CONTEXTS, long]
+    for max_tokens in (256, 0):
+        dec = FeedbackDecoder(
+            tiny_policy,
+            DecoderConfig("ternary", "generate", batch_size=3, max_tokens=max_tokens),
+            FeedbackTemplate.load(None, "ternary"),
+        )
+        decisions = dec.decide(contexts)
+        tok = tiny_policy.tokenizer
+        for c, d in zip(contexts, decisions):
+            ids = tok(dec.prompt(c), add_special_tokens=True)["input_ids"]
+            if max_tokens:
+                ids = ids[:max_tokens]
+            with torch.inference_mode():
+                expected = _reference_greedy(tiny_policy, ids, dec.config.max_new_tokens)
+            assert d.scores["text"] == tok.decode(expected, skip_special_tokens=True)
+        full = tok(dec.prompt(long), add_special_tokens=True)["input_ids"]
+        assert len(full) > 256
+
+
+def test_decoder_metrics_precision_recall_f1():
+    from learning.retrospect import decoder_metrics, metrics_from_confusion
+
+    # (reference, decoded): worked out by hand
+    pairs = [(1, 1), (1, 1), (1, -1), (-1, -1), (-1, 1), (0, -1), (None, 1)]
+    m = decoder_metrics(pairs)
+    assert m["n"] == 6 and m["accuracy"] == pytest.approx(3 / 6)
+    pos, neg, neu = m["per_class"][1], m["per_class"][-1], m["per_class"][0]
+    assert pos["precision"] == pytest.approx(2 / 3) and pos["recall"] == pytest.approx(2 / 3)
+    assert pos["f1"] == pytest.approx(2 / 3) and pos["support"] == 3
+    assert neg["precision"] == pytest.approx(1 / 3) and neg["recall"] == pytest.approx(1 / 2)
+    assert neg["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert neu["precision"] is None and neu["recall"] == 0 and neu["f1"] is None
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.4 + 0) / 3)
+    assert m["weighted_f1"] == pytest.approx((3 * 2 / 3 + 2 * 0.4 + 0) / 6)
+    assert m["confusion"][1][-1] == 1 and m["confusion"][0][-1] == 1
+    assert metrics_from_confusion(m["confusion"]) == m
 
 
 def test_confusion_matrix_and_summary():
@@ -358,6 +474,7 @@ def test_retrospect_over_the_100_real_games(tmp_path, tiny_dir, recorded_games):
         result.output.split()
     )
     assert "heuristic" in result.output and "actions/s" in result.output
+    assert "precision" in result.output and "weighted F1" in result.output
 
     async def read(db):
         async with db.session() as s:
@@ -367,7 +484,7 @@ def test_retrospect_over_the_100_real_games(tmp_path, tiny_dir, recorded_games):
     assert len(labels) == expected
     assert {lab.decoder for lab in labels} == {"binary"}
     assert len({lab.decoder_version for lab in labels}) == 1
-    assert all(lab.label in (1, -1) and "logp" in lab.scores for lab in labels)
+    assert all(lab.label in (1, -1) and "text" in lab.scores for lab in labels)  # generated
     # the stored heuristic is recomputed here from the recorded selections and targets
     by_key = {(lab.game_id, lab.turn): lab for lab in labels}
     for g in recorded_games:

@@ -4,6 +4,7 @@ running a tiny random-weight Idefics2 built offline. Bot speakers play against i
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 
@@ -101,9 +102,33 @@ async def test_bot_speakers_play_full_games_against_the_model_listener(start_ser
             assert 0 < r.prob_action <= 1 and 0 < r.prob_unconstrained <= r.prob_action + 1e-9
             assert r.latency_s > 0 and r.model_input and "Assistant:" in r.model_input
             assert r.worker_id and r.attempts == 1
+            assert r.action != "nothing"  # the worker decodes in paper mode by default (§8)
+        scores = await _scores(database_url, view.game_id)
+        assert [(a.turn, a.action, a.source) for a in scores] == [
+            (r.turn, r.action, "serve") for r in requests
+        ]
+        for a, r in zip(scores, requests):
+            # π_deployed: the geometric mean of the action's full-vocabulary token probabilities
+            assert a.checkpoint == (r.checkpoint or "base") and a.num_tokens >= 3
+            assert r.prob_unconstrained <= a.prob_deployed <= 1
+            assert a.logp_sum == pytest.approx(math.log(a.prob_deployed) * a.num_tokens)
         clicks = causes.count("selection_toggled")
         assert clicks == sum(len(_action_letters(r.action)) for r in requests)  # streamed one by one
         await bot.close()
+
+
+async def _scores(url: str, game_id: str) -> list:
+    from app.db.models import ActionScore
+
+    db = Database(url)
+    try:
+        async with db.session() as s:
+            rows = await s.execute(
+                select(ActionScore).where(ActionScore.game_id == game_id).order_by(ActionScore.turn)
+            )
+            return list(rows.scalars())
+    finally:
+        await db.close()
 
 
 def _action_letters(action: str) -> list[str]:
@@ -196,3 +221,19 @@ async def test_serve_with_worker_runs_the_model_listener_in_process(start_server
     assert view.end_reason in ("success", "max_turns")
     assert all(r.status == "applied" for r in await _requests(sqlite_url, view.game_id))
     await bot.close()
+
+
+def test_worker_decodes_in_paper_mode_unless_told_otherwise(tmp_path):
+    """--decoding: paper by default (MULTIREF.md §8), grammar as the option, anything else a
+    one-line error before a model is loaded; the mode reaches every decode request."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from policy_worker.decoding import DecodeRequest
+    from policy_worker.serve import WorkerOptions
+
+    assert WorkerOptions(systems=["m"], base="b", tangrams=tmp_path).decoding == "paper"
+    bad = CliRunner().invoke(app, ["worker", "--decoding", "beam", "--base", str(tmp_path)])
+    assert bad.exit_code == 2 and "paper or grammar" in bad.output
+    with pytest.raises(ValueError, match="paper or grammar"):
+        DecodeRequest(chat=[], images=[], selected=[], decoding="beam")

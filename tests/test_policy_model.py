@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -457,3 +458,112 @@ def test_action_tokens_match_training_tokenization(policy: LoadedPolicy) -> None
         full_ids = tok(full)["input_ids"]
         [cont] = action_token_ids(policy, [action])
         assert full_ids == prompt_ids + list(cont)
+
+
+# --- paper-mode decoding (MULTIREF.md §8) and π_deployed ----------------------------------------
+
+
+def test_parse_generated_drops_illegal_letters_and_falls_back_to_the_first_image() -> None:
+    from policy_worker.decoding import fallback_action, parse_generated
+
+    cases = [  # (generated text, selected, expected action, how), written by hand from §8
+        ("select A B", [], "select A B", "parsed"),
+        (" select  B   C ", ["A"], "select B C", "parsed"),
+        ("deselect A select C", ["A"], "deselect A select C", "parsed"),
+        ("select B A", [], "select A B", "parsed"),  # canonical order
+        ("select A C", ["A"], "select C", "dropped"),  # A is already selected
+        ("deselect C select D", ["A"], "select D", "dropped"),  # C is not selected
+        ("deselect A select A", ["A"], "deselect A", "dropped"),
+        ("select K", [], "select A", "fallback"),  # K is not in play
+        ("select A", ["A"], "select B", "fallback"),  # A illegal: the first unselected image
+        ("deselect C", ["A"], "select B", "fallback"),
+        ("nothing", [], "select A", "fallback"),  # never nothing
+        ("", [], "select A", "fallback"),
+        ("select", [], "select A", "fallback"),
+        ("selectA", [], "select A", "fallback"),
+        ("select A select B", [], "select A", "fallback"),  # outside the grammar
+        ("select a", ["B"], "select A", "fallback"),
+    ]
+    for text, selected, action, how in cases:
+        assert parse_generated(text, selected) == (action, how), text
+    assert fallback_action(list(LETTERS)) == "deselect A"  # every image selected: not nothing
+    assert fallback_action([], ["A", "B", "C"]) == "select A"
+
+
+def _full_forward_logps(
+    policy: LoadedPolicy, req: DecodeRequest, action: str
+) -> tuple[list[float], list[torch.Tensor]]:
+    """Per-token full-vocabulary log-probabilities of `action` after the prompt, and the logits
+    rows, by one plain forward pass over prompt + action (no cache, no batching)."""
+    [seq] = action_token_ids(policy, [action])
+    batch = policy.processor(
+        text=[render_prompt(policy.processor, req.chat)], images=[list(req.images)],
+        return_tensors="pt",
+    )
+    n = batch["input_ids"].shape[1]
+    ids = torch.cat([batch["input_ids"], torch.tensor([seq])], dim=1)
+    with torch.inference_mode(), policy.use_adapter(req.adapter):
+        logits = policy.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=batch["pixel_values"],
+            pixel_attention_mask=batch.get("pixel_attention_mask"),
+        ).logits[0].float()
+    rows = [logits[n - 1 + j] for j in range(len(seq))]
+    return [float(torch.log_softmax(r, -1)[t]) for r, t in zip(rows, seq)], rows
+
+
+def test_paper_decoding_samples_the_action_vocabulary_and_never_says_nothing(
+    policy: LoadedPolicy, images: list[Image.Image]
+) -> None:
+    from policy_worker.decoding import action_vocabulary, parse_generated
+
+    vocab = set(action_vocabulary(policy))
+    words = {policy.tokenizer.decode([t]).strip() for t in vocab} - {""}
+    assert set(LETTERS) <= words and "nothing" not in words and len(vocab) < 40
+    hows = set()
+    for seed in range(12):
+        selected = sorted(random.Random(seed).sample(LETTERS, seed % 4))
+        req = request(images, selected, "the bird", adapter="a", seed=seed, decoding="paper")
+        [res] = decode_actions(policy, [req])
+        assert res.decoding == "paper" and res.action != "nothing"
+        assert is_legal_action(res.action, selected), res.action
+        assert set(res.token_ids) <= vocab and 1 <= len(res.token_ids) <= 10
+        assert (res.action, res.parse) == parse_generated(res.generated, selected)
+        hows.add(res.parse)
+        # the random tiny model rarely writes a whole action: the fallback is exercised
+    assert "fallback" in hows
+    # seeded paper sampling is reproducible and batch-independent
+    reqs = [request(images, ["C"], "x", adapter="a", seed=s, decoding="paper") for s in range(4)]
+    one = decode_actions(policy, reqs)
+    assert [r.token_ids for r in one] == [r.token_ids for r in decode_actions(policy, reqs[::-1])[::-1]]
+
+
+def test_prob_deployed_is_the_full_vocabulary_length_normalised_probability(
+    policy: LoadedPolicy, images: list[Image.Image]
+) -> None:
+    """Both modes store exp(mean_t log p(a_t)) over the whole vocabulary at temperature 1, checked
+    against a plain forward pass; paper mode's constrained probability is over its vocabulary."""
+    from policy_worker.decoding import action_vocabulary
+
+    vocab = list(action_vocabulary(policy))
+    for mode, temperature in (("paper", 1.0), ("grammar", 1.0), ("paper", 2.0), ("grammar", 0.0)):
+        req = request(
+            images, ["B", "E"], "pick the fish", adapter="a", seed=3, decoding=mode,
+            temperature=temperature,
+        )
+        [res] = decode_actions(policy, [req])
+        logps, rows = _full_forward_logps(policy, req, res.action)
+        mean = sum(logps) / len(logps)
+        assert res.prob_deployed == pytest.approx(math.exp(mean), rel=1e-4), mode
+        t = temperature or 1.0
+        [seq] = action_token_ids(policy, [res.action])
+        unc = sum(float(torch.log_softmax(r / t, -1)[k]) for r, k in zip(rows, seq))
+        assert res.prob_unconstrained == pytest.approx(math.exp(unc), rel=1e-4), mode
+        if mode == "paper":
+            cut = sum(
+                float(torch.log_softmax(r[vocab] / t, -1)[vocab.index(k)]) for r, k in zip(rows, seq)
+            )
+            assert res.prob_constrained == pytest.approx(math.exp(cut), rel=1e-4)
+        # not the constrained number, nor the unnormalised product: the §8 quantity
+        assert res.prob_deployed != pytest.approx(res.prob_constrained, rel=1e-3)

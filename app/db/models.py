@@ -161,6 +161,30 @@ class ListenerRequest(Base):
     done_at: Mapped[float | None] = mapped_column(Float)
 
 
+class ActionScore(Base):
+    """π_deployed of one logged listener action under one checkpoint (MULTIREF.md §8): the
+    full-vocabulary, length-normalised probability at temperature 1 that RL and KTO read.
+
+    Written by the worker when it serves the action (``source = "serve"``) and by
+    ``multiref rescore`` (``"rescore"``), which also fills it for imported games (no request).
+    ``checkpoint`` is a checkpoint id, ``adapter:<path>`` for an adapter folder, or ``base``."""
+
+    __tablename__ = "action_scores"
+    __table_args__ = (
+        UniqueConstraint("game_id", "turn", "checkpoint", name="uq_action_scores_game_turn_ck"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(32), ForeignKey("games.id"), index=True)
+    turn: Mapped[int] = mapped_column(Integer)
+    checkpoint: Mapped[str] = mapped_column(String(300))
+    action: Mapped[str] = mapped_column(String(200))
+    prob_deployed: Mapped[float] = mapped_column(Float)
+    logp_sum: Mapped[float] = mapped_column(Float)  # Σ_t log p(a_t), full vocabulary, T = 1
+    num_tokens: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))  # serve | rescore
+    created_at: Mapped[float] = mapped_column(Float)
+
+
 class WorkerHeartbeat(Base):
     __tablename__ = "worker_heartbeats"
     worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -1,7 +1,9 @@
 """Tangram sets on disk, their splits, and which set a server uses.
 
 A set is a folder of image files (``.svg`` or ``.png``); a tangram's id is its file name without
-extension, which is how the MultiRef splits and the published games name tangrams.
+extension. That is the one id the database holds, whatever the source: the public ReSpect release
+writes ids as file names (``page7-40.png``), so import strips the extension (:func:`canonical_id`)
+and export adds it back (:func:`release_id`) for every game, live or imported.
 """
 
 from __future__ import annotations
@@ -16,6 +18,20 @@ from app.tangrams.fetch import KILOGRAM_COUNT, KilogramFetchError, fetch_kilogra
 log = logging.getLogger("multiref.tangrams")
 
 MEDIA_TYPES = {".svg": "image/svg+xml", ".png": "image/png"}
+RELEASE_SUFFIX = ".png"  # how the public release names a tangram: its PNG file's name
+
+
+def canonical_id(tid: str) -> str:
+    """A tangram id without an image file extension: ``page7-40.png`` -> ``page7-40``."""
+    for suffix in MEDIA_TYPES:
+        if len(tid) > len(suffix) and tid.lower().endswith(suffix):
+            return tid[: -len(suffix)]
+    return tid
+
+
+def release_id(tid: str) -> str:
+    """A tangram id as the public release writes it: ``page7-40`` -> ``page7-40.png``."""
+    return canonical_id(tid) + RELEASE_SUFFIX
 DOWNLOAD_TIMEOUT = 5.0  # seconds per request when the server tries KiloGram on start-up
 
 
