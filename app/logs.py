@@ -32,6 +32,13 @@ class AccessFilter(logging.Filter):
         return True
 
 
+class ConnectionNoise(logging.Filter):
+    """Uvicorn says "connection open"/"connection closed" after every websocket's access line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in ("connection open", "connection closed")
+
+
 def configure(level: str = "info") -> None:
     """Send every logger to stderr in one format (idempotent)."""
     root = logging.getLogger()
@@ -50,6 +57,9 @@ def configure(level: str = "info") -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ConnectionNoise) for f in error.filters):
+        error.addFilter(ConnectionNoise())
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, AccessFilter) for f in access.filters):
         access.addFilter(AccessFilter())
