@@ -184,7 +184,7 @@ async def test_the_recorded_sample_imports_and_exports_in_the_release_shape(sqli
         r = rows[g["game_id"]]
         assert r["targets"] == sorted(g["targets"])
         assert r["speaker_order"] == g["speaker_order"] and r["context"] == g["listener_order"]
-        assert r["chat"] == [" ".join(u.split()) for u in g["utterances"]]
+        assert r["chat"] == g["utterances"]  # verbatim
         assert r["clicks"] == [sorted(s) for s in g["selection_after_turn"]]
         assert r["outcome"] == g["outcome"] and r["turn"] == g["num_turns"]
         assert r["policy_name"] == g["policy"] and r["round"] == 0 and r["date"] == g["created_at"]
