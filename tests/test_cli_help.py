@@ -114,3 +114,24 @@ def test_model_side_commands_say_in_one_line_what_to_install(args, tmp_path):
     assert len(lines) == 1, done.stderr
     assert "make model" in lines[0] and ("torch" in lines[0] or "transformers" in lines[0]), lines[0]
     assert not (tmp_path / "db.sqlite3").exists() or args[0] in ("train", "retrospect")
+
+
+OUTSIDE = re.compile(r"\.\./shared|MULTIREF\.md|shared/reference|§\s?\d")
+
+
+def test_docs_and_help_mention_no_file_outside_the_repository(capsys, monkeypatch):
+    texts = {p: p.read_text(encoding="utf-8") for p in [
+        ROOT / "README.md", ROOT / "SECURITY.md", ROOT / "bench" / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "templates").rglob("*.html")),
+    ]}
+    for path in _command_paths(build_command()):
+        texts[" ".join(("multiref", *path, "--help"))] = _help(capsys, monkeypatch, *path)
+    for where, text in texts.items():
+        assert not OUTSIDE.search(text), (str(where), OUTSIDE.search(text).group(0))
+    # every relative link of the Markdown pages names a file of the repository
+    for where, text in texts.items():
+        if not str(where).endswith(".md"):
+            continue
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+            assert (Path(where).parent / target).exists(), (str(where), target)
+    assert {"game.md", "method.md"} <= {p.name for p in (ROOT / "docs").glob("*.md")}
