@@ -221,3 +221,44 @@ def test_released_partner_gone_and_a_second_tab_on_a_phone(browser, start_server
     shot(a, "23-partner-gone-end")
     assert code and not a.page_errors
     a.close()
+
+
+def test_the_worked_example_describes_the_built_in_set(tmp_path):
+    """The server's fallback set (built-in, seed 0) gets real example text, not placeholders."""
+    import json
+    import time
+
+    from app.tangrams import builtin
+    from app.tangrams.store import TangramSet
+    from app.web.pages import EXAMPLE_BUILTIN, example_for
+
+    started = time.monotonic()
+    builtin.write_set(tmp_path / "seed0", 1013, 0)
+    example = example_for(TangramSet(tmp_path / "seed0"))
+    assert example["described"] and example["ids"] == EXAMPLE_BUILTIN["ids"]
+    for text in (example["first_message"], example["second_message"]):
+        assert "(" not in text and len(text.split()) >= 8
+    assert set(example["targets"]) <= set(example["ids"])
+    assert len(set(example["first_selection"]) & set(example["targets"])) == 1  # one right, one wrong
+    # the example gives nothing away: none of its pictures is in the split games draw from
+    splits = json.loads((tmp_path / "seed0" / builtin.SPLITS_NAME).read_text())
+    assert not set(example["ids"]) & set(splits["dev"])
+    # another seed draws other figures: the description would not fit them
+    builtin.write_set(tmp_path / "seed1", 200, 1)
+    assert not example_for(TangramSet(tmp_path / "seed1"))["described"]
+    assert time.monotonic() - started < 120
+
+
+def test_the_pages_have_a_favicon(start_server, sqlite_url):
+    import re
+
+    import httpx
+
+    server = start_server(sqlite_url)
+    page = httpx.get(server.url + "/").text
+    login = httpx.get(server.url + "/admin/login").text
+    for html in (page, login):
+        href = re.search(r'<link rel="icon" href="([^"]+)"', html).group(1)
+        icon = httpx.get(server.url + href)
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+        assert icon.text.lstrip().startswith("<svg")

@@ -41,3 +41,16 @@ def test_server_log_has_one_format_and_one_line_per_finished_game(tmp_path):
     for m, r in zip(sorted(ended, key=lambda m: m.group(1)), sorted(results, key=lambda r: r.game_id)):
         assert (m.group(2), m.group(3), int(m.group(5))) == ("human", r.outcome, r.turns)
     assert sum("KiloGram" in line for line in lines) <= 1
+
+
+def test_the_built_in_set_warning_is_one_line_once_per_process(tmp_path, caplog):
+    import logging
+
+    from app.tangrams.store import resolve_tangram_set
+
+    with caplog.at_level(logging.WARNING, logger="multiref.tangrams"):
+        for _ in range(3):  # a server with an embedded worker resolves its set more than once
+            resolve_tangram_set(None, tmp_path, allow_download=False, builtin_n=5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "\n" not in warnings[0] and "multiref tangrams fetch DIR" in warnings[0]

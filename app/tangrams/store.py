@@ -32,7 +32,8 @@ def _warn_builtin_once(builtin_dir: Path, n: int, reason: str) -> None:
         short = short.split(stop, 1)[0]
     log.warning(
         "KiloGram unavailable (%s): using the built-in set of %d generated tangrams in %s; "
-        "for KiloGram run `multiref tangrams fetch DIR` online and set MULTIREF_TANGRAMS=DIR",
+        "for KiloGram run `multiref tangrams fetch DIR` online, then set MULTIREF_TANGRAMS=DIR "
+        "or pass --tangrams DIR",
         short.rstrip("."), n, builtin_dir,
     )
 
