@@ -182,18 +182,19 @@ def test_a_whole_game_on_two_phones(browser, start_server, sqlite_url):
 
 
 def test_released_partner_gone_and_a_second_tab_on_a_phone(browser, start_server, sqlite_url):
-    server = start_server(
-        sqlite_url,
-        MULTIREF_LOBBY_TIMEOUT_SECONDS="4",
-        MULTIREF_RULES__DISCONNECT_GRACE_SECONDS="6",
-    )
+    lonely = start_server(sqlite_url, MULTIREF_LOBBY_TIMEOUT_SECONDS="4")
     # a lone worker is released by the lobby timeout, with a code in the first viewport
-    alone = Player(browser, "phone-alone", **PHONE).arrive(prolific_link(server.url, "phone-alone"))
+    alone = Player(browser, "phone-alone", **PHONE).arrive(prolific_link(lonely.url, "phone-alone"))
     code = alone.completion_code()
     box = alone.page.get_by_test_id("completion-code").bounding_box()
     assert box["y"] + box["height"] <= 844
     shot(alone, "20-released-lobby-timeout")
     alone.close()
+    lonely.stop()
+
+    server = start_server(
+        sqlite_url.replace(".sqlite3", "-2.sqlite3"), MULTIREF_RULES__DISCONNECT_GRACE_SECONDS="6"
+    )
 
     # two workers in a game; the listener's phone opens the study in a second tab
     a = Player(browser, "phone-c", **PHONE).arrive(prolific_link(server.url, "phone-c", "1"))
