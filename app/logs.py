@@ -47,8 +47,9 @@ def configure(level: str = "info") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler._multiref = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
-        for old in list(root.handlers):
-            root.removeHandler(old)
+        for old in list(root.handlers):  # another console handler would print a second format
+            if type(old) is logging.StreamHandler or type(old).__name__ == "RichHandler":
+                root.removeHandler(old)
         root.addHandler(handler)
     root.setLevel(level.upper())
     for name in NOISY:
