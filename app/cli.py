@@ -1,16 +1,20 @@
-"""The ``multiref`` command: serve, database, tangrams, bots and checks."""
+"""The ``multiref`` command: serve, database, tangrams, bots and checks.
+
+``main`` builds the click command from the typer app once and tidies its help (commands in the
+order people need them, flags without a value type, plain metavars), and turns a missing model
+package into one line that says what to install.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.main
 from rich.console import Console
-from rich.logging import RichHandler
 
 from app.tangrams.cli import tangrams_app
 
@@ -34,22 +38,53 @@ console = Console()
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True)],
-    )
+    from app.logs import configure
+
+    configure(level)
 
 
-class _DropQueryStrings(logging.Filter):
-    """Access-log lines without query strings: study links carry raw worker ids."""
+def _version(value: bool) -> None:
+    if value:
+        from app import __version__
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
-            args = list(record.args)
-            args[2] = args[2].split("?", 1)[0]
-            record.args = tuple(args)
-        return True
+        console.print(f"multiref {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """MultiRef Live: a reference-game platform where a listener model learns from people.
+
+    Start with `multiref serve`; every command has --help.
+    """
+
+
+# The packages of the model side (`make model`); a command that needs one of them and finds it
+# missing says so in one line instead of a traceback.
+MODEL_PACKAGES = {"torch", "transformers", "peft", "tokenizers", "safetensors", "accelerate"}
+DATA_PACKAGES = {"pyarrow", "pandas", "datasets", "matplotlib"}
+MODEL_INSTALL = (
+    "install the model side with `make model` (scripts/setup.sh --model: the pinned CPU torch, "
+    "then .[model,data])"
+)
+
+
+class MissingModelSide(Exception):
+    """A model-side package is not installed."""
+
+
+def _require_model_side(command: str) -> None:
+    """Import torch and transformers up front, so a missing one fails before anything starts."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        name = getattr(exc, "name", None) or "torch"
+        raise MissingModelSide(f"multiref {command} needs {name.split('.')[0]}: {MODEL_INSTALL}") from exc
 
 
 def _settings(**overrides):
@@ -71,7 +106,7 @@ def serve(
     ),
     listener: str = typer.Option(None, help="Who fills the listener seat: human or model."),
     with_worker: bool = typer.Option(
-        False, "--with-worker", help="Also run a policy worker inside this process."
+        False, "--with-worker", help="Also run a policy worker inside this process (needs `make model`)."
     ),
     base: str = typer.Option(
         "HuggingFaceM4/idefics2-8b", help="With --with-worker: base model (hub id or folder)."
@@ -84,6 +119,8 @@ def serve(
 
     from app.web.server import create_app
 
+    if with_worker:
+        _require_model_side("serve --with-worker")
     _logging(log_level)
     settings = _settings(
         host=host, port=port, database_url=database_url, tangrams=tangrams, listener=listener
@@ -94,9 +131,9 @@ def serve(
 
         background.append(worker_factory(_worker_options(settings, [settings.model_system], base, device)))
     application = create_app(settings, background)
-    logging.getLogger("uvicorn.access").addFilter(_DropQueryStrings())
     uvicorn.run(
         application,
+        log_config=None,  # uvicorn's loggers go through app.logs: one format
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
@@ -136,6 +173,7 @@ def worker(
     log_level: str = typer.Option("info", help="Logging level."),
 ) -> None:
     """Run a policy worker: claim model-listener turns from the database and play them."""
+    _require_model_side("worker")
     from app.db.database import Database
     from policy_worker.serve import PolicyWorker
 
@@ -197,16 +235,17 @@ def deploy(
     console.print(f"deployed {asyncio.run(run())} as the active checkpoint of {system}")
 
 
-model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
+model_app = typer.Typer(help="Model utilities (need `make model`).", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
 @model_app.command("tiny")
 def model_tiny(
-    out: Path = typer.Argument(..., help="Folder to write the tiny model to."),
+    out: Path = typer.Argument(..., metavar="DIR", help="Folder to write the tiny model to."),
     seed: int = typer.Option(0, help="Random seed of the weights."),
 ) -> None:
     """Build a tiny random-weight Idefics2 (and tokenizer) for demos and tests, offline."""
+    _require_model_side("model tiny")
     from policy_worker.tiny import build_tiny_idefics2
 
     console.print(f"tiny model written to {build_tiny_idefics2(out, seed=seed)}")
@@ -276,9 +315,90 @@ def bot(
         console.print(r)
 
 
+# `multiref --help`: the commands in the order people need them, under headings.
+COMMAND_PANELS = {
+    "Play": ["serve", "bot", "tangrams"],
+    "Model listener": ["worker", "deploy", "model"],
+    "Data": ["export", "import"],
+    "Run a study": ["systems", "round", "block", "db"],
+    "Learning (after a round)": ["retrospect", "train", "report"],
+}
+_METAVARS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "Path": "PATH", "datetime": "DATE"}
+
+
+def _type_label(param) -> str:
+    """TEXT, INTEGER, NUMBER, PATH: the value a parameter takes (one of them when repeatable)."""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    args = getattr(annotation, "__args__", None)
+    if getattr(annotation, "__origin__", None) is list and args:
+        annotation = args[0]
+    return _METAVARS.get(getattr(annotation, "__name__", ""), "VALUE")
+
+
+def _tidy_params(command) -> None:
+    """Flags show no value type; values show an upper-case metavar instead of a Python type."""
+    for param in command.params:
+        if param.param_type_name == "argument":
+            name = (param.metavar or param.name).upper()
+            param.metavar = name
+            # a plain metavar in the usage line: NAME, [NAME] when optional, NAME... when repeated
+            shown = name if param.required else f"[{name}]"
+            shown += "..." if param.nargs != 1 else ""
+            param._usage_display_name = lambda shown=shown: shown
+            label = _type_label(param)
+            param.display_type_rich = lambda ctx=None, label=label: label
+        elif param.param_type_name == "option" and param.metavar is None:
+            param.metavar = "" if getattr(param, "is_flag", False) else _type_label(param)
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_params(sub)
+
+
+def build_command():
+    """The click command behind ``multiref``, with its help tidied (see COMMAND_PANELS)."""
+    command = typer.main.get_command(app)
+    order = [name for names in COMMAND_PANELS.values() for name in names]
+    for panel, names in COMMAND_PANELS.items():
+        for name in names:
+            command.commands[name].rich_help_panel = panel
+    rest = [n for n in command.commands if n not in order]
+    command.commands = {n: command.commands[n] for n in order + rest}
+    _tidy_params(command)
+    _patch_help_option(command)
+    return command
+
+
+def _patch_help_option(command: click.Command) -> None:
+    original = command.get_help_option
+
+    def get_help_option(ctx):
+        option = original(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        _patch_help_option(sub)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    command = build_command()
+    try:
+        command(prog_name="multiref")
+    except MissingModelSide as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root in MODEL_PACKAGES:
+            message = f"this command needs {root}: {MODEL_INSTALL}"
+        elif root in DATA_PACKAGES:
+            message = f"this command needs {root}: install the data extras with `make model` (or pip install -e '.[data]')"
+        else:
+            raise
+        Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ the record, decides how the game ends, and the record is refused when the two di
 derived tables follow from the log and ``multiref db check`` passes. Where the engine needs a
 rule the record implies, the game's stored rules say so: a game recorded as unsuccessful after
 fewer turns than the default maximum is stored with ``max_turns`` equal to its length; longer
-utterances raise ``max_utterance_chars``. Utterances are normalised as live messages are
-(runs of whitespace become one space).
+utterances raise ``max_utterance_chars``. Utterances are kept verbatim (``SendUtterance(verbatim=
+True)``): whitespace, Unicode and markup-looking text come back byte for byte on export; only live
+input is normalised.
 
 Every record is imported in its own transaction: a bad record is reported with its file and line
 (row, for Parquet) and skipped, never half-written. A game id already in the database is skipped
@@ -314,7 +315,7 @@ def synthesise(rec: GameRecord, base: GameRules | None = None):
     except ValueError as exc:
         raise BadRecord(f"bad game configuration: {exc}") from exc
     n = len(rec.utterances)
-    texts = [" ".join(u.split()) for u in rec.utterances]
+    texts = list(rec.utterances)  # verbatim: an import must not change the data
     complete_last = len(rec.selections) == n
     max_turns = max(base.max_turns, n)
     if rec.outcome == "unsuccessful" and complete_last:
@@ -349,7 +350,7 @@ def synthesise(rec: GameRecord, base: GameRules | None = None):
         start = state.current_turn.started_at
         send = rec.send_seconds[i] if rec.send_seconds else DEFAULT_SEND_SECONDS
         sent_at = start + max(0.0, send)
-        state = _apply(state, SendUtterance(seat=Seat.SPEAKER, text=text_, at=sent_at), events, f"turn {turn}")
+        state = _apply(state, SendUtterance(seat=Seat.SPEAKER, text=text_, at=sent_at, verbatim=True), events, f"turn {turn}")
         now = sent_at
         if i >= len(rec.selections):
             break

@@ -85,6 +85,7 @@ function showNotice(title, message, retry) {
   $("notice-message").textContent = message;
   $("notice-action").hidden = !retry;
   $("notice-retry").onclick = retry || null;
+  $("notice-retry").textContent = "Try again";
   showScreen("notice");
 }
 
@@ -364,8 +365,42 @@ function becomeReady() {
 
 // ------------------------------------------------------------ live connection
 
+// ------------------------------------------------------------ one tab per worker
+
+// Two tabs of the same worker would both play the same seat. The newest tab takes over; the
+// others stop and say so (with a button to take the game back).
+const TAB_ID = `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+const tabs = "BroadcastChannel" in window ? new BroadcastChannel("multiref.tabs") : null;
+
+function claimThisTab() {
+  if (tabs && session && session.participant_id) {
+    tabs.postMessage({ participant: session.participant_id, tab: TAB_ID });
+  }
+}
+
+if (tabs) {
+  tabs.onmessage = (event) => {
+    const { participant, tab } = event.data || {};
+    if (!session || participant !== session.participant_id || tab === TAB_ID) return;
+    if (current === "released" || current === "notice") return;
+    showNotice(
+      "This study is open in another tab",
+      "You opened the study again in another tab or window, and the game continues there. " +
+        "Please use that tab and close this one, so that your moves are not sent twice.",
+      () => {
+        showScreen("loading");
+        claimThisTab();
+        connect();
+      },
+    );
+    $("notice-retry").textContent = "Continue in this tab instead";
+    document.body.dataset.tab = "replaced";
+  };
+}
+
 function connect() {
   if (socket) return;
+  claimThisTab();
   if (current !== "game" && current !== "lobby") showScreen("loading");
   socket = new GameSocket({ token: session.token, onFrame, onStatus });
   if (!game) {

@@ -14,6 +14,9 @@ const EXPECTED_CAUSE = {
   send_utterance: ["utterance_sent"],
 };
 const INFLIGHT_LIMIT_MS = 6000;
+const DOUBLE_CLICK_MS = 300; // a second click on the same picture this soon is the same click
+/** The one-column layout of phones (app.css): the side column comes below the pictures. */
+const narrow = () => window.matchMedia("(max-width: 900px)").matches;
 
 export function formatClock(seconds) {
   const s = Math.max(0, Math.ceil(seconds));
@@ -201,6 +204,10 @@ export class GameScreen {
     this.lastDraftAt = 0;
     this.renderedMessages = "";
     this.endRendered = null;
+    this.lastClick = null; // {id, at}: a double click must not toggle a picture twice
+    this.submittedTurn = 0; // the last turn this listener pressed Submit in
+    this.autoSubmittedTurn = 0; // the last turn whose selection went in when time ran out
+    this.cutNotice = ""; // shown under the composer after a paste longer than the limit
     this.codeRequested = false;
 
     this.board = $("board");
@@ -216,6 +223,18 @@ export class GameScreen {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
         e.preventDefault();
         this.sendUtterance();
+      }
+    });
+    this.input.addEventListener("paste", (e) => {
+      // The textarea's maxLength cuts a long paste silently: say so.
+      const v = this.view;
+      const pasted = e.clipboardData ? e.clipboardData.getData("text") : "";
+      if (!v || !pasted) return;
+      const kept = this.input.value.length - (this.input.selectionEnd - this.input.selectionStart);
+      if (kept + pasted.length > v.max_utterance_chars) {
+        this.cutNotice =
+          `Your text was cut to ${v.max_utterance_chars} characters, the limit for one message. ` +
+          "Check the end before you send it.";
       }
     });
     this.input.addEventListener("input", () => {
@@ -246,6 +265,15 @@ export class GameScreen {
 
   update(view) {
     if (this.view && this.view.game_id === view.game_id && view.version < this.view.version) return;
+    const before = this.view;
+    if (
+      before && before.game_id === view.game_id && view.seat === "listener" &&
+      before.phase === "selecting" && (view.turn > before.turn || view.phase === "ended") &&
+      this.submittedTurn !== before.turn && view.last_submitted !== null
+    ) {
+      this.autoSubmittedTurn = before.turn; // the turn ran out before this listener pressed Submit
+    }
+    if (view.phase !== "speaking") this.cutNotice = "";
     this.view = view;
     if (view.game_id !== this.gameId) {
       this.gameId = view.game_id;
@@ -349,6 +377,10 @@ export class GameScreen {
       return;
     }
     if (!this.canSelect()) return;
+    const now = Date.now();
+    const last = this.lastClick;
+    this.lastClick = { id: tangramId, at: now };
+    if (last && last.id === tangramId && now - last.at < DOUBLE_CLICK_MS) return; // a double click
     this.queue.push({ type: "click", tangram_id: tangramId });
     this.render();
     this.pump();
@@ -356,6 +388,7 @@ export class GameScreen {
 
   submit() {
     if (!this.canSelect()) return;
+    this.submittedTurn = this.view.turn;
     this.queue.push({ type: "submit" });
     this.render();
     this.pump();
@@ -599,9 +632,7 @@ export class GameScreen {
           : v.outcome === "unsuccessful"
             ? `Game over. ${endReasonText(v)}`
             : endReasonText(v);
-      note = `Your completion code and pay are shown ${
-        window.matchMedia("(max-width: 900px)").matches ? "below the pictures" : "on the right"
-      }.`;
+      note = `Your completion code and pay are shown ${narrow() ? "below" : "on the right"}.`;
     } else if (v.phase === "waiting") {
       main = "Waiting for your partner to open the game…";
       note = "This usually takes a few seconds.";
@@ -624,7 +655,10 @@ export class GameScreen {
       note =
         v.last_submitted !== null
           ? "Not all targets are selected yet. The speaker will tell you more."
-          : "The message will appear on the right. Then select the pictures it describes.";
+          : `The message will appear ${narrow() ? "below the pictures" : "on the right"}. Then select the pictures it describes.`;
+      if (this.autoSubmittedTurn && this.autoSubmittedTurn === v.turn - 1) {
+        note = `Time ran out, so your selection was submitted automatically. ${note}`;
+      }
     } else {
       tone = "action";
       main = this.submitPending()
@@ -663,7 +697,8 @@ export class GameScreen {
   }
 
   renderMessages(v) {
-    const key = JSON.stringify(v.messages);
+    // the phase is part of the key: the end screen changes the list's size, so scroll again then
+    const key = JSON.stringify([v.phase === "ended", v.messages]);
     if (key === this.renderedMessages) return;
     this.renderedMessages = key;
     const list = $("message-history");
@@ -687,7 +722,11 @@ export class GameScreen {
       li.append(meta, text);
       list.append(li);
     }
+    // the newest message in view, once the layout around the list has settled
     list.scrollTop = list.scrollHeight;
+    requestAnimationFrame(() => {
+      list.scrollTop = list.scrollHeight;
+    });
   }
 
   renderComposer() {
@@ -703,6 +742,8 @@ export class GameScreen {
       : v.phase === "selecting"
         ? "Your partner is selecting. You can write in the next turn."
         : "";
+    const cut = $("composer-note");
+    if (cut && cut.textContent !== this.cutNotice) cut.textContent = this.cutNotice;
     const len = this.input.value.length;
     const counter = $("char-counter");
     counter.textContent = `${len} / ${max}`;
@@ -732,7 +773,10 @@ export class GameScreen {
     const key = JSON.stringify([v.end_reason, v.pay, v.completion_code]);
     card.hidden = false;
     if (key === this.endRendered) return;
+    const first = this.endRendered === null;
     this.endRendered = key;
+    // on a phone the end card moves to the top (app.css): show it, wherever the page was scrolled
+    if (first && narrow()) requestAnimationFrame(() => window.scrollTo({ top: 0 }));
     buildEndCard(card, {
       title: endTitle(v),
       tone: v.outcome === "successful" ? "good" : v.outcome === "unsuccessful" ? "bad" : "",

@@ -3,6 +3,7 @@ it with a reason, see the audit log, step through the replay, block a worker, lo
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -173,4 +174,123 @@ async def test_dashboard_login_live_view_end_replay_block(start_server, sqlite_u
     await context.close()
     await speaker.close()
     await listener.close()
+    await db.close()
+
+
+async def test_dashboard_stats_download_confirmation_thumbnails_and_phone(start_server, sqlite_url, kilogram_dir, browser, tmp_path):
+    """The operator's second look: "Finished" leaves aborted games out, mean turns always has one
+    decimal, the data downloads as a zip, ending a game is confirmed once, a model turn's letters
+    show their pictures, the games list has start times, and the pages fit a phone."""
+    import json
+    import re
+    import zipfile
+
+    from sqlalchemy import func, select
+
+    from app.db.models import ListenerRequest
+    from bench.export_bench import generate_games
+
+    db = Database(sqlite_url)
+    await db.migrate()
+    await generate_games(db, 14, seed=2, round_=None, abandon_rate=0.35, systems=("B-SUP", "human"))
+    async with db.session() as s:
+        rows = (await s.execute(select(Game.system, Game.outcome, func.count()).where(Game.status == "ended")
+                                .group_by(Game.system, Game.outcome))).all()
+    completed = {sys: sum(n for s_, o, n in rows if s_ == sys and o in ("successful", "unsuccessful")) for sys in ("B-SUP", "human")}
+    ended = {sys: sum(n for s_, o, n in rows if s_ == sys) for sys in ("B-SUP", "human")}
+    assert any(ended[s] > completed[s] for s in ended), "the test needs aborted games"
+
+    server = start_server(sqlite_url)
+    ids = sorted(p.stem for p in kilogram_dir.glob("*.svg"))[:10]
+    config = GameConfig(context=tuple(ids), targets=tuple(ids[:3]), speaker_order=tuple(ids),
+                        listener_order=tuple(reversed(ids)))
+    model_game = await create_game(server.url, ADMIN_TOKEN, config, listener="model")
+    speaker = await BotClient(server.url, model_game["speaker_token"]).connect()
+    await speaker.wait_for(lambda b: b.view and b.view.phase == "speaking")
+    await speaker.say("the swan and the house")
+    gid = model_game["game_id"]
+    for _ in range(100):  # the hub writes the model turn's request; a worker would answer it
+        async with db.session() as s, s.begin():
+            request = (await s.execute(select(ListenerRequest).where(ListenerRequest.game_id == gid))).scalar()
+            if request is not None:
+                request.action, request.prob_action, request.latency_s = "select C A", 0.42, 0.8
+                request.status, request.worker_id = "failed", "test-worker"
+                break
+        await asyncio.sleep(0.1)
+    assert request is not None
+
+    context = await browser.new_context(accept_downloads=True)
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    await page.goto(server.url + "/admin/login")
+    await page.fill("#token", ADMIN_TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(server.url + "/admin")
+
+    async def stats() -> dict:
+        cells = await page.locator("#stats tr").evaluate_all("rows => rows.map(r => [...r.cells].map(c => c.textContent.trim()))")
+        return {c[0]: c for c in cells}
+
+    for when in ("rendered by the server", "refreshed by the page"):
+        table = await stats()
+        for system in ("B-SUP", "human"):
+            row = table[system]
+            assert int(row[3]) == completed[system], (when, row)  # Finished: played to the end
+            assert int(row[3]) + int(row[4]) == ended[system], (when, row)  # + Aborted
+            assert re.fullmatch(r"\d+\.\d", row[6]), (when, row)  # Mean turns: one decimal
+        await page.wait_for_function("() => document.getElementById('refreshed').textContent !== 'now'", timeout=10000)
+
+    # the download: one zip with the release-format files of every finished game
+    async with page.expect_download() as info:
+        await page.click("#export-form button[type=submit]")
+    download = await info.value
+    path = tmp_path / download.suggested_filename
+    await download.save_as(path)
+    assert path.suffix == ".zip"
+    with zipfile.ZipFile(path) as z:
+        names = set(z.namelist())
+        assert {"interaction.jsonl", "turn.jsonl"} <= names, names
+        games = [json.loads(line) for line in z.read("interaction.jsonl").decode().splitlines()]
+    assert len(games) == sum(ended.values())
+    assert json.dumps(games[0]).count("game_id")
+
+    # buttons are styled, not the browser's defaults
+    await page.mouse.move(0, 0)
+    style = await page.locator("#export-form button").evaluate("b => getComputedStyle(b).borderRadius + ' ' + getComputedStyle(b).backgroundColor")
+    assert style.startswith("6px") and "rgb(29, 78, 216)" in style, style
+
+    # the model turn: each letter of "select C A" with the listener's picture for it
+    await page.goto(f"{server.url}/admin/games/{gid}")
+    await page.wait_for_function("() => document.querySelectorAll('#model-turns td.action .letter').length === 2")
+    shown = await page.locator("#model-turns td.action .letter").evaluate_all("els => els.map(e => [e.textContent, e.dataset.tangram])")
+    assert shown == [["C", config.listener_order[2]], ["A", config.listener_order[0]]]
+    assert await page.locator("#model-turns td.action img").evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
+    await _shot(page, "model-turns")
+
+    # ending the game is confirmed on the next page, once
+    await page.fill("#end-section input[name=note]", "confirm me")
+    await page.click("#end-section button[type=submit]")
+    await page.wait_for_url(f"{server.url}/admin/games/{gid}")
+    flash = page.get_by_test_id("flash")
+    assert "ended (admin_ended)" in await flash.inner_text() and gid[:12] in await flash.inner_text()
+    await page.reload()
+    assert await page.get_by_test_id("flash").count() == 0
+
+    # the games list has start times, in the browser's local time
+    await page.goto(server.url + "/admin/games")
+    started = await page.locator("td.started").all_inner_texts()
+    assert len(started) == 15 and all(re.search(r"\d{1,4}\D\d{1,2}\D\d{1,4}", t) for t in started), started[:3]
+
+    # a phone: the page never gets wider than the screen; wide tables scroll inside themselves
+    await page.set_viewport_size({"width": 390, "height": 844})
+    for url in ("/admin", "/admin/games", f"/admin/games/{gid}"):
+        await page.goto(server.url + url)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390, url
+    await page.goto(server.url + "/admin/games")
+    assert await page.locator("table.grid").evaluate("t => t.scrollWidth > t.clientWidth && getComputedStyle(t).overflowX === 'auto'")
+    await _shot(page, "phone-games")
+    assert not problems, problems
+    await context.close()
+    await speaker.close()
     await db.close()

@@ -227,9 +227,13 @@ class Disconnect:
 
 @dataclass(frozen=True)
 class SendUtterance:
+    """A message. Live input is normalised (runs of whitespace become one space, ends trimmed);
+    ``verbatim`` keeps the text byte for byte (imported records: data is kept as it was)."""
+
     seat: Seat
     text: str
     at: float
+    verbatim: bool = False
 
 
 @dataclass(frozen=True)
@@ -610,13 +614,14 @@ def decide(state: GameState, cmd: Command) -> list[Event] | Rejection:
             if reason in (EndReason.SUCCESS, EndReason.MAX_TURNS):
                 return Rejection("invalid_end_reason", f"A game cannot be ended with {reason}.")
             return [_end(state, reason, at, note=note)]
-        case SendUtterance(seat=seat, text=text, at=at):
+        case SendUtterance(seat=seat, text=text, at=at, verbatim=verbatim):
             if seat is not Seat.SPEAKER:
                 return Rejection("not_your_seat", "Only the speaker can send messages.")
             if state.phase is not Phase.SPEAKING:
                 return Rejection("not_your_turn", "You can send one message per turn; wait for the listener.")
-            clean = " ".join(text.split())  # the bound applies to the message as sent
-            if not clean:
+            # the bound applies to the message as sent
+            clean = text if verbatim else " ".join(text.split())
+            if not clean.strip():
                 return Rejection("empty_utterance", "The message is empty.")
             if len(clean) > state.rules.max_utterance_chars:
                 return Rejection(

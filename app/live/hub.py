@@ -257,7 +257,23 @@ class GameHub:
             self.states[game_id] = after
         self._broadcast(after, events[-1].type)
         await self.bus.flush(staged)
+        ended = next((e for e in events if isinstance(e, GameEnded)), None)
+        if ended is not None:
+            await self._log_end(after, ended)
         return after
+
+    async def _log_end(self, after: GameState, ended: GameEnded) -> None:
+        """One log line per finished game: id, system, outcome, end reason, turns."""
+        try:
+            async with self.db.session() as s:
+                system = (await s.execute(select(Game.system).where(Game.id == after.game_id))).scalar()
+        except Exception:  # the line is informative only; never fail a committed game over it
+            system = None
+        log.info(
+            "game %s ended: system %s, %s (%s), %d turns",
+            after.game_id, system or after.listener_kind.value, ended.outcome.value,
+            ended.reason.value, after.turn,
+        )
 
     async def _speaker_draft(self, game_id: str) -> str:
         async with self.db.session() as s:

@@ -61,7 +61,7 @@ def list_command(
     directory: Annotated[Path, typer.Argument(help="Folder of tangram .svg/.png files.")],
     splits: Annotated[
         Optional[Path],
-        typer.Option(help="JSON {split: [ids]}: report how many ids each split finds."),
+        typer.Option(help="JSON file mapping each split name to its ids: report how many each split finds."),
     ] = None,
     show: Annotated[int, typer.Option(help="How many ids to print.")] = 10,
 ) -> None:

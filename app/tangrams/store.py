@@ -35,6 +35,25 @@ def release_id(tid: str) -> str:
 DOWNLOAD_TIMEOUT = 5.0  # seconds per request when the server tries KiloGram on start-up
 
 
+_warned: set[Path] = set()
+
+
+def _warn_builtin_once(builtin_dir: Path, n: int, reason: str) -> None:
+    """One log line per process (a server with an embedded worker resolves its set twice)."""
+    if builtin_dir in _warned:
+        return
+    _warned.add(builtin_dir)
+    short = " ".join(reason.split())
+    for stop in (". ", "? "):
+        short = short.split(stop, 1)[0]
+    log.warning(
+        "KiloGram unavailable (%s): using the built-in set of %d generated tangrams in %s; "
+        "for KiloGram run `multiref tangrams fetch DIR` online, then set MULTIREF_TANGRAMS=DIR "
+        "or pass --tangrams DIR",
+        short.rstrip("."), n, builtin_dir,
+    )
+
+
 class TangramSetError(ValueError):
     """A tangram folder or splits file that cannot be used, with a message saying why."""
 
@@ -139,12 +158,5 @@ def resolve_tangram_set(
     builtin_dir = cache_dir / "builtin"
     if not builtin.is_current(builtin_dir, builtin_n, builtin_seed):
         builtin.write_set(builtin_dir, builtin_n, builtin_seed)
-    log.warning(
-        "Using the built-in tangram set (%d generated figures in %s) instead of KiloGram (%s). "
-        "To use KiloGram: run `multiref tangrams fetch DIR` on a machine with internet access, "
-        "then set MULTIREF_TANGRAMS=DIR or pass --tangrams DIR.",
-        builtin_n,
-        builtin_dir,
-        reason,
-    )
+    _warn_builtin_once(builtin_dir, builtin_n, reason)
     return TangramSet(builtin_dir)

@@ -10,7 +10,9 @@ one bound to a pre-login cookie), and POSTs from another origin are refused.
 Pages: ``/admin`` (live games, lobby, per-system stats of the round, workers, systems, rounds,
 audit log; refreshed every 2 s), ``/admin/games`` (recent games), ``/admin/games/{id}`` (read-only
 live view of both screens, polled every second), ``/admin/games/{id}/replay`` (step through the
-event log). Their JSON comes from ``/admin/api/...``, authenticated by the same cookie.
+event log), ``/admin/export`` (the release-format files as one zip download). Their JSON comes
+from ``/admin/api/...``, authenticated by the same cookie. After an action, the next page says
+what was done (a signed one-time "flash" cookie, so a reload does not repeat it).
 Everything shown is escaped: Jinja2 autoescapes, and the scripts only ever set ``textContent``.
 """
 
@@ -19,14 +21,17 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+import tempfile
 import time
+import zipfile
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.background import BackgroundTask
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -47,6 +52,8 @@ router = APIRouter(prefix="/admin", include_in_schema=False)
 
 SESSION_COOKIE = "mr_admin"
 LOGIN_COOKIE = "mr_admin_login"
+FLASH_COOKIE = "mr_admin_flash"
+FLASH_SECONDS = 120
 SESSION_SECONDS = 12 * 3600
 LOGIN_FORM_SECONDS = 3600
 MAX_FORM_BYTES = 16_384
@@ -111,8 +118,35 @@ def _headers(response: Response) -> Response:
 
 
 def _page(request: Request, name: str, context: dict, status_code: int = 200) -> Response:
-    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    flash = _read_flash(request)
+    response = templates.TemplateResponse(
+        request, name, {"flash": flash, **context}, status_code=status_code
+    )
+    if flash is not None:
+        response.delete_cookie(FLASH_COOKIE, path="/admin")
     return _headers(response)
+
+
+def _with_flash(request: Request, response: Response, message: str) -> Response:
+    """Say on the next page what an action did (once: the page deletes the cookie)."""
+    response.set_cookie(
+        FLASH_COOKIE,
+        _serializer(request, "multiref-admin-flash").dumps(message),
+        max_age=FLASH_SECONDS, path="/admin", httponly=True, samesite="strict",
+        secure=_secure(request),
+    )
+    return response
+
+
+def _read_flash(request: Request) -> str | None:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return None
+    try:
+        message = _serializer(request, "multiref-admin-flash").loads(raw, max_age=FLASH_SECONDS)
+    except BadSignature:
+        return None
+    return message if isinstance(message, str) else None
 
 
 def _to_login() -> Response:
@@ -340,6 +374,45 @@ async def api_replay(game_id: str, request: Request):
     return _json(replay)
 
 
+# ---------------------------------------------------------------- export (a download)
+
+
+@router.get("/export")
+async def export_download(request: Request):
+    """The games in the release format (interaction, turn and events files) as one zip."""
+    from app.export import FORMATS, ExportFilter, export
+
+    session = require_session(request)
+    fmt = request.query_params.get("format", "jsonl")
+    if fmt not in FORMATS:
+        raise HTTPException(422, f"format must be one of {', '.join(FORMATS)}.")
+    raw_round = request.query_params.get("round", "").strip()
+    rounds = [_number(raw_round, int, "round")] if raw_round else None
+    sources = [request.query_params["source"]] if request.query_params.get("source") in ("live", "imported") else None
+    services = request.app.state.services
+    folder = tempfile.TemporaryDirectory(prefix="multiref-export-")
+    try:
+        report = await export(services.db, Path(folder.name) / "files", fmt, ExportFilter(rounds=rounds, sources=sources))
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        name = f"multiref-export-{stamp}" + (f"-round{rounds[0]}" if rounds else "") + ".zip"
+        archive = Path(folder.name) / name
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            for path in sorted((Path(folder.name) / "files").iterdir()):
+                z.write(path, path.name)
+        async with services.db.session() as s, s.begin():
+            await audit.record(
+                s, session.actor, "export", "dashboard",
+                {"format": fmt, "rounds": rounds, "sources": sources, "games": report.games},
+            )
+    except BaseException:
+        folder.cleanup()
+        raise
+    response = FileResponse(
+        archive, media_type="application/zip", filename=name, background=BackgroundTask(folder.cleanup)
+    )
+    return _headers(response)
+
+
 # ---------------------------------------------------------------- actions (forms)
 
 
@@ -354,7 +427,12 @@ async def end_game(game_id: str, request: Request):
         raise HTTPException(422, f"A game cannot be ended with {reason.value}.")
     note = form.get("note", "")[:500]
     await admin_api.end_game(request.app.state.services, game_id, reason, note, session.actor)
-    return _back(form.get("next") if form.get("next") in ("/admin", f"/admin/games/{game_id}") else "/admin")
+    target = form.get("next") if form.get("next") in ("/admin", f"/admin/games/{game_id}") else "/admin"
+    return _with_flash(
+        request, _back(target),
+        f"Game {game_id[:12]} ended ({reason.value}). Both players are paid what the rules owe "
+        "and see their completion codes.",
+    )
 
 
 @router.post("/block")
@@ -366,7 +444,7 @@ async def block(request: Request):
     await admin_api.block_participant(
         request.app.state.services, pid, form.get("reason", "")[:500], session.actor
     )
-    return _back()
+    return _with_flash(request, _back(), f"Worker {pid} is blocked.")
 
 
 def _number(value: str | None, cast, field: str):

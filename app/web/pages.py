@@ -45,6 +45,28 @@ EXAMPLE_KILOGRAM = {
     "first_selection": ["page4-162", "page2-131"],
     "second_message": "yes the bird! not the hammer. the house with a triangle roof",
 }
+# The built-in set (seed 0, what a server generates when KiloGram is unavailable), described the way
+# a speaker would. The four are in its train split, not the dev split games draw from by default.
+EXAMPLE_BUILTIN = {
+    "ids": ["builtin-0107", "builtin-0105", "builtin-0113", "builtin-0110"],
+    "targets": ["builtin-0107", "builtin-0113"],
+    "first_message": "the house with a pointed roof, and the long flat one that looks like a plane",
+    "first_selection": ["builtin-0107", "builtin-0110"],
+    "second_message": "yes the house! not the V shape. the thin flat one with a pointed nose",
+}
+
+
+def _is_default_builtin(tangrams) -> bool:
+    """Whether the set is the built-in one generated with seed 0 (the figures described above)."""
+    import json
+
+    from app.tangrams import builtin
+
+    try:
+        found = json.loads((Path(tangrams.folder) / builtin.MANIFEST_NAME).read_text())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+    return found.get("seed") == 0 and found.get("generator_version") == builtin.GENERATOR_VERSION
 
 
 # ---------------------------------------------------------------- consent text
@@ -143,6 +165,8 @@ def example_for(tangrams) -> dict:
     """Four pictures of the configured set for the instructions' worked example."""
     if all(t in tangrams for t in EXAMPLE_KILOGRAM["ids"]):
         return {**EXAMPLE_KILOGRAM, "described": True}
+    if all(t in tangrams for t in EXAMPLE_BUILTIN["ids"]) and _is_default_builtin(tangrams):
+        return {**EXAMPLE_BUILTIN, "described": True}
     ids = tangrams.ids()
     picked = [ids[(i * len(ids)) // 4] for i in range(4)] if len(ids) >= 4 else ids
     return {

@@ -102,8 +102,8 @@
     }
     replaceRows(
       document.getElementById("stats"),
-      o.stats.map((x) => el("tr", null, [td(x.system), td(x.started), td(x.live), td(x.finished), td(x.aborted),
-        td(pct(x.success_rate)), td(x.mean_turns === null ? "–" : x.mean_turns)])),
+      o.stats.map((x) => el("tr", null, [td(x.system), td(x.started), td(x.live), td(x.completed), td(x.aborted),
+        td(pct(x.success_rate)), td(x.mean_turns === null ? "–" : x.mean_turns.toFixed(1))])),
       "No game this round yet.", 7);
     replaceRows(
       document.getElementById("workers"),
@@ -167,6 +167,24 @@
     );
   }
 
+  /** "select G I J" with a thumbnail of the picture each letter names (the listener's order). */
+  function actionCell(action, letters) {
+    const cell = el("td", { className: "action" });
+    if (!action) return cell;
+    for (const word of String(action).split(/\s+/)) {
+      const i = /^[A-J]$/.test(word) ? word.charCodeAt(0) - 65 : -1;
+      if (i >= 0 && i < letters.length) {
+        cell.appendChild(el("span", { className: "letter", title: letters[i], dataset: { tangram: letters[i] } }, [
+          el("img", { src: "/tangrams/" + encodeURIComponent(letters[i]), alt: word + ": " + letters[i] }),
+          el("b", { text: word }),
+        ]));
+      } else {
+        cell.appendChild(el("span", { className: "word", text: word }));
+      }
+    }
+    return cell;
+  }
+
   function renderGame(d) {
     document.getElementById("g-turn").textContent = String(d.turn);
     document.getElementById("g-phase").textContent = d.phase;
@@ -175,9 +193,10 @@
     renderBoard("speaker-board", d.screens.speaker, "speaker");
     renderBoard("listener-board", d.screens.listener, "listener");
     renderMessages(d.screens.speaker);
+    const letters = d.screens.listener.tiles.map((t) => t.tangram_id); // A-J: the listener's order
     replaceRows(
       document.getElementById("model-turns"),
-      d.model_turns.map((r) => el("tr", null, [td(r.turn), td(r.status), td(r.action),
+      d.model_turns.map((r) => el("tr", null, [td(r.turn), td(r.status), actionCell(r.action, letters),
         td(r.prob_action === null ? "" : r.prob_action.toFixed(3)), td(r.latency_s === null ? "" : r.latency_s.toFixed(2) + " s")])),
       "–", 5);
     const end = document.getElementById("end-section");
