@@ -309,8 +309,8 @@ async def load_reviews(db: Any, rounds: Sequence[int] | None = None) -> list[Rev
                         t.selection_before, t.selection_after, targets[t.game_id]
                     )
     groups: dict[tuple[str, int | None], list[LabelRow]] = defaultdict(list)
-    for h, task_system, round_, game_system, kind in found:
-        system = game_system or task_system or ("human" if kind == "human" else "unknown")
+    for h, _task_system, round_, game_system, kind in found:
+        system = game_system or ("human" if kind == "human" else "unknown")  # as the report names it
         groups[(system, round_)].append(
             LabelRow(system, round_, h.game_id, h.turn, h.annotator_id, h.feedback, h.action)
         )
