@@ -91,6 +91,7 @@
         el("div", { class: "msg speaker" }, el("span", { class: "who", text: "Speaker" }), el("span", { class: "text", text: d.speaker })),
         d.listener === null ? null : el("div", { class: "msg listener", "data-testid": d.current ? "current-action" : "past-action" },
           el("span", { class: "who", text: d.current ? "Listener (this action)" : "Listener" }), el("span", { class: "text", text: d.listener })))));
+    $("dialogue").scrollTop = $("dialogue").scrollHeight;  // the turn being judged is the last one
     $("next-message").textContent = cur.next_message || "";
     const feedbackStep = cur.step === "feedback";
     $("q-feedback").hidden = !feedbackStep;
