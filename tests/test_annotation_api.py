@@ -253,6 +253,16 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
         table = list(csv.DictReader(io.StringIO((await c.get(f"/admin/annotation/{task}/labels.csv")).text)))
         assert len(table) == 11 and json.loads(table[0]["context"]) == exported[0]["context"]
 
+    # the same for scripts, with the admin bearer token (an annotator's token is refused)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        r = await c.get(f"/api/admin/annotation/{task}", headers={"Authorization": f"Bearer {token_a}"})
+        assert r.status_code == 401
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        detail = (await c.get(f"/api/admin/annotation/{task}", headers=admin)).json()
+        assert detail["task"]["labels"] == 10 and detail["review"]["feedback_agreement"]["fleiss"] == pytest.approx(0.42 / 0.62)
+        assert [t["task_id"] for t in (await c.get("/api/admin/annotation", headers=admin)).json()] == [task]
+        assert len((await c.get(f"/api/admin/annotation/{task}/labels.jsonl", headers=admin)).text.splitlines()) == 11
+
     # multiref report has the human review section and its plot
     out = tmp_path / "report"
     env = {**os.environ, "MULTIREF_DATABASE_URL": pg_url, "PYTHONPATH": str(ROOT)}
@@ -265,3 +275,32 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
     assert (out / "human-review.png").stat().st_size > 1000
     metrics = json.loads((out / "metrics.json").read_text())
     assert next(m for m in metrics if m["round"] == 1)["human"]["decoders"]["binary"]["n"] == 4
+
+
+async def test_concurrent_annotators_never_take_the_same_turn_past_the_wanted_number(start_server, pg_url, tmp_path):
+    """One annotator per turn, three annotators asking at once: every turn is handed out once."""
+    import asyncio
+
+    await seed_database(pg_url, tmp_path)
+    server = start_server(pg_url)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        csrf = await login(c)
+        r = await c.post("/admin/annotation/tasks", data={"csrf": csrf, "system": SYSTEM, "round": "1",
+                                                          "sample_size": "12", "seed": "1", "per_turn": "1"})
+        task = r.headers["location"].rsplit("/", 1)[1]
+        tokens = [await new_link(c, csrf, task, f"p{i}") for i in range(3)]
+    people = [Annotating(server.url, t) for t in tokens]
+
+    async def work(a: Annotating) -> list[int]:
+        positions = []
+        while (cur := (await a.current())["current"]) is not None:
+            positions.append(cur["position"])
+            await a.post("answer", {"item": cur["item"], "feedback": "neutral"})
+            await a.post("answer", {"item": cur["item"], "action": "partly"})
+        return positions
+
+    done = await asyncio.gather(*(work(a) for a in people))
+    for a in people:
+        await a.c.aclose()
+    every = sorted(p for d in done for p in d)
+    assert every == list(range(12)), done  # each turn once, none twice, none left

@@ -11,6 +11,7 @@ Operator side (the dashboard's session cookie and CSRF forms, see ``app.web.dash
 - ``POST /admin/annotation/{task}/annotators``     a new annotator link (its token is shown once;
                                                    only its SHA-256 is stored)
 - ``GET  /admin/annotation/{task}/labels.jsonl|csv``  the labels with their turn rows
+- ``GET  /api/admin/annotation[/{task}[/labels.jsonl]]``  the same as JSON for scripts (bearer token)
 
 Annotator side: ``GET /annotate/{token}`` is the page; its script calls ``/annotate/api/...``
 with the token as a bearer token. An annotator token opens one task's labelling and nothing
@@ -35,17 +36,17 @@ import time
 import uuid
 from collections import defaultdict
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 
 from app.db.gamelog import load_state
 from app.db.models import AnnotationItem, AnnotationTask, Annotator, FeedbackLabel, Game, HumanLabel, Turn
-from app.web.auth import bearer, token_digest
+from app.web.auth import bearer, require_admin, token_digest
 from app.web.dashboard import _checked_form, _headers, _page, _to_login, current_session
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter()
 
 FEEDBACK = {"positive": 1, "neutral": 0, "negative": -1}
 ACTION = {"correct": 1, "partly": 0, "wrong": -1}
@@ -304,7 +305,7 @@ def _int(value: str | None, field: str, default: int | None = None) -> int | Non
         raise HTTPException(422, f"{field} must be a whole number.") from exc
 
 
-@router.get("/admin/annotation")
+@router.get("/admin/annotation", include_in_schema=False)
 async def tasks_page(request: Request):
     session = current_session(request)
     if session is None:
@@ -313,7 +314,7 @@ async def tasks_page(request: Request):
     return _page(request, "annotate/tasks.html", {"csrf": session.csrf, "actor": session.actor, "tasks": tasks})
 
 
-@router.post("/admin/annotation/tasks")
+@router.post("/admin/annotation/tasks", include_in_schema=False)
 async def create_task_form(request: Request):
     session, form = await _checked_form(request)
     task_id = await create_task(
@@ -340,7 +341,7 @@ async def _task_page(request: Request, task_id: str, session, new_link: str | No
     )
 
 
-@router.get("/admin/annotation/{task_id}")
+@router.get("/admin/annotation/{task_id}", include_in_schema=False)
 async def task_page(task_id: str, request: Request):
     session = current_session(request)
     if session is None:
@@ -348,7 +349,7 @@ async def task_page(task_id: str, request: Request):
     return await _task_page(request, task_id, session)
 
 
-@router.post("/admin/annotation/{task_id}/annotators")
+@router.post("/admin/annotation/{task_id}/annotators", include_in_schema=False)
 async def add_annotator_form(task_id: str, request: Request):
     session, form = await _checked_form(request)
     token = await add_annotator(request.app.state.services.db, task_id, form.get("name", "").strip(), session.actor)
@@ -356,7 +357,7 @@ async def add_annotator_form(task_id: str, request: Request):
     return await _task_page(request, task_id, session, new_link=link)
 
 
-@router.get("/admin/annotation/{task_id}/labels.{fmt}")
+@router.get("/admin/annotation/{task_id}/labels.{fmt}", include_in_schema=False)
 async def export_labels(task_id: str, fmt: str, request: Request):
     if current_session(request) is None:
         raise HTTPException(401, "Log in to the dashboard first.")
@@ -370,6 +371,36 @@ async def export_labels(task_id: str, fmt: str, request: Request):
     response = Response(body, media_type=media)
     response.headers["Content-Disposition"] = f'attachment; filename="labels-{task_id[:8]}.{fmt}"'
     return _headers(response)
+
+
+# ---------------------------------------------------------------- the same for scripts (bearer token)
+
+api = APIRouter(prefix="/api/admin/annotation", dependencies=[Depends(require_admin)], tags=["annotation"])
+
+
+@api.get("")
+async def api_tasks(request: Request) -> list[dict]:
+    """Annotation tasks with their progress, newest first."""
+    return await list_tasks(request.app.state.services.db)
+
+
+@api.get("/{task_id}")
+async def api_task(task_id: str, request: Request) -> dict:
+    """A task's progress, annotators, agreement and decoder / heuristic figures."""
+    detail = await task_detail(request.app.state.services.db, task_id)
+    if detail is None:
+        raise HTTPException(404, "Unknown annotation task.")
+    return detail
+
+
+@api.get("/{task_id}/labels.jsonl")
+async def api_labels(task_id: str, request: Request) -> Response:
+    """The task's labels with their turn rows, one JSON object a line."""
+    rows = await export_rows(request.app.state.services.db, task_id)
+    return Response("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), media_type="application/x-ndjson")
+
+
+router.include_router(api)
 
 
 # ---------------------------------------------------------------- annotator side
@@ -609,7 +640,7 @@ async def api_undo(request: Request, authorization: str | None = Header(default=
         return _json(await _state(s, me))
 
 
-@router.get("/annotate/{token}")
+@router.get("/annotate/{token}", include_in_schema=False)
 async def annotator_page(token: str, request: Request):
     async with request.app.state.services.db.session() as s:
         found = (
