@@ -52,7 +52,9 @@ def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float | None:
     ``None`` when it is undefined: no items, or chance agreement of 1 (both raters gave one and
     the same label to everything)."""
     if len(a) != len(b):
-        raise ValueError(f"the two raters labelled {len(a)} and {len(b)} items; give the same items")
+        raise ValueError(
+            f"the two raters labelled {len(a)} and {len(b)} items; give the same items"
+        )
     n = len(a)
     if n == 0:
         return None
@@ -86,7 +88,9 @@ def fleiss_kappa(items: Sequence[Sequence[Hashable]]) -> float | None:
     return (p_bar - p_e) / (1 - p_e)
 
 
-def pairwise_cohen(ratings: dict[Hashable, dict[Hashable, Hashable]]) -> dict[tuple, tuple[int, float | None]]:
+def pairwise_cohen(
+    ratings: dict[Hashable, dict[Hashable, Hashable]],
+) -> dict[tuple, tuple[int, float | None]]:
     """Cohen's kappa of every pair of raters over the items both labelled.
 
     ``ratings[item][rater] = label``; returns ``{(rater_a, rater_b): (shared items, kappa)}``."""
@@ -134,7 +138,9 @@ def agreement(ratings: dict[Hashable, dict[Hashable, Hashable]]) -> dict[str, An
         "fleiss": fleiss,
         "fleiss_items": fleiss_items,
         "cohen": sum(kappas) / len(kappas) if kappas else None,
-        "cohen_pairs": {f"{a}|{b}": {"items": n, "kappa": kap} for (a, b), (n, kap) in pairs.items()},
+        "cohen_pairs": {
+            f"{a}|{b}": {"items": n, "kappa": kap} for (a, b), (n, kap) in pairs.items()
+        },
     }
 
 
@@ -221,7 +227,10 @@ class Review:
             c = v.get("confusion")
             if c is None:
                 return v
-            return {**v, "confusion": {str(h): {str(p): k for p, k in row.items()} for h, row in c.items()}}
+            return {
+                **v,
+                "confusion": {str(h): {str(p): k for p, k in row.items()} for h, row in c.items()},
+            }
 
         return {
             "system": self.system,
@@ -250,14 +259,20 @@ def review(
     for r in rows:
         fb[(r.game_id, r.turn)][r.annotator] = r.feedback
         ac[(r.game_id, r.turn)][r.annotator] = r.action
-    out = Review(system, round_, turns=len(fb), labels=len(rows), annotators=len({r.annotator for r in rows}))
+    out = Review(
+        system, round_, turns=len(fb), labels=len(rows), annotators=len({r.annotator for r in rows})
+    )
     out.feedback_agreement = agreement(fb)
     out.action_agreement = agreement(ac)
     human_fb = {k: majority(v.values()) for k, v in fb.items()}
     human_ac = {k: majority(v.values()) for k, v in ac.items()}
     names = sorted({d for v in decoded.values() for d in v})
     for d in names:
-        pairs = [(h, decoded[k][d]) for k, h in human_fb.items() if h is not None and d in decoded.get(k, {})]
+        pairs = [
+            (h, decoded[k][d])
+            for k, h in human_fb.items()
+            if h is not None and d in decoded.get(k, {})
+        ]
         out.decoders[d] = validation(pairs)
     out.heuristic = validation(
         [(h, heuristics[k]) for k, h in human_ac.items() if h is not None and k in heuristics]
@@ -301,7 +316,9 @@ async def load_reviews(db: Any, rounds: Sequence[int] | None = None) -> list[Rev
                 decoded[(lab.game_id, lab.turn)][lab.decoder] = lab.label
             targets = {
                 gid: cfg.get("targets", [])
-                for gid, cfg in await s.execute(select(Game.id, Game.config).where(Game.id.in_(part)))
+                for gid, cfg in await s.execute(
+                    select(Game.id, Game.config).where(Game.id.in_(part))
+                )
             }
             for t in (await s.execute(select(Turn).where(Turn.game_id.in_(part)))).scalars():
                 if t.selection_after is not None:
@@ -310,13 +327,17 @@ async def load_reviews(db: Any, rounds: Sequence[int] | None = None) -> list[Rev
                     )
     groups: dict[tuple[str, int | None], list[LabelRow]] = defaultdict(list)
     for h, _task_system, round_, game_system, kind in found:
-        system = game_system or ("human" if kind == "human" else "unknown")  # as the report names it
+        system = game_system or (
+            "human" if kind == "human" else "unknown"
+        )  # as the report names it
         groups[(system, round_)].append(
             LabelRow(system, round_, h.game_id, h.turn, h.annotator_id, h.feedback, h.action)
         )
     return [
         review(system, round_, rows, decoded, heuristics)
-        for (system, round_), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1]))
+        for (system, round_), rows in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])
+        )
     ]
 
 
@@ -338,16 +359,20 @@ def markdown(reviews: Sequence[Review]) -> list[str]:
     lines = [
         "## Human review",
         "",
-        "Annotators judged sampled turns: the speaker's next message as feedback "
-        "(positive / neutral / negative) and the listener's action (correct / partly / wrong). "
-        "Raw agreement is the mean share of agreeing annotator pairs per turn; Cohen's kappa is "
-        "the mean over annotator pairs; Fleiss' kappa is over the turns with the usual number of "
-        "annotators. The decoder and the heuristic are compared with the human majority label "
-        "(turns without a majority left out); FPR is the share of turns people did not call "
-        "positive that the decoder calls positive.",
+        (
+            "Annotators judged sampled turns: the speaker's next message as feedback "
+            "(positive / neutral / negative) and the listener's action (correct / partly / "
+            "wrong). Raw agreement is the mean share of agreeing annotator pairs per turn; "
+            "Cohen's kappa is the mean over annotator pairs; Fleiss' kappa is over the turns "
+            "with the usual number of annotators. The decoder and the heuristic are compared "
+            "with the human majority label (turns without a majority left out); FPR is the "
+            "share of turns people did not call positive that the decoder calls positive."
+        ),
         "",
-        "| system | round | turns | labels | annotators | feedback raw | feedback Cohen κ | "
-        "feedback Fleiss κ | action raw | action Fleiss κ | heuristic vs human |",
+        (
+            "| system | round | turns | labels | annotators | feedback raw | feedback Cohen κ | "
+            "feedback Fleiss κ | action raw | action Fleiss κ | heuristic vs human |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reviews:
@@ -355,28 +380,40 @@ def markdown(reviews: Sequence[Review]) -> list[str]:
         lines.append(
             f"| {r.system} | {r.round_label} | {r.turns} | {r.labels} | {r.annotators} | "
             f"{_pct(f.get('raw'))} | {_k(f.get('cohen'))} | {_k(f.get('fleiss'))} | "
-            f"{_pct(a.get('raw'))} | {_k(a.get('fleiss'))} | {_pct(r.heuristic.get('accuracy'))} |"
+            f"{_pct(a.get('raw'))} | {_k(a.get('fleiss'))} | "
+            f"{_pct(r.heuristic.get('accuracy'))} |"
         )
     lines += [
         "",
-        "| system | round | decoder | turns | accuracy | precision (+) | recall (+) | F1 (+) | FPR | "
-        "recall − | recall 0 | recall + |",
+        (
+            "| system | round | decoder | turns | accuracy | precision (+) | recall (+) | F1 (+) "
+            "| FPR | recall − | recall 0 | recall + |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reviews:
         for d, v in r.decoders.items():
             lines.append(
                 f"| {r.system} | {r.round_label} | {d} | {v['n']} | {_pct(v['accuracy'])} | "
-                f"{_pct(v['precision'])} | {_pct(v['recall'])} | {_pct(v['f1'])} | {_pct(v['fpr'])} | "
+                f"{_pct(v['precision'])} | {_pct(v['recall'])} | {_pct(v['f1'])} | "
+                f"{_pct(v['fpr'])} | "
                 f"{_pct(v['recall_-1'])} | {_pct(v['recall_+0'])} | {_pct(v['recall_+1'])} |"
             )
     for r in reviews:
         for d, v in r.decoders.items():
-            lines += ["", f"**{r.system}, round {r.round_label}, {d} decoder vs people** (rows: human majority)", ""]
+            lines += [
+                "",
+                f"**{r.system}, round {r.round_label}, {d} decoder vs people** (rows: people)",
+                "",
+            ]
             lines.append("| human \\ decoded | − | 0 | + |")
             lines.append("|---|---|---|---|")
             for h in CLASSES:
-                lines.append(f"| {FEEDBACK_WORDS[h]} | " + " | ".join(str(v["confusion"][h][p]) for p in CLASSES) + " |")
+                lines.append(
+                    f"| {FEEDBACK_WORDS[h]} | "
+                    + " | ".join(str(v["confusion"][h][p]) for p in CLASSES)
+                    + " |"
+                )
     lines.append("")
     return lines
 
@@ -396,9 +433,18 @@ def plot(reviews: Sequence[Review], out: Path) -> list[Path]:
     ticks = ["—" if r is None else str(r) for r in rounds]
     systems = sorted({r.system for r in reviews})
     panels = [("feedback Fleiss κ", lambda r: [("people", r.feedback_agreement.get("fleiss"))])]
-    panels.append(("decoder accuracy vs people", lambda r: [(d, r.decoders[d]["accuracy"]) for d in r.decoders]))
-    panels.append(("decoder FPR vs people", lambda r: [(d, r.decoders[d]["fpr"]) for d in r.decoders]))
-    panels.append(("heuristic vs people (action)", lambda r: [("heuristic", r.heuristic.get("accuracy"))]))
+    panels.append(
+        (
+            "decoder accuracy vs people",
+            lambda r: [(d, r.decoders[d]["accuracy"]) for d in r.decoders],
+        )
+    )
+    panels.append(
+        ("decoder FPR vs people", lambda r: [(d, r.decoders[d]["fpr"]) for d in r.decoders])
+    )
+    panels.append(
+        ("heuristic vs people (action)", lambda r: [("heuristic", r.heuristic.get("accuracy"))])
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     for ax, (title, values) in zip(axes, panels):
         for system in systems:
@@ -423,4 +469,3 @@ def plot(reviews: Sequence[Review], out: Path) -> list[Path]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return [path]
-

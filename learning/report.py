@@ -429,7 +429,9 @@ def write_report(results: Sequence[SystemRound], out_dir: str | Path) -> dict[st
 # ---------------------------------------------------------------- human review (issue 17)
 
 
-async def _attach_human_review(db: Any, results: list[SystemRound], rounds: Sequence[int] | None) -> None:
+async def _attach_human_review(
+    db: Any, results: list[SystemRound], rounds: Sequence[int] | None
+) -> None:
     """Puts each (system, round)'s human review figures on its row (``learning.agreement``)."""
     from learning.agreement import load_reviews
 

@@ -6,6 +6,7 @@ by hand, the labels export with their turn rows, and ``multiref report`` has the
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -53,7 +54,10 @@ async def seed_database(url: str, tmp: Path, round_games: int = 4) -> dict:
     assert (await import_files(db, [two], round_=2, actor="test")).imported == 2
     _, contexts = await load_contexts(db, 1)  # the decoder's turns, found by other code
     await db.close()
-    return {"records": {r["game_id"]: r for r in records}, "turns": sorted((c.game_id, c.turn) for c in contexts)}
+    return {
+        "records": {r["game_id"]: r for r in records},
+        "turns": sorted((c.game_id, c.turn) for c in contexts),
+    }
 
 
 def csrf_of(html: str) -> str:
@@ -77,7 +81,9 @@ async def new_link(c: httpx.AsyncClient, csrf: str, task: str, name: str) -> str
 
 class Annotating:
     def __init__(self, base: str, token: str) -> None:
-        self.c = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=20)
+        self.c = httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=20
+        )
 
     async def current(self) -> dict:
         r = await self.c.get("/annotate/api/current")
@@ -96,7 +102,12 @@ class Annotating:
 
 
 # Answers by sample position: (feedback, action); A skips position 1.
-A_ANSWERS = {0: ("positive", "correct"), 2: ("negative", "wrong"), 3: ("negative", "partly"), 4: ("neutral", "wrong")}
+A_ANSWERS = {
+    0: ("positive", "correct"),
+    2: ("negative", "wrong"),
+    3: ("negative", "partly"),
+    4: ("neutral", "wrong"),
+}
 B_ANSWERS = {
     0: ("positive", "correct"),
     1: ("negative", "wrong"),
@@ -127,8 +138,15 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
 
         r = await c.post(
             "/admin/annotation/tasks",
-            data={"csrf": csrf, "name": "pilot", "system": SYSTEM, "round": "1", "sample_size": "5", "seed": "7",
-                  "per_turn": "2"},
+            data={
+                "csrf": csrf,
+                "name": "pilot",
+                "system": SYSTEM,
+                "round": "1",
+                "sample_size": "5",
+                "seed": "7",
+                "per_turn": "2",
+            },
         )
         assert r.status_code == 303
         task = r.headers["location"].rsplit("/", 1)[1]
@@ -148,22 +166,43 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
     # the decoder says positive for positions 0 and 2, negative for the rest
     async with db.session() as s, s.begin():
         for pos, (gid, turn) in enumerate(expected):
-            s.add(FeedbackLabel(game_id=gid, turn=turn, decoder="binary", decoder_version="v1",
-                                label=1 if pos in (0, 2) else -1, heuristic=None, scores={}, created_at=time.time()))
+            s.add(
+                FeedbackLabel(
+                    game_id=gid,
+                    turn=turn,
+                    decoder="binary",
+                    decoder_version="v1",
+                    label=1 if pos in (0, 2) else -1,
+                    heuristic=None,
+                    scores={},
+                    created_at=time.time(),
+                )
+            )
 
-    a, b, cy = Annotating(server.url, token_a), Annotating(server.url, token_b), Annotating(server.url, token_c)
+    a, b, cy = (
+        Annotating(server.url, token_a),
+        Annotating(server.url, token_b),
+        Annotating(server.url, token_c),
+    )
     async with httpx.AsyncClient(base_url=server.url) as anon:
         assert (await anon.get("/annotate/api/current")).status_code == 401
-        bad = await anon.get("/annotate/api/current", headers={"Authorization": "Bearer not-a-token"})
+        bad = await anon.get(
+            "/annotate/api/current", headers={"Authorization": "Bearer not-a-token"}
+        )
         assert bad.status_code == 401 and "not valid" in bad.json()["detail"]
         assert (await anon.get("/annotate/not-a-token")).status_code == 404
         # an annotator token has no admin power
         r = await anon.get("/api/admin/overview", headers={"Authorization": f"Bearer {token_a}"})
         assert r.status_code == 401
-        r = await anon.get(f"/admin/annotation/{task}/labels.jsonl", headers={"Authorization": f"Bearer {token_a}"})
+        r = await anon.get(
+            f"/admin/annotation/{task}/labels.jsonl", headers={"Authorization": f"Bearer {token_a}"}
+        )
         assert r.status_code == 401
         page = await anon.get(f"/annotate/{token_a}")
-        assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+        assert (
+            page.status_code == 200
+            and "script-src 'self'" in page.headers["content-security-policy"]
+        )
         assert page.headers["referrer-policy"] == "no-referrer"
 
     # the first turn: the listener's ten pictures in the listener's order, no targets yet
@@ -177,17 +216,23 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
     assert all(t["target"] is None for t in cur["tiles"]) and cur["step"] == "feedback"
     assert "targets" not in json.dumps(cur).replace("targets_shown", "")
     assert cur["next_message"] == " ".join(rec["utterances"][turn].split())
-    assert [d["speaker"] for d in cur["dialogue"]] == [" ".join(u.split()) for u in rec["utterances"][:turn]]
+    assert [d["speaker"] for d in cur["dialogue"]] == [
+        " ".join(u.split()) for u in rec["utterances"][:turn]
+    ]
     after = set(rec["selection_after_turn"][turn - 1])
     before = set(rec["selection_after_turn"][turn - 2]) if turn > 1 else set()
-    shown = {rec["listener_order"][i] for i, t in enumerate(cur["tiles"]) if t["change"] == "selected"}
+    shown = {
+        rec["listener_order"][i] for i, t in enumerate(cur["tiles"]) if t["change"] == "selected"
+    }
     assert shown == after - before
     # the action question waits for the feedback answer; the targets come with it
     await a.post("answer", {"item": cur["item"], "action": "correct"}, status=409)
     await a.post("answer", {"item": cur["item"], "feedback": "bad-word"}, status=422)
     s1 = await a.post("answer", {"item": cur["item"], "feedback": "positive"})
     assert s1["current"]["step"] == "action" and s1["current"]["item"] == cur["item"]
-    revealed = {rec["listener_order"][i] for i, t in enumerate(s1["current"]["tiles"]) if t["target"]}
+    revealed = {
+        rec["listener_order"][i] for i, t in enumerate(s1["current"]["tiles"]) if t["target"]
+    }
     assert revealed == set(rec["targets"])
     await a.post("answer", {"item": cur["item"], "feedback": "negative"}, status=409)  # answered
     s2 = await a.post("answer", {"item": cur["item"], "action": "wrong"})
@@ -244,30 +289,57 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
         assert jsonl.status_code == 200
         exported = [json.loads(line) for line in jsonl.text.splitlines()]
         assert len(exported) == 11
-        first = next(r for r in exported if r["annotator"] == "Ada" and r["game_turn_id"] == f"{gid}_{turn}")
+        first = next(
+            r for r in exported if r["annotator"] == "Ada" and r["game_turn_id"] == f"{gid}_{turn}"
+        )
         assert first["feedback"] == "positive" and first["action_label"] == "correct"
-        assert first["targets"] == sorted(rec["targets"]) and first["context"] == rec["listener_order"]
+        assert (
+            first["targets"] == sorted(rec["targets"]) and first["context"] == rec["listener_order"]
+        )
         assert first["chat_feedback"] == " ".join(rec["utterances"][turn].split())
         assert first["decoded"] == {"binary": 1} and first["heuristic"] in (-1, 0, 1)
         assert sum(r["skipped"] for r in exported) == 1
-        table = list(csv.DictReader(io.StringIO((await c.get(f"/admin/annotation/{task}/labels.csv")).text)))
+        table = list(
+            csv.DictReader(io.StringIO((await c.get(f"/admin/annotation/{task}/labels.csv")).text))
+        )
         assert len(table) == 11 and json.loads(table[0]["context"]) == exported[0]["context"]
 
     # the same for scripts, with the admin bearer token (an annotator's token is refused)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
-        r = await c.get(f"/api/admin/annotation/{task}", headers={"Authorization": f"Bearer {token_a}"})
+        r = await c.get(
+            f"/api/admin/annotation/{task}", headers={"Authorization": f"Bearer {token_a}"}
+        )
         assert r.status_code == 401
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         detail = (await c.get(f"/api/admin/annotation/{task}", headers=admin)).json()
-        assert detail["task"]["labels"] == 10 and detail["review"]["feedback_agreement"]["fleiss"] == pytest.approx(0.42 / 0.62)
-        assert [t["task_id"] for t in (await c.get("/api/admin/annotation", headers=admin)).json()] == [task]
-        assert len((await c.get(f"/api/admin/annotation/{task}/labels.jsonl", headers=admin)).text.splitlines()) == 11
+        assert detail["task"]["labels"] == 10 and detail["review"]["feedback_agreement"][
+            "fleiss"
+        ] == pytest.approx(0.42 / 0.62)
+        assert [
+            t["task_id"] for t in (await c.get("/api/admin/annotation", headers=admin)).json()
+        ] == [task]
+        assert (
+            len(
+                (
+                    await c.get(f"/api/admin/annotation/{task}/labels.jsonl", headers=admin)
+                ).text.splitlines()
+            )
+            == 11
+        )
 
     # multiref report has the human review section and its plot
     out = tmp_path / "report"
     env = {**os.environ, "MULTIREF_DATABASE_URL": pg_url, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "app.cli", "report", "--out", str(out)],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "report", "--out", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     text = (out / "report.md").read_text()
     assert "## Human review" in text
@@ -277,16 +349,25 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
     assert next(m for m in metrics if m["round"] == 1)["human"]["decoders"]["binary"]["n"] == 4
 
 
-async def test_concurrent_annotators_never_take_the_same_turn_past_the_wanted_number(start_server, pg_url, tmp_path):
+async def test_concurrent_annotators_never_take_the_same_turn_past_the_wanted_number(
+    start_server, pg_url, tmp_path
+):
     """One annotator per turn, three annotators asking at once: every turn is handed out once."""
-    import asyncio
-
     await seed_database(pg_url, tmp_path)
     server = start_server(pg_url)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
         csrf = await login(c)
-        r = await c.post("/admin/annotation/tasks", data={"csrf": csrf, "system": SYSTEM, "round": "1",
-                                                          "sample_size": "12", "seed": "1", "per_turn": "1"})
+        r = await c.post(
+            "/admin/annotation/tasks",
+            data={
+                "csrf": csrf,
+                "system": SYSTEM,
+                "round": "1",
+                "sample_size": "12",
+                "seed": "1",
+                "per_turn": "1",
+            },
+        )
         task = r.headers["location"].rsplit("/", 1)[1]
         tokens = [await new_link(c, csrf, task, f"p{i}") for i in range(3)]
     people = [Annotating(server.url, t) for t in tokens]

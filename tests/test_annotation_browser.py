@@ -18,11 +18,22 @@ from tests.test_annotation_api import SYSTEM, seed_database
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SHOTS = ROOT / "test-artifacts" / "screenshots" / "annotate"
 LAPTOP = {"viewport": {"width": 1280, "height": 800}}
-TABLET = {"viewport": {"width": 820, "height": 1180}, "has_touch": True, "is_mobile": True, "device_scale_factor": 1}
+TABLET = {
+    "viewport": {"width": 820, "height": 1180},
+    "has_touch": True,
+    "is_mobile": True,
+    "device_scale_factor": 1,
+}
 
 # keys per sample position: (feedback key, action key); 1 positive/correct, 2 neutral/partly,
 # 3 negative/wrong. Feedback: Ada +,-,-,0 ; Bo +,-,+,0 -> Cohen's κ = 7/11 = 0.636,
@@ -53,18 +64,26 @@ def _watch(page, problems: list[str]) -> None:
 
     page.on("console", console)
     page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on(
+        "response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None
+    )
 
 
-async def _label(page, expect, keys: tuple[str, str], done_after: int, shots: str | None = None) -> None:
+async def _label(
+    page, expect, keys: tuple[str, str], done_after: int, shots: str | None = None
+) -> None:
     """Answer the current turn with two key presses; check the targets appear only in between."""
     await expect(page.get_by_test_id("question-feedback")).to_be_visible()
-    assert set(await page.locator("#board figure").evaluate_all("fs => fs.map(f => f.dataset.target)")) == {"hidden"}
+    assert set(
+        await page.locator("#board figure").evaluate_all("fs => fs.map(f => f.dataset.target)")
+    ) == {"hidden"}
     if shots:
         await _shot(page, f"{shots}-feedback")
     await page.keyboard.press(keys[0])
     await expect(page.get_by_test_id("question-action")).to_be_visible()
-    targets = await page.locator("#board figure").evaluate_all("fs => fs.map(f => f.dataset.target)")
+    targets = await page.locator("#board figure").evaluate_all(
+        "fs => fs.map(f => f.dataset.target)"
+    )
     assert "true" in targets and "hidden" not in targets
     if shots:
         await _shot(page, f"{shots}-action")
@@ -72,15 +91,27 @@ async def _label(page, expect, keys: tuple[str, str], done_after: int, shots: st
     await expect(page.locator("#done")).to_have_text(str(done_after))
 
 
-async def test_two_annotators_label_a_task_made_on_the_dashboard(start_server, sqlite_url, tmp_path, browser):
+async def test_two_annotators_label_a_task_made_on_the_dashboard(
+    start_server, sqlite_url, tmp_path, browser
+):
     from playwright.async_api import expect
 
     seeded = await seed_database(sqlite_url, tmp_path)
     db = Database(sqlite_url)
     async with db.session() as s, s.begin():  # a decoder's labels for every decodable turn
         for gid, turn in seeded["turns"]:
-            s.add(FeedbackLabel(game_id=gid, turn=turn, decoder="ternary", decoder_version="v1",
-                                label=(turn % 3) - 1, heuristic=None, scores={}, created_at=time.time()))
+            s.add(
+                FeedbackLabel(
+                    game_id=gid,
+                    turn=turn,
+                    decoder="ternary",
+                    decoder_version="v1",
+                    label=(turn % 3) - 1,
+                    heuristic=None,
+                    scores={},
+                    created_at=time.time(),
+                )
+            )
     server = start_server(sqlite_url)
     problems: list[str] = []
 

@@ -11,7 +11,7 @@ Operator side (the dashboard's session cookie and CSRF forms, see ``app.web.dash
 - ``POST /admin/annotation/{task}/annotators``     a new annotator link (its token is shown once;
                                                    only its SHA-256 is stored)
 - ``GET  /admin/annotation/{task}/labels.jsonl|csv``  the labels with their turn rows
-- ``GET  /api/admin/annotation[/{task}[/labels.jsonl]]``  the same as JSON for scripts (bearer token)
+- ``GET  /api/admin/annotation[/{task}[/labels.jsonl]]``  the same as JSON for scripts (bearer)
 
 Annotator side: ``GET /annotate/{token}`` is the page; its script calls ``/annotate/api/...``
 with the token as a bearer token. An annotator token opens one task's labelling and nothing
@@ -42,7 +42,15 @@ from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 
 from app.db.gamelog import load_state
-from app.db.models import AnnotationItem, AnnotationTask, Annotator, FeedbackLabel, Game, HumanLabel, Turn
+from app.db.models import (
+    AnnotationItem,
+    AnnotationTask,
+    Annotator,
+    FeedbackLabel,
+    Game,
+    HumanLabel,
+    Turn,
+)
 from app.web.auth import bearer, require_admin, token_digest
 from app.web.dashboard import _checked_form, _headers, _page, _to_login, current_session
 
@@ -64,7 +72,9 @@ async def candidate_turns(s, system: str, round_: int | None) -> list[tuple[str,
     speaker's next message answers (the turns the feedback decoder labels)."""
     q = select(Game.id).where(Game.status == "ended")
     if system == "human":
-        q = q.where((Game.system == "human") | (Game.system.is_(None) & (Game.listener_kind == "human")))
+        q = q.where(
+            (Game.system == "human") | (Game.system.is_(None) & (Game.listener_kind == "human"))
+        )
     else:
         q = q.where(Game.system == system)
     q = q.where(Game.round.is_(None) if round_ is None else Game.round == round_)
@@ -88,9 +98,17 @@ async def candidate_turns(s, system: str, round_: int | None) -> list[tuple[str,
 
 
 async def create_task(
-    db, *, system: str, round_: int | None, sample_size: int, seed: int, per_turn: int, name: str, actor: str
+    db,
+    *,
+    system: str,
+    round_: int | None,
+    sample_size: int,
+    seed: int,
+    per_turn: int,
+    name: str,
+    actor: str,
 ) -> str:
-    """A task over a seeded random sample of the round's turns; 422 when there is nothing to sample."""
+    """A task over a seeded random sample of the round's turns; 422 if there is none to sample."""
     if not system:
         raise HTTPException(422, "Give a system (a system name, or human).")
     if not 1 <= sample_size <= MAX_SAMPLE:
@@ -102,20 +120,29 @@ async def create_task(
         if not turns:
             where = "without a round" if round_ is None else f"in round {round_}"
             raise HTTPException(
-                422, f"No ended game of {system} {where} has a turn to review; check the system and round."
+                422,
+                f"No ended game of {system} {where} has a turn to review; "
+                "check the system and round.",
             )
         sample = random.Random(seed).sample(turns, min(sample_size, len(turns)))
         task_id = uuid.uuid4().hex
         s.add(
             AnnotationTask(
-                id=task_id, name=name or f"{system} round {'—' if round_ is None else round_}",
-                system=system, round=round_, sample_size=len(sample), seed=seed, per_turn=per_turn,
-                created_at=time.time(), created_by=actor,
+                id=task_id,
+                name=name or f"{system} round {'—' if round_ is None else round_}",
+                system=system,
+                round=round_,
+                sample_size=len(sample),
+                seed=seed,
+                per_turn=per_turn,
+                created_at=time.time(),
+                created_by=actor,
             )
         )
         await s.flush()
         s.add_all(
-            AnnotationItem(task_id=task_id, position=i, game_id=g, turn=t) for i, (g, t) in enumerate(sample)
+            AnnotationItem(task_id=task_id, position=i, game_id=g, turn=t)
+            for i, (g, t) in enumerate(sample)
         )
     return task_id
 
@@ -127,12 +154,18 @@ async def add_annotator(db, task_id: str, name: str, actor: str) -> str:
         if await s.get(AnnotationTask, task_id) is None:
             raise HTTPException(404, "Unknown annotation task.")
         count = (
-            await s.execute(select(func.count()).select_from(Annotator).where(Annotator.task_id == task_id))
+            await s.execute(
+                select(func.count()).select_from(Annotator).where(Annotator.task_id == task_id)
+            )
         ).scalar_one()
         s.add(
             Annotator(
-                id=uuid.uuid4().hex, task_id=task_id, name=(name or f"annotator {count + 1}")[:100],
-                token_sha256=token_digest(token), created_at=time.time(), created_by=actor,
+                id=uuid.uuid4().hex,
+                task_id=task_id,
+                name=(name or f"annotator {count + 1}")[:100],
+                token_sha256=token_digest(token),
+                created_at=time.time(),
+                created_by=actor,
             )
         )
     return token
@@ -140,9 +173,15 @@ async def add_annotator(db, task_id: str, name: str, actor: str) -> str:
 
 async def task_progress(s, task: AnnotationTask) -> dict:
     items = (
-        await s.execute(select(func.count()).select_from(AnnotationItem).where(AnnotationItem.task_id == task.id))
+        await s.execute(
+            select(func.count())
+            .select_from(AnnotationItem)
+            .where(AnnotationItem.task_id == task.id)
+        )
     ).scalar_one()
-    rows = (await s.execute(select(HumanLabel).where(HumanLabel.task_id == task.id))).scalars().all()
+    rows = (
+        (await s.execute(select(HumanLabel).where(HumanLabel.task_id == task.id))).scalars().all()
+    )
     done = [r for r in rows if r.answered_at is not None and not r.skipped]
     per_item: dict[int, int] = defaultdict(int)
     for r in done:
@@ -165,7 +204,11 @@ async def task_progress(s, task: AnnotationTask) -> dict:
 
 async def list_tasks(db) -> list[dict]:
     async with db.session() as s:
-        tasks = (await s.execute(select(AnnotationTask).order_by(AnnotationTask.created_at.desc()))).scalars().all()
+        tasks = (
+            (await s.execute(select(AnnotationTask).order_by(AnnotationTask.created_at.desc())))
+            .scalars()
+            .all()
+        )
         return [await task_progress(s, t) for t in tasks]
 
 
@@ -178,11 +221,25 @@ async def task_detail(db, task_id: str) -> dict | None:
             return None
         progress = await task_progress(s, task)
         annotators = (
-            await s.execute(select(Annotator).where(Annotator.task_id == task_id).order_by(Annotator.created_at))
-        ).scalars().all()
+            (
+                await s.execute(
+                    select(Annotator)
+                    .where(Annotator.task_id == task_id)
+                    .order_by(Annotator.created_at)
+                )
+            )
+            .scalars()
+            .all()
+        )
         rows = (
-            await s.execute(select(HumanLabel).where(HumanLabel.task_id == task_id).order_by(HumanLabel.id))
-        ).scalars().all()
+            (
+                await s.execute(
+                    select(HumanLabel).where(HumanLabel.task_id == task_id).order_by(HumanLabel.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
         games = sorted({r.game_id for r in rows})
         decoded, heuristics = await _machine_labels(s, games)
     names = {a.id: a.name for a in annotators}
@@ -198,7 +255,15 @@ async def task_detail(db, task_id: str) -> dict | None:
             }
         )
     finished = [
-        LabelRow(task.system, task.round, r.game_id, r.turn, names.get(r.annotator_id, r.annotator_id), r.feedback, r.action)
+        LabelRow(
+            task.system,
+            task.round,
+            r.game_id,
+            r.turn,
+            names.get(r.annotator_id, r.annotator_id),
+            r.feedback,
+            r.action,
+        )
         for r in rows
         if r.answered_at is not None and not r.skipped
     ]
@@ -215,14 +280,21 @@ async def _machine_labels(s, games: list[str]) -> tuple[dict, dict]:
     for k in range(0, len(games), 500):
         part = games[k : k + 500]
         labels = await s.execute(
-            select(FeedbackLabel).where(FeedbackLabel.game_id.in_(part)).order_by(FeedbackLabel.created_at, FeedbackLabel.id)
+            select(FeedbackLabel)
+            .where(FeedbackLabel.game_id.in_(part))
+            .order_by(FeedbackLabel.created_at, FeedbackLabel.id)
         )
         for lab in labels.scalars():
             decoded[(lab.game_id, lab.turn)][lab.decoder] = lab.label
-        targets = {g: c.get("targets", []) for g, c in await s.execute(select(Game.id, Game.config).where(Game.id.in_(part)))}
+        targets = {
+            g: c.get("targets", [])
+            for g, c in await s.execute(select(Game.id, Game.config).where(Game.id.in_(part)))
+        }
         for t in (await s.execute(select(Turn).where(Turn.game_id.in_(part)))).scalars():
             if t.selection_after is not None:
-                heuristics[(t.game_id, t.turn)] = heuristic_label(t.selection_before, t.selection_after, targets[t.game_id])
+                heuristics[(t.game_id, t.turn)] = heuristic_label(
+                    t.selection_before, t.selection_after, targets[t.game_id]
+                )
     return decoded, heuristics
 
 
@@ -243,7 +315,11 @@ async def export_rows(db, task_id: str) -> list[dict]:
         games = sorted({h.game_id for h, _ in rows})
         decoded, heuristics = await _machine_labels(s, games)
         states = {g: await load_state(s, g) for g in games}
-        meta = {g.id: g for g in (await s.execute(select(Game).where(Game.id.in_(games)))).scalars()} if games else {}
+        meta = (
+            {g.id: g for g in (await s.execute(select(Game).where(Game.id.in_(games)))).scalars()}
+            if games
+            else {}
+        )
     out = []
     for h, name in rows:
         state, game = states[h.game_id], meta[h.game_id]
@@ -266,7 +342,8 @@ async def export_rows(db, task_id: str) -> list[dict]:
                 "game_turn_id": f"{h.game_id}_{h.turn}",
                 "game_id": h.game_id,
                 "turn": h.turn,
-                "policy_name": game.system or ("human" if game.listener_kind == "human" else "model"),
+                "policy_name": game.system
+                or ("human" if game.listener_kind == "human" else "model"),
                 "round": game.round,
                 "chats": [t.utterance for t in spoken[: index + 1]],
                 "chat_feedback": spoken[index + 1].utterance if index + 1 < len(spoken) else None,
@@ -288,7 +365,12 @@ def rows_csv(rows: list[dict]) -> str:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+            writer.writerow(
+                {
+                    k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+                    for k, v in r.items()
+                }
+            )
     return buf.getvalue()
 
 
@@ -311,7 +393,11 @@ async def tasks_page(request: Request):
     if session is None:
         return _to_login()
     tasks = await list_tasks(request.app.state.services.db)
-    return _page(request, "annotate/tasks.html", {"csrf": session.csrf, "actor": session.actor, "tasks": tasks})
+    return _page(
+        request,
+        "annotate/tasks.html",
+        {"csrf": session.csrf, "actor": session.actor, "tasks": tasks},
+    )
 
 
 @router.post("/admin/annotation/tasks", include_in_schema=False)
@@ -352,7 +438,9 @@ async def task_page(task_id: str, request: Request):
 @router.post("/admin/annotation/{task_id}/annotators", include_in_schema=False)
 async def add_annotator_form(task_id: str, request: Request):
     session, form = await _checked_form(request)
-    token = await add_annotator(request.app.state.services.db, task_id, form.get("name", "").strip(), session.actor)
+    token = await add_annotator(
+        request.app.state.services.db, task_id, form.get("name", "").strip(), session.actor
+    )
     link = f"{str(request.base_url).rstrip('/')}/annotate/{token}"
     return await _task_page(request, task_id, session, new_link=link)
 
@@ -365,7 +453,10 @@ async def export_labels(task_id: str, fmt: str, request: Request):
         raise HTTPException(404, "Export as labels.jsonl or labels.csv.")
     rows = await export_rows(request.app.state.services.db, task_id)
     if fmt == "jsonl":
-        body, media = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "application/x-ndjson"
+        body, media = (
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+            "application/x-ndjson",
+        )
     else:
         body, media = rows_csv(rows), "text/csv"
     response = Response(body, media_type=media)
@@ -373,9 +464,11 @@ async def export_labels(task_id: str, fmt: str, request: Request):
     return _headers(response)
 
 
-# ---------------------------------------------------------------- the same for scripts (bearer token)
+# ---------------------------------------------------------------- the same for scripts (bearer)
 
-api = APIRouter(prefix="/api/admin/annotation", dependencies=[Depends(require_admin)], tags=["annotation"])
+api = APIRouter(
+    prefix="/api/admin/annotation", dependencies=[Depends(require_admin)], tags=["annotation"]
+)
 
 
 @api.get("")
@@ -397,7 +490,10 @@ async def api_task(task_id: str, request: Request) -> dict:
 async def api_labels(task_id: str, request: Request) -> Response:
     """The task's labels with their turn rows, one JSON object a line."""
     rows = await export_rows(request.app.state.services.db, task_id)
-    return Response("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), media_type="application/x-ndjson")
+    return Response(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+        media_type="application/x-ndjson",
+    )
 
 
 router.include_router(api)
@@ -415,7 +511,9 @@ async def _annotator(request: Request, authorization: str | None) -> Annotator:
             await s.execute(select(Annotator).where(Annotator.token_sha256 == token_digest(token)))
         ).scalar_one_or_none()
     if found is None:
-        raise HTTPException(401, "This annotation link is not valid; ask the operator for a new one.")
+        raise HTTPException(
+            401, "This annotation link is not valid; ask the operator for a new one."
+        )
     return found
 
 
@@ -435,8 +533,13 @@ async def _current(s, me: Annotator, task: AnnotationTask, allocate: bool) -> Hu
     if item is None:
         return None
     row = HumanLabel(
-        task_id=task.id, item_id=item.id, annotator_id=me.id, game_id=item.game_id, turn=item.turn,
-        assigned_at=time.time(), skipped=False,
+        task_id=task.id,
+        item_id=item.id,
+        annotator_id=me.id,
+        game_id=item.game_id,
+        turn=item.turn,
+        assigned_at=time.time(),
+        skipped=False,
     )
     s.add(row)
     await s.flush()
@@ -445,9 +548,23 @@ async def _current(s, me: Annotator, task: AnnotationTask, allocate: bool) -> Hu
 
 async def _open_items(s, me: Annotator, task: AnnotationTask) -> list[AnnotationItem]:
     items = (
-        await s.execute(select(AnnotationItem).where(AnnotationItem.task_id == task.id).order_by(AnnotationItem.position))
-    ).scalars().all()
-    rows = (await s.execute(select(HumanLabel.item_id, HumanLabel.annotator_id, HumanLabel.skipped).where(HumanLabel.task_id == task.id))).all()
+        (
+            await s.execute(
+                select(AnnotationItem)
+                .where(AnnotationItem.task_id == task.id)
+                .order_by(AnnotationItem.position)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    rows = (
+        await s.execute(
+            select(HumanLabel.item_id, HumanLabel.annotator_id, HumanLabel.skipped).where(
+                HumanLabel.task_id == task.id
+            )
+        )
+    ).all()
     taken: dict[int, int] = defaultdict(int)
     seen: set[int] = set()
     for item_id, annotator_id, skipped in rows:
@@ -489,7 +606,11 @@ async def _item_view(s, row: HumanLabel) -> dict:
             "image": f"/tangrams/{t}",
             "before": t in before,
             "after": t in after,
-            "change": "selected" if t in after - before else "deselected" if t in before - after else None,
+            "change": "selected"
+            if t in after - before
+            else "deselected"
+            if t in before - after
+            else None,
             "target": (t in targets) if show_targets else None,
         }
         for t in order
@@ -530,19 +651,22 @@ async def _state(s, me: Annotator, allocate: bool = True) -> dict:
     row = await _current(s, me, task, allocate)
     answered = (
         await s.execute(
-            select(func.count()).select_from(HumanLabel).where(
-                HumanLabel.annotator_id == me.id, HumanLabel.answered_at.is_not(None)
-            )
+            select(func.count())
+            .select_from(HumanLabel)
+            .where(HumanLabel.annotator_id == me.id, HumanLabel.answered_at.is_not(None))
         )
     ).scalar_one()
     open_items = await _open_items(s, me, task)
-    remaining = len(open_items) + (
-        await s.execute(
-            select(func.count()).select_from(HumanLabel).where(
-                HumanLabel.annotator_id == me.id, HumanLabel.answered_at.is_(None)
+    remaining = (
+        len(open_items)
+        + (
+            await s.execute(
+                select(func.count())
+                .select_from(HumanLabel)
+                .where(HumanLabel.annotator_id == me.id, HumanLabel.answered_at.is_(None))
             )
-        )
-    ).scalar_one()
+        ).scalar_one()
+    )
     return {
         "task": {"name": task.name},
         "annotator": me.name,
@@ -582,7 +706,9 @@ async def api_current(request: Request, authorization: str | None = Header(defau
 
 
 @router.post("/annotate/api/answer")
-async def api_answer(body: Answer, request: Request, authorization: str | None = Header(default=None)):
+async def api_answer(
+    body: Answer, request: Request, authorization: str | None = Header(default=None)
+):
     me = await _annotator(request, authorization)
     if (body.feedback is None) == (body.action is None):
         raise HTTPException(422, "Answer one question at a time: feedback or action.")
@@ -602,7 +728,9 @@ async def api_answer(body: Answer, request: Request, authorization: str | None =
 
 
 @router.post("/annotate/api/skip")
-async def api_skip(body: ItemRef, request: Request, authorization: str | None = Header(default=None)):
+async def api_skip(
+    body: ItemRef, request: Request, authorization: str | None = Header(default=None)
+):
     me = await _annotator(request, authorization)
     async with request.app.state.services.db.session() as s, s.begin():
         row = await _own_current(s, me, body.item)
@@ -647,7 +775,9 @@ async def annotator_page(token: str, request: Request):
             await s.execute(select(Annotator).where(Annotator.token_sha256 == token_digest(token)))
         ).scalar_one_or_none()
     if found is None:
-        raise HTTPException(404, "This annotation link is not valid; ask the operator for a new one.")
+        raise HTTPException(
+            404, "This annotation link is not valid; ask the operator for a new one."
+        )
     response = _page(request, "annotate/annotate.html", {"name": found.name})
     response.headers["Referrer-Policy"] = "no-referrer"  # the link's token stays out of Referer
     return response
