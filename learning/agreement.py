@@ -193,14 +193,15 @@ def validation(pairs: Iterable[tuple[int, int]], positive: int = 1) -> dict[str,
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One finished human answer (skips excluded), with what the machine said of the turn."""
+    """One finished human answer (skips excluded). ``feedback`` is None when the annotator took
+    the feedback answer back after seeing the targets (no longer blind: left out)."""
 
     system: str
     round: int | None
     game_id: str
     turn: int
     annotator: str
-    feedback: int
+    feedback: int | None
     action: int
 
 
@@ -257,10 +258,11 @@ def review(
     fb: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
     ac: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
     for r in rows:
-        fb[(r.game_id, r.turn)][r.annotator] = r.feedback
+        if r.feedback is not None:
+            fb[(r.game_id, r.turn)][r.annotator] = r.feedback
         ac[(r.game_id, r.turn)][r.annotator] = r.action
     out = Review(
-        system, round_, turns=len(fb), labels=len(rows), annotators=len({r.annotator for r in rows})
+        system, round_, turns=len(ac), labels=len(rows), annotators=len({r.annotator for r in rows})
     )
     out.feedback_agreement = agreement(fb)
     out.action_agreement = agreement(ac)
@@ -331,7 +333,15 @@ async def load_reviews(db: Any, rounds: Sequence[int] | None = None) -> list[Rev
             "human" if kind == "human" else "unknown"
         )  # as the report names it
         groups[(system, round_)].append(
-            LabelRow(system, round_, h.game_id, h.turn, h.annotator_id, h.feedback, h.action)
+            LabelRow(
+                system,
+                round_,
+                h.game_id,
+                h.turn,
+                h.annotator_id,
+                None if h.feedback_revised else h.feedback,
+                h.action,
+            )
         )
     return [
         review(system, round_, rows, decoded, heuristics)

@@ -142,3 +142,18 @@ def test_review_uses_the_human_majority_and_skips_ties():
     assert r.heuristic["n"] == 2 and r.heuristic["accuracy"] == pytest.approx(0.5)
     text = "\n".join(markdown([r]))
     assert "## Human review" in text and "| S | 1 | 3 | 6 | 2 | 66.7% |" in text
+
+
+def test_review_leaves_out_feedback_given_after_seeing_the_targets():
+    rows = [
+        LabelRow("S", 2, "g", 1, "A", 1, 1),
+        LabelRow("S", 2, "g", 1, "B", None, 1),  # revised after seeing the targets
+        LabelRow("S", 2, "g", 2, "A", -1, -1),
+        LabelRow("S", 2, "g", 2, "B", -1, -1),
+    ]
+    r = review("S", 2, rows, {("g", 1): {"binary": 1}}, {})
+    assert r.turns == 2 and r.labels == 4
+    assert r.feedback_agreement["items"] == 1  # only turn 2 has two feedback answers
+    assert r.action_agreement["items"] == 2 and r.action_agreement["raw"] == pytest.approx(1.0)
+    # turn 1's feedback majority is A's alone: positive, as decoded
+    assert r.decoders["binary"]["n"] == 1 and r.decoders["binary"]["accuracy"] == pytest.approx(1.0)

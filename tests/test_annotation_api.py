@@ -259,7 +259,15 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
     # resume later: state is on the server; C gets only the turn A skipped (others have 2 labels)
     c_state = await cy.current()
     assert c_state["current"]["position"] == 1 and c_state["progress"]["total"] == 1
-    await cy.label("negative", "wrong")
+    # C answers the feedback, sees the targets, takes the answer back: the targets stay shown
+    # and the new feedback answer is marked as not blind (kept out of the figures)
+    item_c = c_state["current"]["item"]
+    await cy.post("answer", {"item": item_c, "feedback": "positive"})
+    back = await cy.post("undo")
+    assert back["current"]["step"] == "feedback" and back["current"]["targets_shown"]
+    assert back["current"]["feedback_revised"] and back["current"]["item"] == item_c
+    await cy.post("answer", {"item": item_c, "feedback": "negative"})
+    await cy.post("answer", {"item": item_c, "action": "wrong"})
     assert (await cy.current())["current"] is None
     for x in (a, b, cy):
         await x.c.aclose()
@@ -273,14 +281,16 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
         await login(c)
         page = (await c.get(f"/admin/annotation/{task}")).text
-        # shared turns 0, 2, 3, 4 by A and B, plus turn 1 by B and C (both negative):
-        # feedback A = +,-,-,0 ; B = +,-,+,0 ; turn 1: -,-
-        # Cohen (pairs): A–B p_o 3/4, p_e 5/16 -> 7/11; B–C one item, both negative: undefined
-        # Fleiss over 5 items: P̄ = 4/5; p(+) = 3/10, p(-) = 5/10, p(0) = 2/10 -> P_e = 0.38;
-        # κ = (0.8 - 0.38) / 0.62 = 0.677
+        # feedback on turns 0, 2, 3, 4 by A and B (C's revised answer on turn 1 is left out):
+        # A = +,-,-,0 ; B = +,-,+,0. Cohen: p_o 3/4, p_e = (1·2 + 2·1 + 1·1)/16 = 5/16 -> 7/11;
+        # Fleiss: P̄ = 3/4; p(+) = 3/8, p(-) = 3/8, p(0) = 2/8 -> P_e = 22/64; κ = 26/42 = 0.619
         assert re.search(r'data-testid="feedback-cohen">0\.636<', page), page
-        assert re.search(r'data-testid="feedback-fleiss">0\.677<', page)
-        assert re.search(r'data-testid="feedback-raw">80\.0 %<', page)
+        assert re.search(r'data-testid="feedback-fleiss">0\.619<', page)
+        assert re.search(r'data-testid="feedback-raw">75\.0 %<', page)
+        # the action answers have no revision: turn 1 by B and C (both wrong) counts there.
+        # A = c,w,p,w ; B = c,w,p,c on turns 0, 2, 3, 4, and w,w on turn 1: Fleiss over 5 turns:
+        # P̄ = 4/5; p(c) = 3/10, p(w) = 5/10, p(p) = 2/10 -> P_e = 0.38; κ = 0.42/0.62 = 0.677
+        assert re.search(r'data-testid="action-fleiss">0\.677<', page)
         # decoder (binary) vs the majority: turn 0 +/+, turn 1 -/-, turn 2 -/+ (a false positive),
         # turn 3 no majority, turn 4 0/-: FPR = 1 of 3 non-positive turns
         assert re.search(r'data-testid="decoder-fpr">33\.3 %<', page)
@@ -299,6 +309,7 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
         assert first["chat_feedback"] == " ".join(rec["utterances"][turn].split())
         assert first["decoded"] == {"binary": 1} and first["heuristic"] in (-1, 0, 1)
         assert sum(r["skipped"] for r in exported) == 1
+        assert [r["annotator"] for r in exported if r["feedback_revised"]] == ["Cy"]
         table = list(
             csv.DictReader(io.StringIO((await c.get(f"/admin/annotation/{task}/labels.csv")).text))
         )
@@ -314,7 +325,7 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
         detail = (await c.get(f"/api/admin/annotation/{task}", headers=admin)).json()
         assert detail["task"]["labels"] == 10 and detail["review"]["feedback_agreement"][
             "fleiss"
-        ] == pytest.approx(0.42 / 0.62)
+        ] == pytest.approx(26 / 42)
         assert [
             t["task_id"] for t in (await c.get("/api/admin/annotation", headers=admin)).json()
         ] == [task]
@@ -343,7 +354,7 @@ async def test_annotation_task_end_to_end_over_http(start_server, pg_url, tmp_pa
     assert run.returncode == 0, run.stderr
     text = (out / "report.md").read_text()
     assert "## Human review" in text
-    assert f"| {SYSTEM} | 1 | 5 | 10 | 3 | 80.0% | 0.636 | 0.677 |" in text
+    assert f"| {SYSTEM} | 1 | 5 | 10 | 3 | 75.0% | 0.636 | 0.619 |" in text
     assert (out / "human-review.png").stat().st_size > 1000
     metrics = json.loads((out / "metrics.json").read_text())
     assert next(m for m in metrics if m["round"] == 1)["human"]["decoders"]["binary"]["n"] == 4

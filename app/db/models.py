@@ -289,7 +289,8 @@ class HumanLabel(Base):
     """An item handed to an annotator, and their answers. The row is made when the item is
     shown (the assignment); ``answered_at`` is set by the action answer or a skip.
     Labels: feedback +1 positive / 0 neutral / −1 negative; action +1 correct / 0 partly /
-    −1 wrong."""
+    −1 wrong. ``feedback_revised``: the feedback answer was undone after the targets were shown,
+    so the feedback label is no longer blind to them (kept, but left out of the figures)."""
 
     __tablename__ = "human_labels"
     __table_args__ = (UniqueConstraint("item_id", "annotator_id", name="uq_human_label"),)
@@ -304,4 +305,5 @@ class HumanLabel(Base):
     feedback_at: Mapped[float | None] = mapped_column(Float)
     action: Mapped[int | None] = mapped_column(Integer)
     skipped: Mapped[bool] = mapped_column(Boolean, default=False)
+    feedback_revised: Mapped[bool] = mapped_column(Boolean, default=False)
     answered_at: Mapped[float | None] = mapped_column(Float)

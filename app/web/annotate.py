@@ -261,7 +261,7 @@ async def task_detail(db, task_id: str) -> dict | None:
             r.game_id,
             r.turn,
             names.get(r.annotator_id, r.annotator_id),
-            r.feedback,
+            None if r.feedback_revised else r.feedback,  # not blind to the targets: left out
             r.action,
         )
         for r in rows
@@ -336,6 +336,7 @@ async def export_rows(db, task_id: str) -> list[dict]:
                 "answered_at": h.answered_at,
                 "skipped": h.skipped,
                 "feedback": FEEDBACK_WORD.get(h.feedback) if h.feedback is not None else None,
+                "feedback_revised": h.feedback_revised,
                 "action_label": ACTION_WORD.get(h.action) if h.action is not None else None,
                 "heuristic": heuristics.get((h.game_id, h.turn)),
                 "decoded": decoded.get((h.game_id, h.turn), {}),
@@ -598,7 +599,8 @@ async def _item_view(s, row: HumanLabel) -> dict:
     turns = {t.turn: t for t in state.turns}
     record = turns[row.turn]
     before, after = set(record.selection_before), set(record.selection_after or ())
-    show_targets = row.feedback is not None  # the targets only after the feedback answer
+    # the targets only after the feedback answer (and, once seen, for good)
+    show_targets = row.feedback is not None or row.feedback_revised
     targets = set(state.config.targets)
     tiles = [
         {
@@ -643,6 +645,7 @@ async def _item_view(s, row: HumanLabel) -> dict:
         "next_message": nxt.utterance if nxt else None,
         "action": _action_words(record.selection_before, record.selection_after or (), letters),
         "targets_shown": show_targets,
+        "feedback_revised": row.feedback_revised,
     }
 
 
@@ -742,13 +745,15 @@ async def api_skip(
 @router.post("/annotate/api/undo")
 async def api_undo(request: Request, authorization: str | None = Header(default=None)):
     """Take back the last answer: the current turn's feedback answer, else the last finished turn
-    (its action answer or skip), which becomes the current turn again."""
+    (its action answer or skip), which becomes the current turn again. A feedback answer taken
+    back after the targets were shown is marked ``feedback_revised`` (kept out of the figures)."""
     me = await _annotator(request, authorization)
     async with request.app.state.services.db.session() as s, s.begin():
         task = await s.get(AnnotationTask, me.task_id)
         row = await _current(s, me, task, allocate=False)
         if row is not None and row.feedback is not None:
             row.feedback = row.feedback_at = None
+            row.feedback_revised = True  # the targets were shown: the next answer is not blind
         else:
             last = (
                 await s.execute(
@@ -760,7 +765,12 @@ async def api_undo(request: Request, authorization: str | None = Header(default=
             ).scalar_one_or_none()
             if last is None:
                 raise HTTPException(409, "Nothing to undo.")
-            if row is not None and row.feedback is None and row.id > last.id:
+            if (
+                row is not None
+                and row.feedback is None
+                and not row.feedback_revised
+                and row.id > last.id
+            ):
                 await s.execute(delete(HumanLabel).where(HumanLabel.id == row.id))  # hand it back
             last.action = last.answered_at = None
             last.skipped = False

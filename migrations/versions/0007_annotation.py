@@ -67,6 +67,7 @@ def upgrade() -> None:
     sa.Column('feedback_at', sa.Float(), nullable=True),
     sa.Column('action', sa.Integer(), nullable=True),
     sa.Column('skipped', sa.Boolean(), nullable=False),
+    sa.Column('feedback_revised', sa.Boolean(), nullable=False),
     sa.Column('answered_at', sa.Float(), nullable=True),
     sa.ForeignKeyConstraint(['annotator_id'], ['annotators.id'], ),
     sa.ForeignKeyConstraint(['item_id'], ['annotation_items.id'], ),

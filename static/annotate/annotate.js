@@ -97,6 +97,7 @@
     $("q-feedback").hidden = !feedbackStep;
     $("q-action").hidden = feedbackStep;
     $("feedback-given").textContent = cur.feedback || "";
+    $("revised-note").hidden = !(feedbackStep && cur.feedback_revised);
     document.body.dataset.step = cur.step;
     document.body.dataset.item = String(cur.item);
   }
