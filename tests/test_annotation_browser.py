@@ -141,7 +141,7 @@ async def test_two_annotators_label_a_task_made_on_the_dashboard(
         await op.get_by_test_id("annotator-name").fill(name)
         await op.get_by_test_id("annotator-create").click()
         links[name] = await op.get_by_test_id("annotator-link").inner_text()
-        assert links[name].startswith(server.url + "/annotate/")
+        assert links[name].startswith(server.url + "/annotate#")
     await _shot(op, "operator-task-links", full_page=True)
 
     # Ada on a laptop: first turn, undo, second turn, then she closes the page
@@ -150,6 +150,7 @@ async def test_two_annotators_label_a_task_made_on_the_dashboard(
     _watch(ada, problems)
     await ada.goto(links["Ada"])
     await expect(ada.get_by_test_id("tile-J")).to_be_visible()
+    await expect(ada.get_by_test_id("annotator-name-shown")).to_have_text("Ada")
     assert await ada.locator("#board figure").count() == 10
     assert await ada.get_by_test_id("next-message").inner_text() != ""
     assert await ada.locator("[data-testid=dialogue] li").count() >= 1
@@ -166,6 +167,11 @@ async def test_two_annotators_label_a_task_made_on_the_dashboard(
 
     # Bo on a tablet labels all four, by keys, and sees the end
     bo_ctx = await browser.new_context(**TABLET)
+    wrong = await bo_ctx.new_page()  # a mistyped link: one clear line, nothing else
+    await wrong.goto(server.url + "/annotate#not-a-token")
+    await expect(wrong.get_by_test_id("error")).to_contain_text("not valid")
+    await expect(wrong.get_by_test_id("board")).to_be_hidden()
+    await wrong.close()
     bo = await bo_ctx.new_page()
     _watch(bo, problems)
     await bo.goto(links["Bo"])

@@ -13,8 +13,9 @@ Operator side (the dashboard's session cookie and CSRF forms, see ``app.web.dash
 - ``GET  /admin/annotation/{task}/labels.jsonl|csv``  the labels with their turn rows
 - ``GET  /api/admin/annotation[/{task}[/labels.jsonl]]``  the same as JSON for scripts (bearer)
 
-Annotator side: ``GET /annotate/{token}`` is the page; its script calls ``/annotate/api/...``
-with the token as a bearer token. An annotator token opens one task's labelling and nothing
+Annotator side: the link is ``/annotate#TOKEN``; the page's script reads the token from the
+fragment (never sent to the server, so never in a log) and calls ``/annotate/api/...`` with it
+as a bearer token. An annotator token opens one task's labelling and nothing
 else. The server decides what is shown: the targets of a turn are sent only after the
 annotator has answered the feedback question for it, and answers are accepted only for the
 annotator's current turn, in order (feedback, then action).
@@ -442,7 +443,7 @@ async def add_annotator_form(task_id: str, request: Request):
     token = await add_annotator(
         request.app.state.services.db, task_id, form.get("name", "").strip(), session.actor
     )
-    link = f"{str(request.base_url).rstrip('/')}/annotate/{token}"
+    link = f"{str(request.base_url).rstrip('/')}/annotate#{token}"  # a fragment is never sent
     return await _task_page(request, task_id, session, new_link=link)
 
 
@@ -778,16 +779,10 @@ async def api_undo(request: Request, authorization: str | None = Header(default=
         return _json(await _state(s, me))
 
 
-@router.get("/annotate/{token}", include_in_schema=False)
-async def annotator_page(token: str, request: Request):
-    async with request.app.state.services.db.session() as s:
-        found = (
-            await s.execute(select(Annotator).where(Annotator.token_sha256 == token_digest(token)))
-        ).scalar_one_or_none()
-    if found is None:
-        raise HTTPException(
-            404, "This annotation link is not valid; ask the operator for a new one."
-        )
-    response = _page(request, "annotate/annotate.html", {"name": found.name})
-    response.headers["Referrer-Policy"] = "no-referrer"  # the link's token stays out of Referer
+@router.get("/annotate", include_in_schema=False)
+async def annotator_page(request: Request):
+    """The page; the link's token is in its fragment (``/annotate#TOKEN``), which browsers never
+    send, so it stays out of access logs and Referer headers."""
+    response = _page(request, "annotate/annotate.html", {})
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response

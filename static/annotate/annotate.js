@@ -2,7 +2,8 @@
 // is shown (the targets come only after the feedback answer); this script only renders it.
 "use strict";
 (() => {
-  const token = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+  // The link is /annotate#TOKEN: the fragment never reaches the server (nor its logs).
+  const token = decodeURIComponent(location.hash.slice(1));
   const $ = (id) => document.getElementById(id);
   let state = null;
   let busy = false;
@@ -76,6 +77,7 @@
 
   function render(data) {
     state = data;
+    $("who").textContent = data.annotator;
     $("done").textContent = String(data.progress.done);
     $("remaining").textContent = String(data.progress.remaining);
     $("undo").disabled = !data.can_undo;
