@@ -69,6 +69,7 @@ class SystemRound:
     mean_utterance_words: float | None = None
     reset_rate: float | None = None
     confusion: dict[str, dict[int, dict[int, int]]] = field(default_factory=dict)
+    human: Any = None  # the human review figures, a learning.agreement.Review
 
     @property
     def round_label(self) -> str:
@@ -177,6 +178,7 @@ async def collect(db: Any, rounds: Sequence[int] | None = None) -> list[SystemRo
             em = manifests.get(main, {}).get("best_exact_match")
             sr.heldout_exact_match = float(em) if isinstance(em, (int, float)) else None
         out.append(sr)
+    await _attach_human_review(db, out, rounds)
     return out
 
 
@@ -357,6 +359,7 @@ def plot_all(results: Sequence[SystemRound], out: Path) -> list[Path]:
     axes[0].legend(fontsize=8)
     fig.suptitle("Speaker language")
     paths.append(_save(fig, out / "language.png"))
+    paths += human_review_plot(results, out)
     return paths
 
 
@@ -423,6 +426,7 @@ def markdown(results: Sequence[SystemRound], plots: Sequence[Path]) -> str:
                     + " |"
                 )
             lines.append("")
+    lines += human_review_markdown(results)
     lines += ["## Plots", ""]
     for p in plots:
         lines.append(f"![{p.stem}]({p.name})")
@@ -456,3 +460,35 @@ def write_report(results: Sequence[SystemRound], out_dir: str | Path) -> dict[st
     ]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return {"report": out / "report.md", "metrics": out / "metrics.json", "plots": plots}
+
+
+# ---------------------------------------------------------------- human review (issue 17)
+
+
+async def _attach_human_review(
+    db: Any, results: list[SystemRound], rounds: Sequence[int] | None
+) -> None:
+    """Puts each (system, round)'s human review figures on its row (``learning.agreement``)."""
+    from learning.agreement import load_reviews
+
+    rows = {(r.system, r.round): r for r in results}
+    for rv in await load_reviews(db, rounds):
+        if (rv.system, rv.round) not in rows:  # labelled turns of games the filter left out
+            continue
+        rows[(rv.system, rv.round)].human = rv
+
+
+def _reviews(results: Sequence[SystemRound]) -> list[Any]:
+    return [r.human for r in results if r.human is not None]
+
+
+def human_review_markdown(results: Sequence[SystemRound]) -> list[str]:
+    from learning.agreement import markdown as review_markdown
+
+    return review_markdown(_reviews(results))
+
+
+def human_review_plot(results: Sequence[SystemRound], out: Path) -> list[Path]:
+    from learning.agreement import plot as review_plot
+
+    return review_plot(_reviews(results), out)

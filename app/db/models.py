@@ -265,3 +265,69 @@ class FeedbackLabel(Base):
     heuristic: Mapped[int | None] = mapped_column(Integer)  # from targets, evaluation only
     scores: Mapped[dict] = mapped_column(JSONType, default=dict)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+# ---------------------------------------------------------------- human review (annotation)
+
+
+class AnnotationTask(Base):
+    """A sample of turns of one round and system, to be labelled by people (issue 17)."""
+
+    __tablename__ = "annotation_tasks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    system: Mapped[str] = mapped_column(String(64))
+    round: Mapped[int | None] = mapped_column(Integer)
+    sample_size: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    per_turn: Mapped[int] = mapped_column(Integer)  # annotators wanted per turn
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(64))
+
+
+class AnnotationItem(Base):
+    """One sampled turn of a task: a listener action that the speaker's next message answers."""
+
+    __tablename__ = "annotation_items"
+    __table_args__ = (UniqueConstraint("task_id", "game_id", "turn", name="uq_annotation_item"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(32), ForeignKey("annotation_tasks.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    game_id: Mapped[str] = mapped_column(String(32), ForeignKey("games.id"))
+    turn: Mapped[int] = mapped_column(Integer)
+
+
+class Annotator(Base):
+    """A person's link to one task. Only the SHA-256 of the link's token is kept."""
+
+    __tablename__ = "annotators"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(32), ForeignKey("annotation_tasks.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(64))
+
+
+class HumanLabel(Base):
+    """An item handed to an annotator, and their answers. The row is made when the item is
+    shown (the assignment); ``answered_at`` is set by the action answer or a skip.
+    Labels: feedback +1 positive / 0 neutral / −1 negative; action +1 correct / 0 partly /
+    −1 wrong. ``feedback_revised``: the feedback answer was undone after the targets were shown,
+    so the feedback label is no longer blind to them (kept, but left out of the figures)."""
+
+    __tablename__ = "human_labels"
+    __table_args__ = (UniqueConstraint("item_id", "annotator_id", name="uq_human_label"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(32), ForeignKey("annotation_tasks.id"), index=True)
+    item_id: Mapped[int] = mapped_column(BigId, ForeignKey("annotation_items.id"), index=True)
+    annotator_id: Mapped[str] = mapped_column(String(32), ForeignKey("annotators.id"), index=True)
+    game_id: Mapped[str] = mapped_column(String(32))
+    turn: Mapped[int] = mapped_column(Integer)
+    assigned_at: Mapped[float] = mapped_column(Float)
+    feedback: Mapped[int | None] = mapped_column(Integer)
+    feedback_at: Mapped[float | None] = mapped_column(Float)
+    action: Mapped[int | None] = mapped_column(Integer)
+    skipped: Mapped[bool] = mapped_column(Boolean, default=False)
+    feedback_revised: Mapped[bool] = mapped_column(Boolean, default=False)
+    answered_at: Mapped[float | None] = mapped_column(Float)

@@ -168,7 +168,7 @@ def create_app(
             await services.db.close()
 
     from app import __version__
-    from app.web import admin, api, dashboard, operator, pages, play
+    from app.web import admin, annotate, api, dashboard, operator, pages, play
 
     app = FastAPI(title="MultiRef Live", version=__version__, lifespan=lifespan)
     app.add_middleware(RefuseNul)
@@ -177,6 +177,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(operator.router)
     app.include_router(dashboard.router)
+    app.include_router(annotate.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app
