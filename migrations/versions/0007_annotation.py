@@ -1,7 +1,7 @@
 """human review of turns: annotation tasks, items, annotators, human labels
 
 Revision ID: 0007
-Revises: 0006 (temporarily 0004 on the annotate branch; the lead chains it at merge)
+Revises: 0006
 Create Date: 2026-11-29 19:17:55
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0007'
-down_revision = '0004'  # TODO(lead): '0006' at merge
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
