@@ -291,7 +291,7 @@ def rescore_command(
     overwrite: bool = typer.Option(False, help="Recompute actions already scored."),
     json_out: Optional[Path] = typer.Option(None, help="Also write the summary as JSON here."),
 ) -> None:
-    """Fill π_deployed: re-score logged model-listener actions under a checkpoint (§8).
+    """Fill π_deployed: re-score logged model-listener actions under a checkpoint (docs/learning.md).
 
     Imported published games arrive without it; pass --checkpoint or --adapter for them when
     their games name no checkpoint of this database."""
@@ -355,7 +355,7 @@ def evaluate_command(
     source: Optional[str] = typer.Option(None, help="Only live or only imported games."),
     rounds: Optional[list[str]] = typer.Option(None, "--rounds", help="Only these rounds."),
     all_turns: bool = typer.Option(
-        False, "--all-turns", help="Keep every human turn, not only good moves (§8 filters)."
+        False, "--all-turns", help="Keep every human turn, not only good moves (the paper filters)."
     ),
     limit: Optional[int] = typer.Option(None, help="At most this many turns (a fixed sample)."),
     mode: str = typer.Option(
@@ -479,6 +479,6 @@ def learning_commands(app: typer.Typer) -> None:
 
 
 def register_paper_commands(app: typer.Typer) -> None:
-    """``rescore`` and ``evaluate`` (MULTIREF.md §8)."""
+    """``rescore`` and ``evaluate`` (docs/learning.md)."""
     app.command("rescore")(rescore_command)
     app.command("evaluate")(evaluate_command)
