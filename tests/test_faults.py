@@ -29,7 +29,7 @@ from app.db.gamelog import load_events
 from app.db.models import GameEvent, ListenerRequest, WorkerHeartbeat
 from app.game.rules import GameConfig, replay
 from app.processes import WorkerProcess
-from tests.conftest import ADMIN_TOKEN, ROOT
+from tests.conftest import ADMIN_TOKEN, ROOT, require
 from tests.pgcluster import private_pg  # noqa: F401 - fixture
 from tests.proxy import Proxy
 
@@ -178,7 +178,8 @@ async def connect_seats(base_url: str, created: dict, reconnect: bool = True) ->
 
 
 def test_compose_file_describes_the_deployment():
-    yaml = pytest.importorskip("yaml")
+    import yaml  # a declared test dependency (pyproject: test extra)
+
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     webs = [name for name, svc in services.items() if "serve" in str(svc.get("command", ""))]
@@ -417,7 +418,7 @@ async def test_postgres_restarted_mid_game_nothing_lost_or_doubled(start_server,
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
+    require("torch")
     from policy_worker.tiny import build_tiny_idefics2
 
     return build_tiny_idefics2(tmp_path_factory.mktemp("tiny-idefics2"), seed=0)
