@@ -37,15 +37,18 @@ def _version_key(folder: Path) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
-def candidate_bins() -> list[Path]:
-    """``MULTIREF_PG_BIN`` first, then every installed Debian/Ubuntu version, newest first."""
+PG_LIB = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <version>/bin per installed server
+
+
+def candidate_bins(root: Path = PG_LIB) -> list[Path]:
+    """``MULTIREF_PG_BIN`` first, then every installed version, newest first."""
     found = [Path(os.environ["MULTIREF_PG_BIN"])] if os.environ.get("MULTIREF_PG_BIN") else []
-    found += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
+    found += sorted(root.glob("*/bin"), key=_version_key, reverse=True)
     return found
 
 
-def find_bin() -> Path | None:
-    for folder in candidate_bins():
+def find_bin(root: Path = PG_LIB) -> Path | None:
+    for folder in candidate_bins(root):
         if (folder / "initdb").is_file():
             return folder
     found = shutil.which("initdb")

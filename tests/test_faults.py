@@ -493,3 +493,18 @@ async def test_worker_killed_while_holding_a_claim_another_takes_over(
     finally:
         for w in workers:
             w.stop()
+
+
+
+def test_the_private_cluster_finds_any_installed_postgresql_newest_first(monkeypatch, tmp_path):
+    from tests.pgcluster import candidate_bins, find_bin
+
+    for version in ("9.6", "10", "17", "18"):
+        (tmp_path / version / "bin").mkdir(parents=True)
+    for version in ("9.6", "17"):
+        (tmp_path / version / "bin" / "initdb").write_text("")
+    monkeypatch.delenv("MULTIREF_PG_BIN", raising=False)
+    assert [p.parent.name for p in candidate_bins(tmp_path)] == ["18", "17", "10", "9.6"]
+    assert find_bin(tmp_path) == tmp_path / "17" / "bin"  # the newest that has initdb
+    monkeypatch.setenv("MULTIREF_PG_BIN", str(tmp_path / "9.6" / "bin"))
+    assert find_bin(tmp_path) == tmp_path / "9.6" / "bin"  # the setting wins
