@@ -485,9 +485,17 @@ def test_consent_text_is_rendered_safely():
     assert 'href="https://example.org"' in page and "onmouseover" not in page
 
 
-def test_worked_example_uses_tangrams_of_the_configured_set(kilogram_dir, tmp_path):
+def test_worked_example_uses_tangrams_of_the_configured_set(tmp_path):
+    from app.tangrams.builtin import generate_set
     from app.tangrams.store import TangramSet
+    from app.web.pages import EXAMPLE_KILOGRAM
 
+    # a folder holding the KiloGram pictures the example describes (their names, any figure)
+    kilogram_dir = tmp_path / "kilogram"
+    kilogram_dir.mkdir()
+    figure = generate_set(1)["builtin-0001"]
+    for tid in [*EXAMPLE_KILOGRAM["ids"], "page-Z1", "page-Z2"]:
+        (kilogram_dir / f"{tid}.svg").write_text(figure)
     kilogram = example_for(TangramSet(kilogram_dir))
     assert kilogram["described"] and set(kilogram["targets"]) <= set(kilogram["ids"])
     for i in range(6):
