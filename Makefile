@@ -7,7 +7,7 @@ ci:  ## what CI runs: the whole suite with CI=1 (any skip not allow-listed in te
 	./.ci/run
 mutate:  ## mutation testing (mutmut, [tool.mutmut] in pyproject.toml); MUTANTS="app.game.rules*" narrows it
 	./scripts/setup.sh --test && .venv/bin/pip install -q -e ".[mutate]"
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/mutmut run --max-children $${MUTATE_JOBS:-2} $(MUTANTS) || true
+	HYPOTHESIS_PROFILE=mutate HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/mutmut run --max-children $${MUTATE_JOBS:-2} $(MUTANTS) || true
 	.venv/bin/mutmut results
 fuzz-long:  ## the fuzzing suite's long mode: 10,000 websocket sequences, 500 HTTP cases per operation
 	MULTIREF_FUZZ_EXAMPLES=10000 MULTIREF_FUZZ_API_EXAMPLES=500 ./scripts/test.sh tests/test_fuzz.py -p no:cacheprovider

@@ -22,6 +22,15 @@ ADMIN_TOKEN = "test-admin-token"
 PG_ADMIN_DSN = os.environ.get("MULTIREF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+# `make mutate` runs the property tests once per mutant: fewer examples there (HYPOTHESIS_PROFILE).
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("mutate", max_examples=25, deadline=None)
+except ImportError:  # pragma: no cover - the test extra installs it
+    pass
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
