@@ -120,6 +120,8 @@ class Game:
         self.state, result = step(self.state, cmd)
         assert isinstance(result, Rejection), result
         assert self.state is before
+        # the message is shown to the player in an error frame (a str, never empty)
+        assert isinstance(result.message, str) and result.message.strip(), result
         return result
 
     def join(self, seat: Seat, after: float = 0.0) -> list[Event]:
