@@ -15,6 +15,9 @@ Client -> server
 
 Server -> client
   welcome  lobby  state  released  error  pong
+
+Every ``error`` frame carries one of ``ERROR_CODES`` (tests/test_error_codes.py triggers each one
+over a real socket; a code no path can produce does not belong in the list).
 """
 
 from __future__ import annotations
@@ -239,9 +242,38 @@ class ReleasedFrame(_Frame):
     pay: PayView
 
 
+# The codes of error frames. The connection: before or around hello.
+ErrorCode = Literal[
+    "too_many_connections",  # this address holds the most connections allowed (then closed)
+    "hello_required",  # the first frame (or none within the hello timeout) was not hello
+    "bad_token",  # forged token, unknown participant, or another participant's token
+    "consent_required",  # hello before the consent form was accepted
+    "quiz_required",  # hello before the quiz was passed (when the server requires it)
+    # Frames: refused before they reach a game.
+    "binary_frame",
+    "frame_too_large",
+    "malformed",  # not JSON
+    "unknown_type",
+    "invalid_frame",  # a known type with missing or wrong fields
+    "utterance_too_long",  # also from the rules, when a game sets a lower bound
+    "rate_limited",
+    "not_in_game",  # a game action from a connection not seated in a game
+    # Game actions refused by the hub or the rules engine (nothing changes).
+    "unknown_game",
+    "stale_version",
+    "busy",  # the game was written by others six times in a row while deciding
+    "game_ended",
+    "not_your_seat",
+    "not_your_turn",
+    "empty_utterance",
+    "unknown_tangram",
+]
+ERROR_CODES: tuple[str, ...] = ErrorCode.__args__
+
+
 class ErrorFrame(_Frame):
     type: Literal["error"] = "error"
-    code: str
+    code: ErrorCode
     message: str
     version: int | None = None  # the current state version, for stale actions
 

@@ -34,6 +34,30 @@ QUIZ_ANSWERS = [
 ]
 
 
+def colour_family(css: str) -> str:
+    """"green" or "red" when that channel clearly dominates an ``rgb(...)`` colour, else "other"."""
+    m = re.match(r"rgba?\((\d+), (\d+), (\d+)", css)
+    if not m:
+        return "other"
+    r, g, b = map(int, m.groups())
+    if g > r + 40 and g > b + 40:
+        return "green"
+    if r > g + 40 and r > b + 40:
+        return "red"
+    return "other"
+
+
+def server_targets(base_url: str) -> list[str]:
+    """The targets of the one live game, from the server's record (admin API), not the page."""
+    import httpx
+
+    from tests.conftest import ADMIN_TOKEN
+
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    (game,) = httpx.get(f"{base_url}/api/admin/games", params={"status": "live"}, headers=auth).json()
+    return httpx.get(f"{base_url}/api/admin/games/{game['game_id']}/replay", headers=auth).json()["targets"]
+
+
 def launch(playwright) -> Browser:
     executable = CHROMIUM if Path(CHROMIUM).exists() else None  # else Playwright's own build
     return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -137,6 +161,17 @@ class Player:
 
     def tile_for(self, tangram_id: str):
         return self.page.locator(f'#board .tile[data-tangram-id="{tangram_id}"]')
+
+    def frame_seen(self, tangram_id: str) -> tuple[str, str, str]:
+        """What a person sees and hears of a tile's feedback frame, not the data-* attributes the
+        same line of script sets: (the colour family of its computed outline, "green", "red" or
+        "none"; the badge's text; its accessible name)."""
+        outline, width, badge, label = self.tile_for(tangram_id).evaluate(
+            """(el) => { const s = getComputedStyle(el);
+                 return [s.outlineColor, s.outlineWidth, el.querySelector('.badge').textContent,
+                         el.getAttribute('aria-label')]; }"""
+        )
+        return colour_family(outline) if width not in ("0px", "") else "none", badge, label
 
     def messages(self) -> list[str]:
         return self.page.get_by_test_id("message-history").get_by_test_id("message-text").all_text_contents()

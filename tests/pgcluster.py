@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,20 +29,28 @@ from pathlib import Path
 import pytest
 
 from app.processes import free_port
+from tests.conftest import in_ci
 
-CANDIDATE_BINS = [
-    os.environ.get("MULTIREF_PG_BIN", ""),
-    "/usr/lib/postgresql/17/bin",
-    "/usr/lib/postgresql/16/bin",
-    "/usr/lib/postgresql/15/bin",
-    "/usr/lib/postgresql/14/bin",
-]
+def _version_key(folder: Path) -> tuple:
+    """Sort key of ``/usr/lib/postgresql/<version>/bin``: numeric parts first (9.6 < 10 < 17)."""
+    parts = re.findall(r"\d+|\D+", folder.parent.name)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
-def find_bin() -> Path | None:
-    for folder in CANDIDATE_BINS:
-        if folder and (Path(folder) / "initdb").is_file():
-            return Path(folder)
+PG_LIB = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <version>/bin per installed server
+
+
+def candidate_bins(root: Path = PG_LIB) -> list[Path]:
+    """``MULTIREF_PG_BIN`` first, then every installed version, newest first."""
+    found = [Path(os.environ["MULTIREF_PG_BIN"])] if os.environ.get("MULTIREF_PG_BIN") else []
+    found += sorted(root.glob("*/bin"), key=_version_key, reverse=True)
+    return found
+
+
+def find_bin(root: Path = PG_LIB) -> Path | None:
+    for folder in candidate_bins(root):
+        if (folder / "initdb").is_file():
+            return folder
     found = shutil.which("initdb")
     return Path(found).parent if found else None
 
@@ -159,6 +168,8 @@ class PrivateCluster:
 @pytest.fixture(scope="session")
 def private_pg():
     if find_bin() is None:
+        if in_ci():
+            pytest.fail("no PostgreSQL binaries (initdb) for a private cluster (set MULTIREF_PG_BIN)")
         pytest.skip("no PostgreSQL binaries for a private cluster (set MULTIREF_PG_BIN)")
     # in the system temp folder, not pytest's: the postgres user must be able to reach it
     cluster = PrivateCluster.create()

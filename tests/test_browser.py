@@ -24,6 +24,7 @@ from tests.browser_support import (
     pair,
     prolific_link,
     screenshot,
+    server_targets,
     study_link,
 )
 
@@ -158,7 +159,15 @@ def test_two_workers_play_a_game_to_success(browser, start_server, sqlite_url):
     listener.submit()
     expect(speaker.tile_for(targets[0])).to_have_attribute("data-feedback", "correct")
     expect(speaker.tile_for(wrong)).to_have_attribute("data-feedback", "wrong")
+    # what the speaker sees: a green frame with a tick on the target, a red one with a cross on
+    # the other; a screen reader says the same (the targets come from the server's game record)
+    assert set(targets) == set(server_targets(server.url))
+    green, red = speaker.frame_seen(targets[0]), speaker.frame_seen(wrong)
+    assert green[:2] == ("green", "✓") and green[2].endswith("target, selected, correct"), green
+    assert red[:2] == ("red", "✗") and red[2].endswith("selected, wrong") and "target" not in red[2], red
+    assert speaker.frame_seen(targets[1])[0] in ("none", "other")  # not selected: no feedback colour
     listener.expect_status("Not all targets are selected yet")
+    assert {listener.frame_seen(t)[0] for t in listener.tile_ids()} <= {"none", "other"}  # learns nothing
     assert listener.attribute_of_tiles("data-feedback") == [""] * 10  # the listener learns nothing
     for p in (sp, lp):
         expect(p.get_by_test_id("turn-counter")).to_have_text("Turn 2 of 10")
@@ -185,6 +194,8 @@ def test_two_workers_play_a_game_to_success(browser, start_server, sqlite_url):
         # the targets are now shown to both, the selection framed green
         assert sorted(player.target_ids()) == sorted(targets)
         assert {t for t, f in zip(player.tile_ids(), player.attribute_of_tiles("data-feedback")) if f == "correct"} == set(targets)
+        assert {t for t in player.tile_ids() if player.frame_seen(t)[0] == "green"} == set(targets)
+        assert not any(player.frame_seen(t)[0] == "red" for t in player.tile_ids())
         expect(p.locator("#composer" if player is speaker else "#submit-selection")).to_be_hidden()
         screenshot(p, name)
     assert codes[0] != codes[1]
@@ -474,9 +485,17 @@ def test_consent_text_is_rendered_safely():
     assert 'href="https://example.org"' in page and "onmouseover" not in page
 
 
-def test_worked_example_uses_tangrams_of_the_configured_set(kilogram_dir, tmp_path):
+def test_worked_example_uses_tangrams_of_the_configured_set(tmp_path):
+    from app.tangrams.builtin import generate_set
     from app.tangrams.store import TangramSet
+    from app.web.pages import EXAMPLE_KILOGRAM
 
+    # a folder holding the KiloGram pictures the example describes (their names, any figure)
+    kilogram_dir = tmp_path / "kilogram"
+    kilogram_dir.mkdir()
+    figure = generate_set(1)["builtin-0001"]
+    for tid in [*EXAMPLE_KILOGRAM["ids"], "page-Z1", "page-Z2"]:
+        (kilogram_dir / f"{tid}.svg").write_text(figure)
     kilogram = example_for(TangramSet(kilogram_dir))
     assert kilogram["described"] and set(kilogram["targets"]) <= set(kilogram["ids"])
     for i in range(6):

@@ -29,7 +29,7 @@ from app.db.gamelog import load_events
 from app.db.models import GameEvent, ListenerRequest, WorkerHeartbeat
 from app.game.rules import GameConfig, replay
 from app.processes import WorkerProcess
-from tests.conftest import ADMIN_TOKEN, ROOT
+from tests.conftest import ADMIN_TOKEN, ROOT, require
 from tests.pgcluster import private_pg  # noqa: F401 - fixture
 from tests.proxy import Proxy
 
@@ -178,7 +178,8 @@ async def connect_seats(base_url: str, created: dict, reconnect: bool = True) ->
 
 
 def test_compose_file_describes_the_deployment():
-    yaml = pytest.importorskip("yaml")
+    import yaml  # a declared test dependency (pyproject: test extra)
+
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     webs = [name for name, svc in services.items() if "serve" in str(svc.get("command", ""))]
@@ -417,7 +418,7 @@ async def test_postgres_restarted_mid_game_nothing_lost_or_doubled(start_server,
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
+    require("torch")
     from policy_worker.tiny import build_tiny_idefics2
 
     return build_tiny_idefics2(tmp_path_factory.mktemp("tiny-idefics2"), seed=0)
@@ -492,3 +493,18 @@ async def test_worker_killed_while_holding_a_claim_another_takes_over(
     finally:
         for w in workers:
             w.stop()
+
+
+
+def test_the_private_cluster_finds_any_installed_postgresql_newest_first(monkeypatch, tmp_path):
+    from tests.pgcluster import candidate_bins, find_bin
+
+    for version in ("9.6", "10", "17", "18"):
+        (tmp_path / version / "bin").mkdir(parents=True)
+    for version in ("9.6", "17"):
+        (tmp_path / version / "bin" / "initdb").write_text("")
+    monkeypatch.delenv("MULTIREF_PG_BIN", raising=False)
+    assert [p.parent.name for p in candidate_bins(tmp_path)] == ["18", "17", "10", "9.6"]
+    assert find_bin(tmp_path) == tmp_path / "17" / "bin"  # the newest that has initdb
+    monkeypatch.setenv("MULTIREF_PG_BIN", str(tmp_path / "9.6" / "bin"))
+    assert find_bin(tmp_path) == tmp_path / "9.6" / "bin"  # the setting wins

@@ -481,6 +481,11 @@ async def test_nul_characters_in_utterances_get_an_error_frame(pg_server, kilogr
         await speaker.settle()  # raises if the server dropped the connection
     finally:
         await listener.close()
+    # both frames were answered with an error frame naming the field, and nothing was sent
+    nul_errors = [f for f in speaker.frames if f.get("type") == "error"]
+    assert [f["code"] for f in nul_errors] == ["invalid_frame", "invalid_frame"], nul_errors
+    assert all("text" in f["message"] for f in nul_errors)
+    assert not any(f.get("type") == "state" and f["view"]["messages"] for f in speaker.frames)
     assert _crashes(pg_server) == []
 
 
@@ -499,6 +504,9 @@ async def test_binary_frames_get_an_error_not_a_crash(start_server, sqlite_url):
                     break
         except websockets.ConnectionClosed as exc:
             assert exc.rcvd is not None and exc.rcvd.code == 1003, f"dropped: {exc!r}"
+    errors = [f for f in frames if f.get("type") == "error"]
+    assert [f["code"] for f in errors] == ["binary_frame"], frames
+    assert frames[-1] == {"type": "pong", "nonce": "after", "server_time": frames[-1]["server_time"]}
     assert _crashes(server) == []
 
 

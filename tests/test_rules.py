@@ -120,6 +120,8 @@ class Game:
         self.state, result = step(self.state, cmd)
         assert isinstance(result, Rejection), result
         assert self.state is before
+        # the message is shown to the player in an error frame (a str, never empty)
+        assert isinstance(result.message, str) and result.message.strip(), result
         return result
 
     def join(self, seat: Seat, after: float = 0.0) -> list[Event]:
@@ -1030,3 +1032,48 @@ def test_the_listener_view_hides_pay_details_until_the_end() -> None:
     g.do(Leave(seat=SPEAKER, at=g.clock.advance(1)))
     pay = game_pay(g.state)
     assert GameView.of(g.state, LISTENER, now=g.clock.now, pay=pay).pay == PayView.of(pay)
+
+
+# ---------------------------------------------------------------- found by mutation testing
+
+
+def test_the_game_start_is_the_start_of_turn_one() -> None:
+    g = Game()
+    start = g.start()
+    g.play_turn(NON_TARGETS[0])
+    assert g.state.turn == 2 and g.state.started_at == start < g.state.current_turn.started_at
+
+
+def test_a_grace_ending_after_the_join_timeout_loses_to_it() -> None:
+    """While waiting for the partner: the speaker joins and drops; the join timeout (+60) comes
+    before the speaker's grace ends (+40 + 30): one late tick ends the game by the join timeout."""
+    g = Game()
+    g.join(SPEAKER, after=1)
+    g.do(Disconnect(seat=SPEAKER, at=T0 + 40))
+    g.clock.set(T0 + 40)
+    events = g.tick_at(T0 + 100)
+    assert [(e.reason, e.at, e.note) for e in events] == [(EndReason.JOIN_TIMEOUT, T0 + 100, "listener")]
+    # and the other way round: a grace ending before the join timeout ends the game first
+    g = Game()
+    g.join(SPEAKER, after=1)
+    g.do(Disconnect(seat=SPEAKER, at=T0 + 5))  # grace ends at +35, the join timeout at +60
+    g.clock.set(T0 + 5)
+    assert [e.reason for e in g.tick_at(T0 + 100)] == [EndReason.SPEAKER_DISCONNECTED]
+
+
+def test_a_grace_ending_with_the_phase_deadline_wins_the_tie() -> None:
+    g = Game(GameRules(disconnect_grace_seconds=20))
+    start = g.start()
+    g.do(Disconnect(seat=SPEAKER, at=start + 10))  # grace ends at +30, the typing window too
+    g.clock.set(start + 10)
+    assert [e.reason for e in g.tick_at(start + 30)] == [EndReason.SPEAKER_DISCONNECTED]
+
+
+def test_under_a_second_of_play_pays_no_base_even_at_a_high_rate() -> None:
+    rules = GameRules(base_cents_per_minute=6000)  # 100 c a second
+    assert base_pay(rules, 0).base_cents == 0 and base_pay(rules, 0.5).base_cents == 50
+    assert base_pay(rules, 90).minutes == 1.5
+    g = Game(rules)
+    g.do(Leave(seat=SPEAKER, at=T0 + 0.25))
+    pay = game_pay(g.state)
+    assert (pay.base_cents, pay.minutes) == (25, 0.25 / 60)

@@ -19,6 +19,7 @@ from PIL import Image, ImageChops, ImageDraw
 from typer.testing import CliRunner
 
 from app.tangrams import builtin, store
+from tests.conftest import KILOGRAM_FILES_SKIP
 from app.tangrams.builtin import TAN_AREAS, generate_set, overlap_area, polygon_area, write_set
 from app.tangrams.cli import tangrams_app
 from app.tangrams.fetch import COPYRIGHT_FILE, NOTICE_FILE, KilogramFetchError, fetch_kilogram
@@ -33,7 +34,7 @@ KILOGRAM_SVG = REFERENCE / "kilogram" / "tangrams-svg"
 SPLITS_FILE = REFERENCE / "kilogram" / "multiref_splits.json"
 needs_reference = pytest.mark.skipif(
     not KILOGRAM_SVG.is_dir(),
-    reason=f"KiloGram reference copy not found at {KILOGRAM_SVG} "
+    reason=f"{KILOGRAM_FILES_SKIP}: KiloGram reference copy not found at {KILOGRAM_SVG} "
     "(set MULTIREF_REFERENCE_DIR to the shared/reference folder)",
 )
 
