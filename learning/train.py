@@ -891,12 +891,20 @@ def _heldout_exact_match(
     rt: Runtime,
 ) -> float | None:
     """The held-out score; launched, each process decodes a share and the hits are summed."""
+
+    def score(turns: Sequence[Example]) -> float | None:
+        try:  # the selection metric of config.selection, where learning/evaluate.py has it
+            from learning.evaluate import heldout_metric
+        except ImportError:
+            return exact_match(policy, turns, images, config.eval_batch_size, config.max_new_tokens)
+        return heldout_metric(policy, turns, images, config)
+
     if not rt.distributed:
-        return exact_match(policy, heldout, images, config.eval_batch_size, config.max_new_tokens)
+        return score(heldout)
     import torch
 
     mine = rt.share(heldout)
-    em = exact_match(policy, mine, images, config.eval_batch_size, config.max_new_tokens)
+    em = score(mine)
     hits = round((em or 0.0) * len(mine))
     total = rt.sum(torch.tensor([hits, len(mine)], dtype=torch.float64, device=policy.device))
     return float(total[0] / total[1]) if total[1] else None
