@@ -892,12 +892,8 @@ def _heldout_exact_match(
 ) -> float | None:
     """The held-out score; launched, each process decodes a share and the hits are summed."""
 
-    def score(turns: Sequence[Example]) -> float | None:
-        try:  # the selection metric of config.selection, where learning/evaluate.py has it
-            from learning.evaluate import heldout_metric
-        except ImportError:
-            return exact_match(policy, turns, images, config.eval_batch_size, config.max_new_tokens)
-        return heldout_metric(policy, turns, images, config)
+    def score(turns: Sequence[Example]) -> float | None:  # the one call of the held-out metric
+        return exact_match(policy, turns, images, config.eval_batch_size, config.max_new_tokens)
 
     if not rt.distributed:
         return score(heldout)
