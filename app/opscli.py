@@ -54,7 +54,10 @@ def _run(coro):
 @ops_app.command("export")
 def export_cmd(
     out: Path = typer.Option(..., "--out", help="Folder to write interaction/turn/events files to."),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl or parquet."),
+    fmt: str = typer.Option(
+        "jsonl", "--format",
+        help="jsonl, parquet, or hf (a datasets.load_from_disk folder with a dataset card).",
+    ),
     round_: Optional[list[int]] = typer.Option(None, "--round", help="Only these rounds (repeatable)."),
     system: Optional[list[str]] = typer.Option(None, "--system", help="Only these systems (repeatable)."),
     since: Optional[str] = typer.Option(None, help="Only games created at or after (ISO date/time, UTC, or epoch seconds)."),
@@ -70,8 +73,8 @@ def export_cmd(
 
     from app.export import FORMATS, ExportFilter, export, parse_date
 
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+    if fmt not in (*FORMATS, "hf"):
+        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}, hf", param_hint="--format")
     try:
         flt = ExportFilter(
             rounds=round_ or None,
@@ -96,10 +99,25 @@ def export_cmd(
                 def progress(done: int, total: int | None) -> None:
                     bar.update(task, completed=done, total=total)
 
+                if fmt == "hf":
+                    from app.export_hf import export_hf
+
+                    return await export_hf(db, out, flt, progress=progress)
                 return await export(db, out, fmt, flt, progress=progress)
         finally:
             await db.close()
 
+    if fmt == "hf":
+        try:
+            summary = _run(run())
+        except ValueError as exc:
+            err.print(f"[red]cannot export:[/] {exc}")
+            raise typer.Exit(2) from None
+        console.print(
+            f"{summary['games']} games: {summary['rows']['interaction']} interaction and "
+            f"{summary['rows']['turn']} turn rows in {out} (datasets.load_from_disk; card README.md)"
+        )
+        return
     report = _run(run())
     table = Table("file", "rows", "bytes")
     sizes = report.sizes()

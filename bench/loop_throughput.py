@@ -37,8 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from bench.tables import Console, Table  # noqa: E402  (plain text without rich)
 
 REFERENCE = ROOT.parent / "shared" / "reference"
 TARGETS = {"retrospection": 500.0, "training": 10.0}  # one H100, full size

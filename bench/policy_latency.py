@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from bench.tables import Console, Table  # noqa: E402  (plain text without rich)
 
 from policy_worker.decoding import DecodeRequest, decode_actions  # noqa: E402
 from policy_worker.prompt import PromptGame, PromptTurn, legal_actions, letter_map  # noqa: E402

@@ -198,9 +198,19 @@ def train_command(
         help="Train the initial policy π0 from the human–human seed task alone "
         "(human-listener games of rounds ≤ --round, played or imported); deploy it at round 0.",
     ),
+    stop_after_epoch: Optional[int] = typer.Option(
+        None,
+        help="Stop after this epoch (the state is saved); finish later with --resume, on any "
+        "number of processes.",
+    ),
 ) -> None:
-    """Train a system's next adapter (SUP, RL or KTO) and write it with its manifest."""
+    """Train a system's next adapter (SUP, RL or KTO) and write it with its manifest.
+
+    Many GPUs: run it unchanged under ``accelerate launch`` (docs/learning.md, "Many GPUs")."""
+    from learning.distributed import launched_processes
     from learning.train import load_config, train
+
+    main = os.environ.get("RANK", "0") == "0" or launched_processes() == 1
 
     if round_ is None and not pi0:
         raise typer.BadParameter(
@@ -226,10 +236,14 @@ def train_command(
             resume=resume,
             console=console,
             pi0=pi0,
+            stop_after_epoch=stop_after_epoch,
         )
     except ValueError as error:
-        console.print(f"[red]cannot train:[/] {error}")
+        if main:
+            console.print(f"[red]cannot train:[/] {error}")
         raise typer.Exit(2) from None
+    if not main:
+        return
     best = manifest.get("best_exact_match")
     console.print(
         f"adapter written to {out} (epoch {manifest.get('best_epoch')} kept, held-out exact match "

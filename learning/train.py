@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 from learning import losses
 from learning.datasets import ActionCollator, ActionDataset, Example, model_inputs
+from learning.distributed import Runtime, runtime
 from learning.evaluate import heldout_metric
 
 logger = logging.getLogger("multiref.learning")
@@ -457,13 +458,19 @@ def mismatched_reference_point(
     config: TrainConfig,
     device: Any,
     dtype: Any,
+    reduce: Callable[[Any], Any] | None = None,
 ) -> Any:
     """KTO's z (§8): max(0, mean over the whole effective batch of log π(a′) − log π_ref(a′)),
-    a′ the mismatched single clicks, computed before the update (no gradient)."""
+    a′ the mismatched single clicks, computed before the update (no gradient). ``reduce``
+    sums a tensor over processes when each holds a share of the effective batch."""
     import torch
 
     live = [s for s in samples if not s.example.is_seed]
-    if not live:
+    if reduce is not None:
+        if not live:  # still take part in the sum
+            total = reduce(torch.zeros(2, device=device, dtype=torch.float64))
+            return (total[0] / total[1]).clamp(min=0.0).float() if total[1] else total[0].float()
+    elif not live:
         return torch.zeros((), device=device)
     ratios = []
     was_training = model.training
@@ -477,6 +484,10 @@ def mismatched_reference_point(
                 ratios.append(seq.float() - ref)
     finally:
         model.train(was_training)
+    if reduce is not None:
+        mine = torch.cat(ratios).double()
+        total = reduce(torch.stack([mine.sum(), torch.tensor(float(len(mine)), device=mine.device)]))
+        return (total[0] / total[1]).clamp(min=0.0).float()
     return torch.cat(ratios).mean().clamp(min=0.0)
 
 
@@ -688,21 +699,27 @@ def fit(
     progress: Any = None,
     stop_after_epoch: int | None = None,
     log: Callable[[str], None] | None = None,
+    rt: Runtime | None = None,
 ) -> FitResult:
     """Train ``policy.model`` (a peft model with a trainable adapter) on ``train_examples``.
 
     Saves the best epoch's adapter in ``out_dir`` and the resumable state in ``out_dir/state``.
     ``fingerprint`` (config, data hashes) must match the saved one to resume.
-    ``stop_after_epoch`` ends the run early (to test resumption).
+    ``stop_after_epoch`` ends the run early (to test resumption). ``rt``: this process's place
+    in a launched run (learning/distributed.py); each process takes a share of every effective
+    batch and of the held-out turns, and only the main one writes. The saved state does not
+    depend on the process count, so a run resumes on any number of processes.
     """
     import torch
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 
+    rt = rt or Runtime()
     out = Path(out_dir)
     state_dir = out / "state"
     state_dir.mkdir(parents=True, exist_ok=True)
-    model = policy.model
+    model = policy.model  # unwrapped: decoding, scoring without gradient, saving
+    trained = rt.prepare(model)  # DDP around it when launched on several processes
     device, dtype = policy.device, policy.dtype
     dataset = ActionDataset(train_examples, config.shuffle_letters, config.seed)
     constrained = not isinstance(config, SUPConfig) and config.policy_prob == "constrained"
@@ -717,7 +734,7 @@ def fit(
     mismatched = isinstance(config, KTOConfig) and config.kl_estimate == "mismatched"
     ref_table = (
         _stored_reference_table(
-            state_dir, fingerprint, model, train_examples, collator, config, device, dtype
+            state_dir, fingerprint, model, train_examples, collator, config, device, dtype, rt
         )
         if mismatched
         else {}
@@ -741,10 +758,13 @@ def fit(
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         if config.eval_before_training:
-            em = heldout_metric(policy, heldout, images, config)  # config.selection (§8)
+            em = _heldout_exact_match(policy, heldout, images, config, rt)
             result.metrics.append(EpochMetrics(0, None, em, 0, 0, 0.0, None, None))
             say(f"epoch 0 (before training): held-out exact match {_fmt(em)}")
 
+    if rt.rank:  # other dropout masks than the main process's (which matches a plain run)
+        torch.manual_seed(config.seed + 7919 * rt.rank + start_epoch)
+    scale = rt.processes  # DDP averages gradients over processes: undo it, as if one summed
     task = None
     if progress is not None:
         task = progress.add_task("train", total=steps_per_epoch * config.epochs)
@@ -756,25 +776,34 @@ def fit(
         total_loss, seen, steps = torch.zeros((), device=device), 0, 0
         for k in range(0, len(order), config.effective_batch_size):
             group = order[k : k + config.effective_batch_size]
+            mine = rt.share(group) if rt.distributed else group
             optimizer.zero_grad(set_to_none=True)
             z = None
             if mismatched:
                 z = mismatched_reference_point(
                     model,
-                    [dataset.sample(i, epoch) for i in group],
+                    [dataset.sample(i, epoch) for i in mine],
                     ref_table,
                     collator,
                     config,
                     device,
                     dtype,
+                    reduce=rt.sum if rt.distributed else None,
                 )
-            for m in range(0, len(group), config.micro_batch_size):
-                samples = [dataset.sample(i, epoch) for i in group[m : m + config.micro_batch_size]]
-                per_example = batch_losses(model, collator(samples), config, device, dtype, z)
-                loss = per_example.sum() / len(group)
-                loss.backward()
-                total_loss += per_example.detach().sum().float()  # no device sync per step
-                seen += len(samples)
+            # a process without a share still runs one (zero-weighted) pass: DDP syncs on it
+            passes = list(range(0, len(mine), config.micro_batch_size)) or [None]
+            for m in passes:
+                idx = group[:1] if m is None else mine[m : m + config.micro_batch_size]
+                samples = [dataset.sample(i, epoch) for i in idx]
+                with rt.no_sync(trained, sync=m == passes[-1]):
+                    per_example = batch_losses(trained, collator(samples), config, device, dtype, z)
+                    if m is None:
+                        per_example = per_example * 0.0
+                    loss = per_example.sum() * scale / len(group)  # scale 1: a plain run
+                    loss.backward()
+                if m is not None:
+                    total_loss += per_example.detach().sum().float()  # no device sync per step
+                    seen += len(samples)
             if config.max_grad_norm and config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
@@ -784,8 +813,11 @@ def fit(
                 progress.update(task, advance=1, description=f"train epoch {epoch}/{config.epochs}")
         if device.type == "cuda":
             torch.cuda.synchronize()
+        if rt.distributed:  # the loss and example count over all processes
+            summed = rt.sum(torch.stack([total_loss.double(), total_loss.new_tensor(seen).double()]))
+            total_loss, seen = summed[0], int(summed[1].item())
         seconds = time.perf_counter() - started
-        em = heldout_metric(policy, heldout, images, config)  # config.selection (§8)
+        em = _heldout_exact_match(policy, heldout, images, config, rt)
         metrics = EpochMetrics(
             epoch=epoch,
             loss=float(total_loss) / seen if seen else None,
@@ -807,29 +839,75 @@ def fit(
             improved = True
         if improved:
             result.best_epoch, result.best_exact_match = epoch, em
-            model.save_pretrained(str(out))
-        save_file(adapter_state, str(state_dir / "adapter.safetensors"))
-        torch.save(
-            {
-                "epoch": epoch,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-                "metrics": [dataclasses.asdict(x) for x in result.metrics],
-                "best_epoch": result.best_epoch,
-                "best_exact_match": result.best_exact_match,
-                "fingerprint": fingerprint,
-            },
-            state_dir / "trainer.tmp",
-        )
-        (state_dir / "trainer.tmp").replace(state_dir / "trainer.pt")
-        say(
-            f"epoch {epoch}: loss {_fmt(metrics.loss)}, held-out exact match {_fmt(em)}, "
-            f"{_fmt(metrics.examples_per_s)} examples/s{' (best)' if improved else ''}"
-        )
+        if rt.is_main:
+            _save_epoch(model, out, improved, adapter_state, epoch, optimizer, scheduler, result,
+                        fingerprint)  # fmt: skip
+            say(
+                f"epoch {epoch}: loss {_fmt(metrics.loss)}, held-out exact match {_fmt(em)}, "
+                f"{_fmt(metrics.examples_per_s)} examples/s{' (best)' if improved else ''}"
+            )
+        rt.barrier()  # the state is on disk before any process goes on (or stops)
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
             break
     return result
+
+
+def _save_epoch(
+    model: Any,
+    out: Path,
+    improved: bool,
+    adapter_state: dict[str, Any],
+    epoch: int,
+    optimizer: Any,
+    scheduler: Any,
+    result: FitResult,
+    fingerprint: dict[str, Any],
+) -> None:
+    """The best adapter (when this epoch improved) and the resumable state of ``out``."""
+    import torch
+    from safetensors.torch import save_file
+
+    state_dir = out / "state"
+    if improved:
+        model.save_pretrained(str(out))
+    save_file(adapter_state, str(state_dir / "adapter.safetensors"))
+    torch.save(
+        {
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "metrics": [dataclasses.asdict(x) for x in result.metrics],
+            "best_epoch": result.best_epoch,
+            "best_exact_match": result.best_exact_match,
+            "fingerprint": fingerprint,
+        },
+        state_dir / "trainer.tmp",
+    )
+    (state_dir / "trainer.tmp").replace(state_dir / "trainer.pt")
+
+
+def _heldout_exact_match(
+    policy: Any,
+    heldout: Sequence[Example],
+    images: Callable[[list[str]], list[Any]],
+    config: TrainConfig,
+    rt: Runtime,
+) -> float | None:
+    """The held-out score; launched, each process decodes a share and the hits are summed."""
+
+    def score(turns: Sequence[Example]) -> float | None:  # the one call of the held-out metric
+        return heldout_metric(policy, turns, images, config)  # config.selection
+
+    if not rt.distributed:
+        return score(heldout)
+    import torch
+
+    mine = rt.share(heldout)
+    em = score(mine)
+    hits = round((em or 0.0) * len(mine))
+    total = rt.sum(torch.tensor([hits, len(mine)], dtype=torch.float64, device=policy.device))
+    return float(total[0] / total[1]) if total[1] else None
 
 
 def _stored_reference_table(
@@ -841,18 +919,28 @@ def _stored_reference_table(
     config: TrainConfig,
     device: Any,
     dtype: Any,
+    rt: Runtime | None = None,
 ) -> dict[str, float]:
     """KTO's table of log π_ref(a′), stored in ``state_dir/kto_reference.json``: scored once,
     before any resumed state is loaded (by the adapter training starts from), and read back by
-    a run with the same fingerprint, so a resumed run uses the very same reference."""
+    a run with the same fingerprint, so a resumed run uses the very same reference. Launched,
+    every process reads (or scores) it before the main one writes."""
+    rt = rt or Runtime()
     path = state_dir / "kto_reference.json"
     keys = {e.key() for e in examples if not e.is_seed}
+    table = None
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") == fingerprint and keys <= set(saved.get("table", {})):
-            return {k: float(v) for k, v in saved["table"].items()}
+            table = {k: float(v) for k, v in saved["table"].items()}
+    rt.barrier()
+    if table is not None:
+        return table
     table = mismatched_reference_table(model, examples, collator, config, device, dtype)
-    path.write_text(json.dumps({"fingerprint": fingerprint, "table": table}, default=str))
+    if rt.is_main:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "table": table}, default=str))
+        tmp.replace(path)
     return table
 
 
@@ -975,9 +1063,15 @@ def train(
     from policy_worker.gamedata import TangramImages
     from policy_worker.model import load_policy, resolve_device
 
-    say = console.print if console is not None else (lambda m: logger.info(m))
-    out = Path(out_dir)
     device = resolve_device(config.device)
+    rt = runtime(device, resolve_dtype_name(config, device))
+    device = rt.device  # launched: this process's own (cuda:LOCAL_RANK, or the CPU)
+    if not rt.is_main:
+        console = None
+    say = console.print if console is not None else (lambda m: logger.info(m))
+    if not rt.is_main:
+        say = lambda m: None  # noqa: E731
+    out = Path(out_dir)
     policy = load_policy(base, dtype=resolve_dtype_name(config, device), device=device)
 
     async def load() -> tuple[Any, ...]:
@@ -1000,7 +1094,7 @@ def train(
         finally:
             await db.close()
 
-    examples, stats, heldout, hstats, prev = asyncio.run(load())
+    examples, stats, heldout, hstats, prev = _main_loads(rt, lambda: asyncio.run(load()))
     init = None
     if not pi0 and not starts_fresh(config):
         init = str(init_adapter or prev or "")
@@ -1053,6 +1147,7 @@ def train(
             progress=progress,
             stop_after_epoch=stop_after_epoch,
             log=say,
+            rt=rt,
         )
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -1076,13 +1171,43 @@ def train(
         "versions": _versions(),
         "device": str(device),
         "dtype": str(policy.dtype).replace("torch.", ""),
+        "processes": rt.processes,
+        "mixed_precision": rt.mixed_precision,
+        "examples_per_process_per_step": math.ceil(config.effective_batch_size / rt.processes),
     }
     if torch.cuda.is_available() and device.type == "cuda":
         manifest["gpu"] = torch.cuda.get_device_name(device)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    if rt.is_main:
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    rt.barrier()
     if not manifest["complete"]:
         say(f"stopped after epoch {result.metrics[-1].epoch}: run again with --resume to finish")
     return manifest
+
+
+def _main_loads(rt: Runtime, load: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The main process reads the database and sends the data to the others, so every process
+    trains on the very same examples (and one process migrates the database)."""
+    if not rt.distributed:
+        return load()
+    from accelerate.utils import broadcast_object_list
+
+    box: list[Any] = [None]
+    failure: BaseException | None = None
+    if rt.is_main:
+        try:
+            box = [("ok", load())]
+        except Exception as error:  # the others must not wait for data that never comes
+            failure, box = error, [(type(error).__name__, str(error))]
+    box = broadcast_object_list(box, from_process=0)
+    kind, value = box[0]
+    if failure is not None:
+        raise failure
+    if kind == "ValueError":
+        raise ValueError(value)
+    if kind != "ok":
+        raise RuntimeError(f"the main process failed to load the data: {kind}: {value}")
+    return value
 
 
 def applied_settings(

@@ -41,10 +41,10 @@ def tiny_adapters(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
 def start_worker(tmp_path, kilogram_dir):
     started: list[WorkerProcess] = []
 
-    def start(database_url: str, base: Path, lease: float = 20.0) -> WorkerProcess:
+    def start(database_url: str, base: Path, lease: float = 20.0, *extra: str) -> WorkerProcess:
         w = WorkerProcess(
             database_url, base, tmp_path / f"worker-{len(started)}.log", tangrams=kilogram_dir,
-            args=("--lease", str(lease)),
+            args=("--lease", str(lease), *extra),
         )
         started.append(w)
         return w
@@ -178,6 +178,39 @@ async def test_a_turn_claimed_by_a_dead_worker_is_taken_over_after_its_lease(sta
     assert request.attempts == 2 and request.worker_id != "doomed" and request.status == "applied"
     await db.close()
     await bot.close()
+
+
+async def test_two_workers_split_one_systems_queue_without_double_serving(start_server, start_worker, pg_url, tiny_model):
+    """Many GPUs: one worker per GPU (`--device cuda:K`) on the same systems. Here two CPU worker
+    processes claim turns of the same system from one queue; each turn is decoded once."""
+    server = start_server(pg_url, **MODEL_ENV)
+    workers = [start_worker(pg_url, tiny_model, 20.0, "--batch-size", "1") for _ in range(2)]
+    db = Database(pg_url)
+    try:
+        for _ in range(600):  # both loaded and beating before any turn is asked for
+            async with db.session() as s:
+                beating = (await s.execute(select(WorkerHeartbeat.worker_id))).scalars().all()
+            if len(beating) >= 2:
+                break
+            assert all(w.proc.poll() is None for w in workers)
+            await asyncio.sleep(0.2)
+        assert len(beating) >= 2
+    finally:
+        await db.close()
+    bots = [await _speaker_game(server.url, f"split{i}") for i in range(4)]
+    views = await asyncio.gather(*(play_speaker(b, timeout=180) for b, _ in bots))
+    served: dict[str, int] = {}
+    for (bot, causes), view in zip(bots, views):
+        assert view.phase == "ended" and view.end_reason in ("success", "max_turns"), view.end_reason
+        requests = await _requests(pg_url, view.game_id)
+        assert [r.turn for r in requests] == list(range(1, view.turn + 1))  # one row per turn
+        for r in requests:
+            assert r.status == "applied" and r.attempts == 1, (r.worker_id, r.attempts)
+            served[r.worker_id] = served.get(r.worker_id, 0) + 1
+        # the clicks the speaker saw are exactly the served actions' (no second answer applied)
+        assert causes.count("selection_toggled") == sum(len(_action_letters(r.action)) for r in requests)
+        await bot.close()
+    assert len(served) == 2 and all(n > 0 for n in served.values()), served  # the queue was split
 
 
 async def test_hot_swap_keeps_running_games_on_their_checkpoint(start_server, start_worker, pg_url, tiny_model, tiny_adapters):
