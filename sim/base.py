@@ -296,8 +296,10 @@ def pretrain(
         if kind == "policy" and turns:
             batch = collator([augment(e, rng) for e in rng.sample(turns, min(config.batch_size, len(turns)))])
             width = batch["targets"].shape[1]
-            logits = model(**model_inputs(batch, policy.device, policy.dtype)).logits
-            loss = _token_loss(logits[:, -width - 1 : -1], batch["targets"], batch["target_mask"].float())
+            logits = model(
+                **model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1
+            ).logits  # only the action's positions: the output layer is the costly part
+            loss = _token_loss(logits[:, :-1], batch["targets"], batch["target_mask"].float())
         elif feedback:
             chosen = rng.sample(feedback, min(config.batch_size, len(feedback)))
             prompts = [decoder.prompt(f.context) for f in chosen]
@@ -321,9 +323,9 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses[kind].append(float(loss))
+        losses[kind].append(loss.item())
         if task is not None:
-            progress.update(task, advance=1, description=f"pre-train ({kind} loss {float(loss):.3f})")
+            progress.update(task, advance=1, description=f"pre-train ({kind} loss {losses[kind][-1]:.3f})")
     model.eval()
     out = Path(out_dir)
     model.save_pretrained(out)

@@ -56,6 +56,7 @@ class StudyConfig:
         }
     )
     model_turn_seconds: float = 300.0
+    max_turns: int = 10
     quiet: bool = False  # loop commands' output to run_dir/loop.log instead of the terminal
 
     def json(self) -> dict:
@@ -158,7 +159,7 @@ class Study:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from sim import report
-        from sim.loop import Loop
+        from sim.loop import Loop, LoopError
         from sim.play import play_round
 
         self._load_state(resume)
@@ -180,6 +181,7 @@ class Study:
             {
                 "MULTIREF_RULES__MODEL_TURN_SECONDS": str(self.c.model_turn_seconds),
                 "MULTIREF_CLICK_DELAY_SECONDS": "0",
+                "MULTIREF_RULES__MAX_TURNS": str(self.c.max_turns),
                 "MULTIREF_MAX_CONNECTIONS_PER_ADDRESS": "1000",
                 "MULTIREF_MAX_GAMES_PER_WORKER": "1000000",
             },
@@ -192,7 +194,8 @@ class Study:
                     for s in self.systems:
                         adapter = None
                         if r > 0 and s in self.trained_systems:
-                            adapter = Path(self.state["rounds"][str(r - 1)]["adapters"][s])
+                            trained = self.state["rounds"][str(r - 1)]["adapters"].get(s)
+                            adapter = Path(trained) if trained else None  # None: keeps its checkpoint
                         if r == 0 or adapter is not None:
                             loop.deploy(s, r, adapter)
                     loop.start_round(r)
@@ -228,9 +231,17 @@ class Study:
                             continue
                         self.console.rule(f"round {r}: train {s} on D≤{r}")
                         out = self.dir / "adapters" / s / f"r{r + 1}"
-                        manifest = loop.train(s, r, out, self._train_config(s), resume)
-                        adapters[s] = str(out)
-                        positives[s] = manifest["data"]["train"]["selection"]["used"]
+                        try:
+                            manifest = loop.train(s, r, out, self._train_config(s), resume)
+                        except LoopError as error:
+                            if "no training examples" not in str(error):
+                                raise
+                            # as an operator would: no positive yet, the system keeps its checkpoint
+                            self.console.print(f"{s}: no positive examples in D≤{r}; it keeps its checkpoint")
+                            adapters[s], positives[s] = None, 0
+                        else:
+                            adapters[s] = str(out)
+                            positives[s] = manifest["data"]["train"]["selection"]["used"]
                         self._mark(r, "adapters", adapters)
                         self._mark(r, "positives", positives)
             if worker is not None:
