@@ -266,6 +266,7 @@ def pretrain(
     images: Callable[[list[str]], list[Any]],
     config: PretrainConfig,
     progress: Any = None,
+    device: str = "cpu",
 ) -> dict:
     """Full fine-tuning of the small model on both tasks, interleaved; saves it to ``out_dir``."""
     import torch
@@ -276,7 +277,7 @@ def pretrain(
 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    policy = load_policy(base_dir, dtype="float32", device="cpu")
+    policy = load_policy(base_dir, dtype="float32", device=device)
     model = policy.model
     model.train()
     collator = ActionCollator(policy, images, with_allowed=False)
@@ -299,7 +300,10 @@ def pretrain(
             logits = model(
                 **model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1
             ).logits  # only the action's positions: the output layer is the costly part
-            loss = _token_loss(logits[:, :-1], batch["targets"], batch["target_mask"].float())
+            dev = policy.device
+            loss = _token_loss(
+                logits[:, :-1], batch["targets"].to(dev), batch["target_mask"].float().to(dev)
+            )
         elif feedback:
             chosen = rng.sample(feedback, min(config.batch_size, len(feedback)))
             prompts = [decoder.prompt(f.context) for f in chosen]
@@ -314,6 +318,7 @@ def pretrain(
                 att[i, n - len(r) :] = 1
                 mask[i, n - len(label_ids[f.word]) :] = 1
             pos = (att.cumsum(-1) - 1).clamp(min=0)
+            ids, att, pos, mask = (x.to(policy.device) for x in (ids, att, pos, mask))
             logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits
             loss = _token_loss(logits[:, :-1], ids[:, 1:], mask[:, 1:])
         else:

@@ -20,9 +20,13 @@ def simulate_command(
     ),
     frozen: bool = typer.Option(False, "--frozen", help="Also run a frozen π0 system (PI0-FROZEN)."),
     annotations: Path = typer.Option(
-        REFERENCE / "dense_annotations.json", help="KiloGram crowd descriptions (dense_annotations.json).",
+        REFERENCE / "dense_annotations.json",
+        envvar="MULTIREF_SIM_ANNOTATIONS",
+        help="KiloGram crowd descriptions (dense_annotations.json, or KiloGram's dense.json).",
     ),
-    tangrams: Path = typer.Option(REFERENCE / "tangrams-svg", help="KiloGram tangram SVG folder."),
+    tangrams: Path = typer.Option(
+        REFERENCE / "tangrams-svg", envvar="MULTIREF_SIM_TANGRAMS", help="KiloGram tangram SVG folder."
+    ),
     pool: int = typer.Option(20, help="Tangrams in play (each game shows 10 of them)."),
     base: Optional[str] = typer.Option(
         None, help="Base model (hub id or folder). Default: build and pre-train a small stand-in."

@@ -138,7 +138,10 @@ class Study:
         corpus = descriptions.vocabulary_lines() * 3 + [FeedbackTemplate.load(None, "binary").text] * 30
         raw = build_small_idefics2(self.dir / "base-random", corpus, self.c.size)
         turns, feedback = pretraining_data(descriptions, self.c.noise, self.c.pretrain.games, self.c.seed + 1)
-        info = pretrain(raw, done, turns, feedback, TangramImages(tangrams).images, self.c.pretrain, progress)
+        info = pretrain(
+            raw, done, turns, feedback, TangramImages(tangrams).images, self.c.pretrain, progress,
+            self.c.device,
+        )
         shutil.rmtree(self.dir / "base-random", ignore_errors=True)
         self.state["base_ready"] = True
         self.state["pretraining"] = info

@@ -151,3 +151,24 @@ def test_a_two_round_study_runs_the_real_loop(tmp_path, reference):
     again = Study(config).run(resume=True)
     assert [json.loads(x) for x in (run / "games.jsonl").read_text().splitlines()] == games
     assert again["rows"] == summary["rows"]
+
+
+def test_report_scores_the_decoder_against_true_labels_per_round_and_system():
+    from sim.report import decoder_scores, summarise
+
+    pairs = [(1, 1), (1, 1), (1, -1), (-1, 1), (-1, -1), (-1, -1), (0, -1), (0, 1)]
+    s = decoder_scores(pairs)
+    assert (s["tp"], s["fp"], s["fn"], s["tn"]) == (2, 2, 1, 3)
+    assert s["precision"] == 0.5 and s["recall"] == 2 / 3 and s["false_positive_rate"] == 2 / 5
+    games = [
+        {"game_id": f"g{i}", "system": "B-SUP", "round": 0, "success": i < 3, "turns": 4 + i,
+         "selects": 5, "target_selects": 4}
+        for i in range(10)
+    ]
+    truth = [{"game_id": "g0", "turn": 1, "round": 0, "system": "B-SUP", "true_label": -1},
+             {"game_id": "g1", "turn": 1, "round": 0, "system": "B-SUP", "true_label": 1}]
+    [row] = summarise(games, truth, {("g0", 1): 1, ("g1", 1): 1})
+    assert row["success_rate"] == 0.3 and row["turns_per_game"] == 8.5 and row["click_accuracy"] == 0.8
+    lo, hi = row["success_ci95"]
+    assert 0.10 < lo < 0.11 and 0.60 < hi < 0.61  # Wilson, 3 of 10
+    assert row["decoder"]["false_positive_rate"] == 1.0 and row["decoder"]["precision"] == 0.5
