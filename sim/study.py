@@ -252,8 +252,11 @@ class Study:
                 worker = None
             served = loop.served_requests()
             decoded = loop.decoded_labels()
-            self.console.rule("report")
-            loop.report(self.dir / "loop-report")
+            if not self.state.get("loop_report"):
+                self.console.rule("report")
+                loop.report(self.dir / "loop-report")  # the operator's report, beside ours
+                self.state["loop_report"] = True
+                self._save()
         finally:
             if worker is not None:
                 worker.stop()
