@@ -28,6 +28,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(tangrams_app, name="tangrams")
 from learning.cli import learning_commands
 learning_commands(app)
+from sim.cli import simulate_command  # noqa: E402  (the simulated study; nothing imports sim)
+
+app.command("simulate")(simulate_command)
 from app.opscli import ops_app  # noqa: E402  (operator commands: export, import, systems, round, block)
 
 for c in ops_app.registered_commands:

@@ -1,0 +1,351 @@
+"""The stand-in base model: a small Idefics2 built on the spot and briefly pre-trained.
+
+The real loop needs a *pretrained* base: the feedback decoder is the base model without
+adapter, and every round's adapter is trained on top of it. A random model can do neither, so
+the simulation first makes a stand-in: the Idefics2 classes and chat template of
+``HuggingFaceM4/idefics2-8b`` at a size a CPU trains in minutes (small images: tangram
+silhouettes are simple shapes), with a tokenizer trained on the prompts and the crowd
+descriptions, pre-trained on
+
+(a) simulated human–human listener turns (the policy prompt of ``policy_worker.prompt`` with its
+    10 images → the human listener's action), deliberately short so the base plays weakly; and
+(b) feedback-decoding examples built from simulated utterances (the decoder prompt of
+    ``learning.retrospect`` → the word the utterance's wording means: positive / negative).
+
+What it tells about the 8B model: that the loop's plumbing compounds — games, labels, data,
+adapters and hot swaps feed the next round — and how decoder noise and data volume shape a
+learning curve. What it does not tell: the 8B model's starting accuracy, its sample
+efficiency, or how it reads real (not templated) feedback; the stand-in decoder learned its
+labels from the same phrase lists the simulated speakers use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import string
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+logger = logging.getLogger("multiref.sim")
+
+
+@dataclass
+class ModelSize:
+    """Sizes of the stand-in Idefics2 (the defaults train a round in minutes on 2 cores)."""
+
+    # policy_worker.model.load_processor feeds every model 224-px images; large patches keep the
+    # vision encoder cheap (7 x 7 patches: enough for a silhouette).
+    image_size: int = 224
+    patch_size: int = 32
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    image_tokens: int = 4  # perceiver latents per image (64 in idefics2-8b)
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    vocab_size: int = 1200
+    seed: int = 0
+
+
+@dataclass
+class PretrainConfig:
+    """The stand-in base's pre-training: steps of (a) listener turns and (b) decoder examples."""
+
+    games: int = 400  # simulated human–human games to draw turns from
+    policy_steps: int = 150
+    feedback_steps: int = 150
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+
+def _train_tokenizer(lines: list[str], vocab_size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from policy_worker.tiny import _SPECIAL_TOKENS  # the same special tokens, same order
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    metaspace = {"replacement": "▁", "prepend_scheme": "first", "split": True}
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(**metaspace)
+    tok.decoder = decoders.Metaspace(**metaspace)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_SPECIAL_TOKENS,
+        initial_alphabet=list(string.printable.strip()) + ["▁", "\n", "\t"],
+        min_frequency=2,
+        show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return tok
+
+
+def build_small_idefics2(out_dir: str | Path, corpus: list[str], size: ModelSize) -> Path:
+    """A random small Idefics2 saved like a hub checkpoint (``load_policy`` loads it)."""
+    import torch
+    from transformers import (
+        Idefics2Config,
+        Idefics2ForConditionalGeneration,
+        Idefics2ImageProcessorPil,
+        Idefics2Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    from policy_worker.tiny import IDEFICS2_CHAT_TEMPLATE, _CORPUS_LINES
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [*(_CORPUS_LINES * 20), *corpus]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(lines, size.vocab_size),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        additional_special_tokens=["<fake_token_around_image>", "<image>", "<end_of_utterance>"],
+        chat_template=IDEFICS2_CHAT_TEMPLATE,
+        padding_side="left",
+    )
+    processor = Idefics2Processor(
+        image_processor=Idefics2ImageProcessorPil(
+            do_image_splitting=False,
+            size={"shortest_edge": size.image_size, "longest_edge": size.image_size},
+        ),
+        tokenizer=tokenizer,
+        image_seq_len=size.image_tokens,
+        chat_template=IDEFICS2_CHAT_TEMPLATE,
+    )
+    heads = size.text_heads
+    config = Idefics2Config(
+        vision_config={
+            "hidden_size": size.vision_hidden,
+            "intermediate_size": size.vision_hidden * 2,
+            "num_hidden_layers": size.vision_layers,
+            "num_attention_heads": 2,
+            "image_size": size.image_size,
+            "patch_size": size.patch_size,
+        },
+        perceiver_config={
+            "hidden_size": size.text_hidden,
+            "rms_norm_eps": 1e-5,
+            "resampler_n_latents": size.image_tokens,
+            "resampler_depth": 1,
+            "resampler_n_heads": 2,
+            "resampler_head_dim": 32,
+            "num_key_value_heads": 1,
+        },
+        text_config={
+            "model_type": "mistral",
+            "vocab_size": len(tokenizer),
+            "hidden_size": size.text_hidden,
+            "intermediate_size": size.text_hidden * 2,
+            "num_hidden_layers": size.text_layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": max(1, heads // 2),
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5,
+            "sliding_window": None,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(size.seed)
+    model = Idefics2ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = [
+        tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
+        tokenizer.eos_token_id,
+    ]
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------- pre-training data
+
+
+@dataclass
+class FeedbackExample:
+    context: Any  # learning.retrospect.FeedbackContext
+    word: str  # "positive" | "negative"
+
+
+def wording_label(utt: Any, prev_focus_repeated: bool) -> str:
+    """What the wording of a reaction says, as a reader of English takes it: the feedback word,
+    else moving on (positive) vs repeating / deselecting (negative); unsure → negative."""
+    if utt.said == "positive":
+        return "positive"
+    if utt.said in ("negative", "ambiguous"):
+        return "negative"
+    return "negative" if prev_focus_repeated or utt.intent_deselect else "positive"
+
+
+def pretraining_data(descriptions, noise, games: int, seed: int, listener_accuracy: float = 0.85):
+    """Simulated human–human games in memory: (listener turns as learning Examples, decoder
+    examples). Each game: 10 pool tangrams, 3–5 targets, two independent image orders."""
+    from learning.datasets import Example
+    from learning.retrospect import FeedbackContext
+    from policy_worker.prompt import PromptGame, PromptTurn, action_text, letter_map
+
+    from sim.speakers import SimHumanListener, SimSpeaker, true_label
+
+    rng = random.Random(seed)
+    pool = descriptions.tangrams
+    turns, feedback = [], []
+    for g in range(games):
+        context = rng.sample(pool, 10)
+        targets = set(rng.sample(context, rng.randint(3, 5)))
+        speaker_order, listener_order = rng.sample(context, 10), rng.sample(context, 10)
+        letters = letter_map(listener_order)
+        speaker = SimSpeaker(descriptions, noise, random.Random(rng.random()))
+        listener = SimHumanListener(listener_accuracy, random.Random(rng.random()))
+        selection: set[str] = set()
+        before: set[str] | None = None
+        history: list[PromptTurn] = []
+        actions: list[str] = []
+        utterances = []
+        for turn in range(1, 11):
+            tiles = [(t, t in selection, t in targets) for t in speaker_order]
+            utt = speaker.speak(turn, tiles, before)
+            utterances.append(utt)
+            if turn > 1:
+                prev = utterances[-2]
+                repeated = bool(prev.intent_select) and prev.intent_select == utt.intent_select
+                feedback.append(
+                    FeedbackExample(
+                        FeedbackContext(
+                            game_id=f"pre{g}",
+                            turn=turn - 1,
+                            previous_action=actions[-2] if len(actions) > 1 else None,
+                            utterance=prev.text,
+                            action=actions[-1],
+                            next_utterance=utt.text,
+                        ),
+                        wording_label(utt, repeated),
+                    )
+                )
+            after = listener.choose(listener_order, selection, utt)
+            action = action_text(sorted(selection), sorted(after), letters)
+            game = PromptGame(listener_order, [*history, PromptTurn(utt.text, sorted(selection), None)])
+            if true_label(selection, after, targets) == 1:
+                turns.append(Example(f"pre{g}", turn, game, action, 1, None, listener_kind="human"))
+            history.append(PromptTurn(utt.text, sorted(selection), action))
+            actions.append(action)
+            before, selection = selection, after
+            if selection == targets:
+                break
+    return turns, feedback
+
+
+# ---------------------------------------------------------------- pre-training
+
+
+def _token_loss(logits, targets, mask):
+    import torch.nn.functional as F
+
+    logp = F.log_softmax(logits.float(), -1)
+    tok = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return -(tok * mask).sum() / mask.sum().clamp(min=1)
+
+
+def pretrain(
+    base_dir: Path,
+    out_dir: Path,
+    turns: list,
+    feedback: list[FeedbackExample],
+    images: Callable[[list[str]], list[Any]],
+    config: PretrainConfig,
+    progress: Any = None,
+    device: str = "cpu",
+) -> dict:
+    """Full fine-tuning of the small model on both tasks, interleaved; saves it to ``out_dir``."""
+    import torch
+
+    from learning.datasets import ActionCollator, augment, model_inputs
+    from learning.retrospect import DecoderConfig, FeedbackDecoder, FeedbackTemplate
+    from policy_worker.model import load_policy
+
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    policy = load_policy(base_dir, dtype="float32", device=device)
+    model = policy.model
+    model.train()
+    collator = ActionCollator(policy, images, with_allowed=False)
+    decoder = FeedbackDecoder(policy, DecoderConfig("binary"), FeedbackTemplate.load(None, "binary"))
+    tok = policy.tokenizer
+    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    total = config.policy_steps + config.feedback_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    kinds = ["policy"] * config.policy_steps + ["feedback"] * config.feedback_steps
+    rng.shuffle(kinds)
+    task = progress.add_task("pre-train stand-in base", total=total) if progress else None
+    losses = {"policy": [], "feedback": []}
+    started = time.perf_counter()
+    for kind in kinds:
+        if kind == "policy" and turns:
+            batch = collator([augment(e, rng) for e in rng.sample(turns, min(config.batch_size, len(turns)))])
+            width = batch["targets"].shape[1]
+            logits = model(
+                **model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1
+            ).logits  # only the action's positions: the output layer is the costly part
+            dev = policy.device
+            loss = _token_loss(
+                logits[:, :-1], batch["targets"].to(dev), batch["target_mask"].float().to(dev)
+            )
+        elif feedback:
+            chosen = rng.sample(feedback, min(config.batch_size, len(feedback)))
+            prompts = [decoder.prompt(f.context) for f in chosen]
+            label_ids = dict(zip(("positive", "negative"), decoder.label_token_ids(prompts[0])))
+            rows = [tok(p)["input_ids"] + list(label_ids[f.word]) for p, f in zip(prompts, chosen)]
+            n = max(len(r) for r in rows)
+            ids = torch.full((len(rows), n), tok.pad_token_id, dtype=torch.long)
+            att = torch.zeros((len(rows), n), dtype=torch.long)
+            mask = torch.zeros((len(rows), n), dtype=torch.float)
+            for i, (r, f) in enumerate(zip(rows, chosen)):
+                ids[i, n - len(r) :] = torch.tensor(r)
+                att[i, n - len(r) :] = 1
+                mask[i, n - len(label_ids[f.word]) :] = 1
+            pos = (att.cumsum(-1) - 1).clamp(min=0)
+            ids, att, pos, mask = (x.to(policy.device) for x in (ids, att, pos, mask))
+            logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits
+            loss = _token_loss(logits[:, :-1], ids[:, 1:], mask[:, 1:])
+        else:
+            continue
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses[kind].append(loss.item())
+        if task is not None:
+            progress.update(task, advance=1, description=f"pre-train ({kind} loss {losses[kind][-1]:.3f})")
+    model.eval()
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    policy.processor.save_pretrained(out)
+
+    def tail(xs):
+        return sum(xs[-20:]) / max(1, len(xs[-20:])) if xs else None
+
+    info = {
+        "config": asdict(config),
+        "policy_examples": len(turns),
+        "feedback_examples": len(feedback),
+        "final_policy_loss": tail(losses["policy"]),
+        "final_feedback_loss": tail(losses["feedback"]),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / "pretraining.json").write_text(json.dumps(info, indent=2))
+    return info

@@ -1,0 +1,174 @@
+"""The simulated study, end to end and small: two rounds, a few games, a stand-in base built on
+the spot. Real server (websockets), real policy worker process, real ``round start``,
+``deploy``, ``retrospect``, ``train`` and ``report`` commands, a real SQLite database."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from sim.speakers import Descriptions, Noise, SimSpeaker, true_label  # noqa: E402
+
+pytestmark = [pytest.mark.model, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def descriptions(reference: Path) -> Descriptions:
+    return Descriptions.load(reference / "kilogram" / "dense_annotations.json")
+
+
+def test_speakers_say_only_what_a_person_could_and_label_truly(descriptions):
+    pool = descriptions.tangrams[:10]
+    rng = random.Random(3)
+    said = []
+    for game in range(40):
+        targets = set(rng.sample(pool, 4))
+        speaker = SimSpeaker(descriptions, Noise(wrong=0.0, ambiguous=0.0), random.Random(game))
+        selection: set[str] = set()
+        before = None
+        for turn in range(1, 8):
+            utt = speaker.speak(turn, [(t, t in selection, t in targets) for t in pool], before)
+            said.append(utt)
+            assert not any(t in utt.text for t in pool), utt.text  # no tangram ids
+            assert not re.search(r"\b[A-J]\b", utt.text), utt.text  # no listener letters
+            if turn > 1:
+                assert utt.true_label == true_label(before, selection, targets)
+                assert utt.reacts_to_turn == turn - 1
+                if utt.said == "positive":
+                    assert utt.true_label == 1  # no "wrong" noise here
+            before = set(selection)
+            pick = rng.choice(pool)  # a listener that clicks at random
+            selection = selection ^ {pick}
+    assert {u.said for u in said} >= {"positive", "negative", "none"}
+    assert {u.true_label for u in said} >= {1, -1}
+    # wrong feedback at rate 1: every committed feedback word contradicts the truth
+    speaker = SimSpeaker(descriptions, Noise(wrong=1.0), random.Random(0))
+    targets = set(pool[:3])
+    speaker.speak(1, [(t, False, t in targets) for t in pool], None)
+    utt = speaker.speak(2, [(t, t == pool[0], t in targets) for t in pool], set())
+    assert utt.true_label == 1 and utt.said == "negative" and "wrong" in utt.noise
+
+
+def test_true_label_matches_the_heuristic():
+    from learning.retrospect import heuristic_label
+
+    rng = random.Random(0)
+    ids = [str(i) for i in range(10)]
+    for _ in range(300):
+        before, after, targets = (set(rng.sample(ids, rng.randint(0, 4))) for _ in range(3))
+        assert true_label(before, after, targets) == heuristic_label(before, after, targets)
+
+
+def test_a_two_round_study_runs_the_real_loop(tmp_path, reference):
+    from sim.base import ModelSize, PretrainConfig
+    from sim.study import ORACLE, Study, StudyConfig
+
+    kilogram = reference / "kilogram"
+    config = StudyConfig(
+        run_dir=tmp_path / "study",
+        annotations=kilogram / "dense_annotations.json",
+        tangram_svgs=kilogram / "tangrams-svg",
+        rounds=2,
+        games=2,
+        human_games=2,
+        pool=12,
+        concurrency=4,
+        size=ModelSize(text_hidden=64, text_layers=2, vision_hidden=32, vision_layers=1, vocab_size=800),
+        max_turns=5,
+        # enough decoder pre-training that some actions are decoded positive (training needs some)
+        pretrain=PretrainConfig(games=40, policy_steps=2, feedback_steps=25, batch_size=8),
+        quiet=True,
+    )
+    config.train.update({"epochs": 1, "max_heldout_turns": 8})
+    summary = Study(config).run()
+    run = config.run_dir
+    games = [json.loads(x) for x in (run / "games.jsonl").read_text().splitlines()]
+    truth = [json.loads(x) for x in (run / "truth.jsonl").read_text().splitlines()]
+    model_games = [g for g in games if g["system"] != "human"]
+    assert sorted((g["round"], g["system"]) for g in model_games) == sorted(
+        (r, s) for r in (0, 1) for s in ("B-SUP", ORACLE) for _ in range(2)
+    )
+    assert sum(g["system"] == "human" for g in games) == 2
+
+    db = sqlite3.connect(run / "study.sqlite3")
+    q = lambda sql, *a: db.execute(sql, a).fetchall()  # noqa: E731
+    # the server logged every game's events, utterances as the speakers said them
+    for g in games:
+        types = [t for (t,) in q("SELECT type FROM game_events WHERE game_id=? ORDER BY seq", g["game_id"])]
+        assert types[0] == "game_created" and types[-1] == "game_ended"
+        assert types.count("utterance_sent") == g["turns"] == len(g["utterances"])
+        texts = [json.loads(d)["text"] for (d,) in q(
+            "SELECT data FROM game_events WHERE game_id=? AND type='utterance_sent' ORDER BY seq", g["game_id"])]
+        assert texts == g["utterances"]
+    # every model turn was served by the worker process, with the checkpoint of its round
+    checkpoints = {cid: (system, rnd, adapter) for cid, system, rnd, adapter in q(
+        "SELECT id, system, round, adapter FROM checkpoints")}
+    for g in model_games:
+        rows = q("SELECT turn, status, worker_id, checkpoint FROM listener_requests WHERE game_id=? ORDER BY turn",
+                 g["game_id"])
+        assert [r[0] for r in rows] == list(range(1, g["turns"] + 1))
+        assert all(status == "applied" and worker for _, status, worker, _ in rows)
+        (ck,) = {r[3] for r in rows}
+        system, rnd, adapter = checkpoints[ck]
+        assert (system, rnd) == (g["system"], g["round"])
+        if g["round"] == 0:
+            assert adapter is None  # round 0 plays the base (π0)
+        else:  # round 1 plays the adapter trained on round 0 and deployed
+            assert adapter == str((run / "adapters" / system / "r1").resolve())
+            assert (Path(adapter) / "adapter_model.safetensors").is_file()
+            manifest = json.loads((Path(adapter) / "manifest.json").read_text())
+            assert manifest["round"] == 0 and manifest["system"] == system
+    # the decoder labelled the actions; the true labels stayed in the side file, and only the
+    # oracle control's games got them as training labels
+    decoded = q("SELECT game_id, turn, decoder_version FROM feedback_labels")
+    oracle_games = {g["game_id"] for g in model_games if g["system"] == ORACLE}
+    truth_keys = {(t["game_id"], t["turn"]) for t in truth}
+    assert {(g, t) for g, t, v in decoded if v != "sim-oracle-truth"} == truth_keys
+    assert {g for g, _, v in decoded if v == "sim-oracle-truth"} == oracle_games
+    assert not q("SELECT 1 FROM feedback_labels WHERE decoder_version='sim-oracle-truth' AND game_id NOT IN (%s)"
+                 % ",".join("?" * len(oracle_games)), *oracle_games)
+    # the report: every round and system, Wilson intervals, decoder scores, plots
+    rows = {(r["round"], r["system"]): r for r in summary["rows"]}
+    assert set(rows) >= {(0, "B-SUP"), (0, ORACLE), (0, "human"), (1, "B-SUP"), (1, ORACLE)}
+    for r in rows.values():
+        lo, hi = r["success_ci95"]
+        assert 0 <= lo <= r["success_rate"] <= hi <= 1
+        assert r["decoder"]["n"] == r["reactions"] > 0
+    assert summary["served_requests"] == sum(g["turns"] for g in model_games)
+    assert (run / "report" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "loop-report" / "report.md").is_file()
+    # a finished run is not replayed by --resume, and is not overwritten without it
+    with pytest.raises(FileExistsError):
+        Study(config).run()
+    again = Study(config).run(resume=True)
+    assert [json.loads(x) for x in (run / "games.jsonl").read_text().splitlines()] == games
+    assert again["rows"] == summary["rows"]
+
+
+def test_report_scores_the_decoder_against_true_labels_per_round_and_system():
+    from sim.report import decoder_scores, summarise
+
+    pairs = [(1, 1), (1, 1), (1, -1), (-1, 1), (-1, -1), (-1, -1), (0, -1), (0, 1)]
+    s = decoder_scores(pairs)
+    assert (s["tp"], s["fp"], s["fn"], s["tn"]) == (2, 2, 1, 3)
+    assert s["precision"] == 0.5 and s["recall"] == 2 / 3 and s["false_positive_rate"] == 2 / 5
+    games = [
+        {"game_id": f"g{i}", "system": "B-SUP", "round": 0, "success": i < 3, "turns": 4 + i,
+         "selects": 5, "target_selects": 4}
+        for i in range(10)
+    ]
+    truth = [{"game_id": "g0", "turn": 1, "round": 0, "system": "B-SUP", "true_label": -1},
+             {"game_id": "g1", "turn": 1, "round": 0, "system": "B-SUP", "true_label": 1}]
+    [row] = summarise(games, truth, {("g0", 1): 1, ("g1", 1): 1})
+    assert row["success_rate"] == 0.3 and row["turns_per_game"] == 8.5 and row["click_accuracy"] == 0.8
+    lo, hi = row["success_ci95"]
+    assert 0.10 < lo < 0.11 and 0.60 < hi < 0.61  # Wilson, 3 of 10
+    assert row["decoder"]["false_positive_rate"] == 1.0 and row["decoder"]["precision"] == 0.5
