@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "kilogram"
+KILOGRAM = Path("var/kilogram")  # where `multiref tangrams fetch` puts KiloGram by default
 
 
 def simulate_command(
@@ -20,12 +20,12 @@ def simulate_command(
     ),
     frozen: bool = typer.Option(False, "--frozen", help="Also run a frozen π0 system (PI0-FROZEN)."),
     annotations: Path = typer.Option(
-        REFERENCE / "dense_annotations.json",
+        KILOGRAM / "dense_annotations.json",
         envvar="MULTIREF_SIM_ANNOTATIONS",
         help="KiloGram crowd descriptions (dense_annotations.json, or KiloGram's dense.json).",
     ),
     tangrams: Path = typer.Option(
-        REFERENCE / "tangrams-svg", envvar="MULTIREF_SIM_TANGRAMS", help="KiloGram tangram SVG folder."
+        KILOGRAM, envvar="MULTIREF_SIM_TANGRAMS", help="KiloGram tangram SVG folder."
     ),
     pool: int = typer.Option(20, help="Tangrams in play (each game shows 10 of them)."),
     base: Optional[str] = typer.Option(
@@ -60,7 +60,7 @@ def simulate_command(
     console = Console()
     for path, what in ((annotations, "--annotations"), (tangrams, "--tangrams")):
         if not path.exists():
-            console.print(f"[red]{path} not found:[/] pass {what} (KiloGram: github.com/lil-lab/kilogram, dataset/)")
+            console.print(f"[red]{path} not found:[/] pass {what} (KiloGram's dataset: its SVGs and its crowd annotations)")
             raise typer.Exit(2)
     config = StudyConfig(
         run_dir=out,
