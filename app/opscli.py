@@ -61,6 +61,11 @@ def export_cmd(
     until: Optional[str] = typer.Option(None, help="Only games created before this time."),
     source: Optional[list[str]] = typer.Option(None, help="live and/or imported (default both)."),
     incomplete: bool = typer.Option(False, "--incomplete", help="Include games still running (marked incomplete)."),
+    release: bool = typer.Option(
+        False, "--release",
+        help="For public release: replace e-mails, phones, URLs, worker ids and handles in the "
+        "players' text with [EMAIL], [PHONE], [URL], [ID], [HANDLE] (the database keeps the original).",
+    ),
     database_url: str = typer.Option(None, help=DB_HELP),
 ) -> None:
     """Export games in the ReSpect release format (interaction, turn and events files).
@@ -96,7 +101,7 @@ def export_cmd(
                 def progress(done: int, total: int | None) -> None:
                     bar.update(task, completed=done, total=total)
 
-                return await export(db, out, fmt, flt, progress=progress)
+                return await export(db, out, fmt, flt, progress=progress, release=release)
         finally:
             await db.close()
 
@@ -107,6 +112,9 @@ def export_cmd(
         table.add_row(str(path), str(report.rows[kind]), f"{sizes.get(kind, 0):,}")
     console.print(table)
     console.print(f"{report.games} games exported in {report.seconds:.1f} s")
+    if report.scrubbed is not None:
+        found = ", ".join(f"{n} {kind}" for kind, n in report.scrubbed.items())
+        console.print(f"release: personal data replaced with placeholders: {found}")
 
 
 @ops_app.command("import")
