@@ -607,9 +607,11 @@ export class GameScreen {
           : v.outcome === "unsuccessful"
             ? `Game over. ${endReasonText(v)}`
             : endReasonText(v);
-      note = `Your completion code and pay are shown ${
-        window.matchMedia("(max-width: 900px)").matches ? "below the pictures" : "on the right"
-      }.`;
+      note = v.forfeited
+        ? "You left before the game ended, so there is no completion code for this game."
+        : `Your completion code and pay are shown ${
+            window.matchMedia("(max-width: 900px)").matches ? "below the pictures" : "on the right"
+          }.`;
     } else if (v.phase === "waiting") {
       main = "Waiting for your partner to open the game…";
       note = "This usually takes a few seconds.";

@@ -355,6 +355,16 @@ class Lobby:
         no release code). They keep their waiting time for when they come back."""
         now = self.clock()
         ids = self.present_ids()
+        stale = or_(Participant.present_at.is_(None), Participant.present_at < now - PRESENCE_SECONDS)
+        if not ids:  # the usual case of a quiet lobby: read before taking SQLite's write lock
+            async with self.db.session() as s:
+                ghost = (
+                    await s.execute(
+                        select(Participant.id).where(Participant.status == Status.WAITING, stale).limit(1)
+                    )
+                ).first()
+            if ghost is None:
+                return 0
         async with self.db.session() as s, s.begin():
             for i in range(0, len(ids), 500):
                 await s.execute(
@@ -371,10 +381,7 @@ class Lobby:
                 )
             gone = await s.execute(
                 update(Participant)
-                .where(
-                    Participant.status == Status.WAITING,
-                    or_(Participant.present_at.is_(None), Participant.present_at < now - PRESENCE_SECONDS),
-                )
+                .where(Participant.status == Status.WAITING, stale)
                 .values(status=Status.CONSENTED)
             )
         return gone.rowcount or 0
