@@ -50,6 +50,7 @@ from app.db.database import Database
 from app.db.models import Game, GameEvent, ListenerRequest
 from app.game.rules import GameState, Outcome, event_from_dict, replay
 from app.tangrams.store import release_id
+from app.scrub import PATTERNS, Scrubber
 
 FORMATS = ("jsonl", "parquet")
 KINDS = ("interaction", "turn", "events")
@@ -94,6 +95,7 @@ class ExportReport:
     rows: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    scrubbed: dict[str, int] | None = None  # release exports: placeholders written, per kind
 
     def sizes(self) -> dict[str, int]:
         return {k: p.stat().st_size for k, p in self.files.items() if p.exists()}
@@ -241,6 +243,19 @@ def event_rows(b: GameBundle) -> list[dict]:
         }
         for e in b.events
     ]
+
+
+def scrub_rows(scrubber: Scrubber, inter: dict, turns: list[dict], events: list[dict]) -> None:
+    """For a release: personal data in the players' text becomes placeholders, in place.
+    Counted once per message (in the event log); the other files repeat the same messages."""
+    counted = scrubber.counts.copy()
+    inter["chat"] = scrubber.texts(inter["chat"])
+    for row in turns:
+        row["chats"] = scrubber.texts(row["chats"])
+        row["chat_feedback"] = scrubber.text(row["chat_feedback"])
+    scrubber.counts = counted
+    for row in events:
+        row["data"] = scrubber.event_json(row["data"])
 
 
 # ---------------------------------------------------------------- schemas (Parquet)
@@ -411,8 +426,12 @@ async def export(
     flt: ExportFilter | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     page_size: int = 250,
+    release: bool = False,
 ) -> ExportReport:
     """Write ``interaction``, ``turn`` and ``events`` files for the selected games into ``out``.
+
+    ``release``: scrub personal data from the players' text (:mod:`app.scrub`); the counts
+    are in the report and the manifest, and the database keeps the original text.
 
     ``progress(done, total)`` is called as games are written (total first, then done)."""
     if fmt not in FORMATS:
@@ -427,6 +446,7 @@ async def export(
     writer_cls = JsonlWriter if fmt == "jsonl" else ParquetRowWriter
     writers = {k: writer_cls(partial[k], k) for k in KINDS}
     total: list[int] = []
+    scrubber = Scrubber() if release else None
     try:
         def on_total(n: int) -> None:
             total.append(n)
@@ -438,6 +458,8 @@ async def export(
             inter = interaction_row(bundle, state)
             turns = turn_rows(bundle, state)
             events = event_rows(bundle)
+            if scrubber is not None:
+                scrub_rows(scrubber, inter, turns, events)
             writers["interaction"].write([inter])
             writers["turn"].write(turns)
             writers["events"].write(events)
@@ -461,6 +483,8 @@ async def export(
             partial[k].unlink(missing_ok=True)
         raise
     report.seconds = time.perf_counter() - started
+    if scrubber is not None:
+        report.scrubbed = {kind: scrubber.counts.get(kind, 0) for kind, _ in PATTERNS}
     if progress:
         progress(report.games, total[0] if total else report.games)
     manifest = {
@@ -472,6 +496,8 @@ async def export(
         "rows": report.rows,
         "files": {k: p.name for k, p in report.files.items()},
         "database": db.describe(),
+        "release": release,
+        "scrubbed": report.scrubbed,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return report

@@ -91,9 +91,12 @@ async def export_hf(
     out: Path,
     flt: ExportFilter | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    release: bool = True,
 ) -> dict[str, Any]:
     """Write the ``DatasetDict`` and ``README.md`` into ``out``; returns a summary
-    (rows per level, rounds, systems, games, seconds)."""
+    (rows per level, rounds, systems, games, seconds). ``release`` (on unless the operator
+    turns it off: a dataset folder is made to be published): personal data in the players'
+    text becomes typed placeholders (:mod:`app.scrub`), counted in the card."""
     from datasets import Dataset, DatasetDict
 
     started = time.perf_counter()
@@ -103,7 +106,9 @@ async def export_hf(
     out.parent.mkdir(parents=True, exist_ok=True)
     flt = flt or ExportFilter()
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".hf-export-") as tmp:
-        report = await export(db, Path(tmp) / "parquet", "parquet", flt, progress=progress)
+        report = await export(
+            db, Path(tmp) / "parquet", "parquet", flt, progress=progress, release=release
+        )
         levels, dropped = {}, set()
         for level in LEVELS:
             ds = Dataset.from_parquet(str(report.files[level]), keep_in_memory=False)
@@ -113,6 +118,7 @@ async def export_hf(
         staging = Path(tmp) / "dataset"
         DatasetDict(levels).save_to_disk(str(staging))
         summary = _summary(levels, report.games, flt, sorted(dropped))
+        summary["scrubbed"] = report.scrubbed if release else None
         (staging / "README.md").write_text(dataset_card(levels, summary), encoding="utf-8")
         (staging / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
@@ -203,9 +209,21 @@ def dataset_card(levels: dict[str, Any], summary: dict[str, Any]) -> str:
         "completion codes and pay stay in the server's database. Game ids are random and not "
         "linked to a participant.",
         "- The raw event log (the `events` file of the JSONL / Parquet export) is left out.",
-        "- Utterances are kept verbatim: no text was rewritten or filtered. Read them before "
-        "publishing if the study's consent does not cover free text.",
     ]
+    if summary.get("scrubbed") is not None:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary["scrubbed"].items()) if v)
+        lines.append(
+            "- Personal data typed by players (e-mail addresses, phone numbers, URLs, "
+            "crowd-platform ids, handles) was replaced with typed placeholders such as `[EMAIL]` "
+            f"({counts or 'none found'}); all other text is verbatim. Read the utterances before "
+            "publishing if the study's consent does not cover free text."
+        )
+    else:
+        lines.append(
+            "- Utterances are verbatim: no text was rewritten or filtered (exported without "
+            "scrubbing). Read them before publishing if the study's consent does not cover "
+            "free text."
+        )
     if summary["dropped_columns"]:
         lines.append(f"- Columns dropped as identifying: {', '.join(summary['dropped_columns'])}.")
     return "\n".join(lines) + "\n"

@@ -64,6 +64,11 @@ def export_cmd(
     until: Optional[str] = typer.Option(None, help="Only games created before this time."),
     source: Optional[list[str]] = typer.Option(None, help="live and/or imported (default both)."),
     incomplete: bool = typer.Option(False, "--incomplete", help="Include games still running (marked incomplete)."),
+    release: bool = typer.Option(
+        False, "--release",
+        help="For public release: replace e-mails, phones, URLs, worker ids and handles in the "
+        "players' text with [EMAIL], [PHONE], [URL], [ID], [HANDLE] (the database keeps the original).",
+    ),
     database_url: str = typer.Option(None, help=DB_HELP),
 ) -> None:
     """Export games in the ReSpect release format (interaction, turn and events files).
@@ -102,8 +107,9 @@ def export_cmd(
                 if fmt == "hf":
                     from app.export_hf import export_hf
 
-                    return await export_hf(db, out, flt, progress=progress)
-                return await export(db, out, fmt, flt, progress=progress)
+                    # a dataset folder is made to be published: always scrubbed
+                    return await export_hf(db, out, flt, progress=progress, release=True)
+                return await export(db, out, fmt, flt, progress=progress, release=release)
         finally:
             await db.close()
 
@@ -125,6 +131,9 @@ def export_cmd(
         table.add_row(str(path), str(report.rows[kind]), f"{sizes.get(kind, 0):,}")
     console.print(table)
     console.print(f"{report.games} games exported in {report.seconds:.1f} s")
+    if report.scrubbed is not None:
+        found = ", ".join(f"{n} {kind}" for kind, n in report.scrubbed.items())
+        console.print(f"release: personal data replaced with placeholders: {found}")
 
 
 @ops_app.command("import")

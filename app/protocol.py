@@ -28,6 +28,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from app.game.rules import (
     EndReason,
+    forfeits,
     GameState,
     Outcome,
     Pay,
@@ -158,6 +159,8 @@ class GameView(BaseModel):
     outcome: Outcome | None = None
     pay: PayView | None = None
     completion_code: str | None = None
+    redirect_url: str | None = None  # the platform's completion link, sent with an earned code only
+    forfeited: bool = False  # this seat walked away: no completion code (docs/operators.md)
     cause: str | None = None  # type of the event that produced this view
 
     @classmethod
@@ -170,6 +173,7 @@ class GameView(BaseModel):
         cause: str | None = None,
         pay: Pay | None = None,
         completion_code: str | None = None,
+        redirect_url: str | None = None,
     ) -> "GameView":
         order = state.config.speaker_order if seat is Seat.SPEAKER else state.config.listener_order
         show_targets = seat is Seat.SPEAKER or state.ended
@@ -207,8 +211,14 @@ class GameView(BaseModel):
             end_reason=state.end_reason,
             outcome=state.outcome,
             # Pay counts correct selections: the listener sees it only once targets are shown.
-            pay=PayView.of(pay) if pay is not None and show_targets else None,
+            pay=(
+                PayView.of(pay)
+                if pay is not None and show_targets and not (state.ended and seat in forfeits(state))
+                else None
+            ),
             completion_code=completion_code,
+            redirect_url=redirect_url if completion_code else None,
+            forfeited=state.ended and seat in forfeits(state),
             cause=cause,
         )
 
@@ -240,6 +250,7 @@ class ReleasedFrame(_Frame):
     message: str
     completion_code: str
     pay: PayView
+    redirect_url: str | None = None  # the platform's completion link (with the code only)
 
 
 # The codes of error frames. The connection: before or around hello.

@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.game.rules import GameRules
 
 
+WEAK_SECRETS = frozenset({"change-me", "changeme", "secret", "test", "default", "example"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MULTIREF_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -46,6 +49,11 @@ class Settings(BaseSettings):
         default_factory=list, description="SHA-256 hex digests of further admin tokens."
     )
     max_frame_bytes: int = 8192
+    max_body_bytes: int = Field(
+        default=1_048_576, description="Largest HTTP request body accepted (413 beyond it)."
+    )
+    max_sockets_per_participant: int = 8  # open websockets one seat token may hold at once
+    log_client_ips: bool = False  # client addresses in access logs (personal data: off)
     max_messages_per_second: float = 20.0  # per connection, burst of twice that
     max_connections_per_address: int = 50
 
@@ -57,7 +65,16 @@ class Settings(BaseSettings):
         default=None, description="JSON file {split: [tangram ids]}; default: the whole set."
     )
     split: Literal["dev", "train", "test"] = "dev"
-    config_seed: int = 0
+    config_seed: int | str = Field(
+        default=0,
+        description="Names the study's config queue. The queue is keyed by the secret key too "
+        "(HMAC), so only the server's operator can replay it; a new seed starts a new queue.",
+    )
+    production: bool | None = Field(
+        default=None,
+        description="Refuse to start with an unset or example secret key or config seed. "
+        "Default: on when the server listens on a non-loopback address.",
+    )
 
     # --- game rules (MULTIREF.md §1 defaults)
     rules: GameRules = GameRules()
@@ -80,6 +97,27 @@ class Settings(BaseSettings):
     role_assignment: Literal["random", "arrival"] = "random"  # "arrival": first to wait speaks
     # --- timers inside the server
     sweep_interval_seconds: float = 1.0
+
+    def is_production(self) -> bool:
+        if self.production is not None:
+            return self.production
+        return self.host not in ("127.0.0.1", "localhost", "::1")
+
+    def production_problem(self) -> str | None:
+        """Why a production server must not start with these settings (one line), or None."""
+        if not self.is_production():
+            return None
+        if len(self.secret_key) < 16 or self.secret_key in WEAK_SECRETS:
+            return (
+                "MULTIREF_SECRET_KEY is unset or an example value: set a long random one "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))') or MULTIREF_PRODUCTION=false."
+            )
+        if str(self.config_seed) in ("", "0") or str(self.config_seed) in WEAK_SECRETS:
+            return (
+                "MULTIREF_CONFIG_SEED is the default: set a study-specific seed (any text) "
+                "or MULTIREF_PRODUCTION=false."
+            )
+        return None
 
     def url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"

@@ -503,7 +503,7 @@ function onEnded(view) {
 async function fetchCode() {
   try {
     const res = await api("GET", "/api/participant");
-    return res.ok && res.data ? res.data.completion_code : null;
+    return res.ok && res.data ? res.data : null;
   } catch {
     return null;
   }
@@ -558,7 +558,7 @@ function showReleased(frame) {
     message: frame.message,
     pay: frame.pay,
     code: frame.completion_code,
-    prolificUrl: config.prolific_url,
+    prolificUrl: frame.redirect_url,
     mturkSubmit: config.mturk_submit,
     showBonuses: false,
   });

@@ -65,7 +65,7 @@ export function endReasonText(view) {
 }
 
 /** The pay breakdown and completion code, shared by the game's end and the released screen. */
-export function buildEndCard(container, { title, tone, message, pay, code, prolificUrl, mturkSubmit, showBonuses }) {
+export function buildEndCard(container, { title, tone, message, pay, code, prolificUrl, mturkSubmit, showBonuses, forfeited }) {
   container.replaceChildren();
   container.classList.remove("good", "bad");
   if (tone) container.classList.add(tone);
@@ -107,6 +107,14 @@ export function buildEndCard(container, { title, tone, message, pay, code, proli
       table.append(tr);
     }
     container.append(table);
+  }
+  if (forfeited) {
+    // The server gives no code to a seat that walked away; the page only says so.
+    const none = document.createElement("p");
+    none.dataset.testid = "no-code";
+    none.textContent = "You left this game before it ended, so there is no completion code for it.";
+    container.append(none);
+    return;
   }
   const label = document.createElement("p");
   label.className = "code-label";
@@ -184,7 +192,7 @@ function mturkSubmitForm({ action, assignmentId }, code) {
 export class GameScreen {
   /**
    * @param {{config: object, socket: import("./connection.js").GameSocket,
-   *          onEnded: (view: object) => void, fetchCode: () => Promise<string|null>}} options
+   *          onEnded: (view: object) => void, fetchCode: () => Promise<object|null>}} options
    */
   constructor({ config, socket, onEnded, fetchCode }) {
     this.config = config;
@@ -311,12 +319,12 @@ export class GameScreen {
     this.render();
     this.pump();
     if (view.phase === "ended" && this.onEnded) this.onEnded(view);
-    if (view.phase === "ended" && !view.completion_code && !this.codeRequested && this.fetchCode) {
+    if (view.phase === "ended" && !view.completion_code && !view.forfeited && !this.codeRequested && this.fetchCode) {
       this.codeRequested = true;
       setTimeout(async () => {
-        const code = await this.fetchCode();
-        if (code && this.view && !this.view.completion_code) {
-          this.view = { ...this.view, completion_code: code };
+        const got = await this.fetchCode();
+        if (got && got.completion_code && this.view && !this.view.completion_code) {
+          this.view = { ...this.view, completion_code: got.completion_code, redirect_url: got.redirect_url };
           this.endRendered = null;
           this.render();
         }
@@ -632,7 +640,9 @@ export class GameScreen {
           : v.outcome === "unsuccessful"
             ? `Game over. ${endReasonText(v)}`
             : endReasonText(v);
-      note = `Your completion code and pay are shown ${narrow() ? "below" : "on the right"}.`;
+      note = v.forfeited
+        ? "You left before the game ended, so there is no completion code for this game."
+        : `Your completion code and pay are shown ${narrow() ? "below" : "on the right"}.`;
     } else if (v.phase === "waiting") {
       main = "Waiting for your partner to open the game…";
       note = "This usually takes a few seconds.";
@@ -770,7 +780,7 @@ export class GameScreen {
       }
       return;
     }
-    const key = JSON.stringify([v.end_reason, v.pay, v.completion_code]);
+    const key = JSON.stringify([v.end_reason, v.pay, v.completion_code, v.redirect_url, v.forfeited]);
     card.hidden = false;
     if (key === this.endRendered) return;
     const first = this.endRendered === null;
@@ -783,7 +793,8 @@ export class GameScreen {
       message: endReasonText(v),
       pay: v.pay,
       code: v.completion_code,
-      prolificUrl: this.config.prolific_url,
+      prolificUrl: v.redirect_url,
+      forfeited: v.forfeited,
       mturkSubmit: this.config.mturk_submit,
       showBonuses: true,
     });

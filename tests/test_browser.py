@@ -420,13 +420,17 @@ def test_layout_at_200_percent_zoom_keeps_all_tiles_reachable(browser, start_ser
     listener.page.get_by_test_id("tangram-0").scroll_into_view_if_needed()
     screenshot(listener.page, "19-zoom-200-listener", full_page=True)
     screenshot(speaker.page, "20-zoom-200-speaker", full_page=True)
-    # leaving on purpose (two steps, no browser dialog): both get a code at once
+    # leaving on purpose (two steps, no browser dialog): the partner gets a code at once, the
+    # leaver none (SECURITY.md, issue 13 item 4)
     lp = listener.page
     lp.get_by_role("button", name="Leave the game").click()
     lp.get_by_test_id("leave-game").click()
     listener.expect_status("You left the game")
     speaker.expect_status("Your partner left the game")
-    assert speaker.completion_code() != listener.completion_code()
+    assert CODE.match(speaker.completion_code())
+    expect(lp.get_by_test_id("no-code")).to_be_visible()
+    expect(lp.get_by_test_id("completion-code")).to_have_count(0)
+    expect(lp.get_by_test_id("game-status")).to_contain_text("no completion code")
     assert speaker.dialogs == [] and listener.dialogs == []
     speaker.close()
     listener.close()
@@ -456,14 +460,15 @@ def test_unsent_draft_is_sent_at_the_deadline_and_an_idle_listener_is_warned(
     expect(sp.get_by_test_id("utterance-input")).to_have_value("")
     expect(sp.get_by_test_id("turn-timer")).to_contain_text("Listener's time")
     expect(lp.get_by_test_id("turn-timer")).to_contain_text("Time to select")
-    # the listener does nothing: first a warning, then the game ends, with codes for both
+    # the listener does nothing: first a warning, then the game ends: a code for the speaker,
+    # none for the idle listener (SECURITY.md, issue 13 item 4)
     listener.expect_status("Are you still there")
     expect(lp.get_by_test_id("game-status")).to_have_attribute("data-tone", "warn")
     screenshot(lp, "21-listener-idle-warning")
     speaker.expect_status("your partner was inactive")
     listener.expect_status("no pictures were selected for too long")
     speaker.completion_code()
-    listener.completion_code()
+    expect(lp.get_by_test_id("no-code")).to_be_visible()
     speaker.close()
     listener.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,6 +62,13 @@ from app.game.rules import (
     step,
 )
 from app.protocol import GameView
+
+
+def _visible(text: str) -> bool:
+    """The reference's own reading of "something to see" (issue 13): a letter, digit,
+    punctuation mark or symbol that is not a blank filler."""
+    blank = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
+    return any(unicodedata.category(c)[0] in "LNPS" and c not in blank for c in text)
 
 
 # Own profile names, so that neither hypothesis's built-in "ci" profile (100 derandomized
@@ -302,7 +310,7 @@ def expected_rejection(state: GameState, cmd: Command) -> str | None:
         if state.phase is not Phase.SPEAKING:
             return "not_your_turn"
         clean = " ".join(cmd.text.split())
-        if not clean:
+        if not _visible(clean):
             return "empty_utterance"
         if len(clean) > state.rules.max_utterance_chars:
             return "utterance_too_long"
@@ -384,7 +392,7 @@ def _first_due(state: GameState, cmd: Tick) -> list[Event]:
         return [_ended(EndReason.JOIN_TIMEOUT, at, note=missing)]
     if state.phase is Phase.SPEAKING:
         draft = " ".join(cmd.speaker_draft.split())[: r.max_utterance_chars].strip()
-        if draft:
+        if _visible(draft):
             return [UtteranceSent(turn=state.turn, text=draft, auto=True, at=at)]
         return [_idle_event(state, Seat.SPEAKER, at)]
     if state.listener_kind is ListenerKind.MODEL:

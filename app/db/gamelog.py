@@ -167,7 +167,8 @@ class AppendRows:
             for i, e in enumerate(events)
         ]
         values = game_row(after)
-        if any(e.type == "utterance_sent" for e in events):
+        # a sent draft is in the event log; an unsent one is not kept past the game's end
+        if any(e.type in ("utterance_sent", "game_ended") for e in events):
             values["speaker_draft"] = ""
         json_game = _json_columns("games")
         self.game_cols = tuple(values)

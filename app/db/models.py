@@ -103,6 +103,8 @@ class Participant(Base):
     """A crowdworker visit. The platform worker id is kept only as a keyed hash."""
 
     __tablename__ = "participants"
+    # a worker's n-th visit is attempt n: the per-worker limit holds under racing joins
+    __table_args__ = (UniqueConstraint("worker_hash", "attempt", name="uq_participants_worker_attempt"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     platform: Mapped[str] = mapped_column(String(16))  # prolific | mturk | local | bot
     worker_hash: Mapped[str] = mapped_column(String(64), index=True)
@@ -124,6 +126,16 @@ class Participant(Base):
     pay_bonus_cents: Mapped[int] = mapped_column(Integer, default=0)
     pay_success_cents: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[float | None] = mapped_column(Float)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    present_at: Mapped[float | None] = mapped_column(Float)  # a live lobby socket vouched for them
+
+
+class AdminSessionRevoked(Base):
+    """A dashboard session ended by logout, kept until its cookie would have expired anyway."""
+
+    __tablename__ = "admin_sessions_revoked"
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 class BlockedWorker(Base):

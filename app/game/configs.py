@@ -2,12 +2,14 @@
 
 Pure (no I/O, no global random state). MULTIREF.md §2: systems deployed at the same time must
 play the same configurations, so :class:`ConfigQueue` makes config ``i`` a function of
-(pool, seed, rules, i) alone; every system replays the same queue from index 0.
+(pool, seed, rules, i) alone; every system replays the same queue from index 0. The server
+keys the seed with its secret (:func:`keyed_seed`) so that nobody else can replay the queue.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
 from collections.abc import Iterable, Iterator
 
@@ -39,6 +41,16 @@ def make_config(pool: list[str], rng: random.Random, rules: GameRules) -> GameCo
     )
     config.check()
     return config
+
+
+def keyed_seed(secret: str, seed: object) -> str:
+    """The queue's seed as the server uses it: an HMAC of the study's seed under the server's
+    secret. The queue is public code over a public split, so a bare seed lets anyone replay it
+    and read a game's targets off its ten tangrams; keyed, it replays only for whoever holds
+    the secret (the operator), and every system still plays the same configs."""
+    if not secret:
+        raise ValueError("a config queue needs a secret key")
+    return hmac.new(secret.encode(), f"multiref-configs:{seed}".encode(), hashlib.sha256).hexdigest()
 
 
 def _rng(*parts: object) -> random.Random:

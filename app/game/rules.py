@@ -9,6 +9,7 @@ The event log is the source of truth: ``replay`` rebuilds any game from its even
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal, Union
@@ -572,7 +573,22 @@ def _tick_once(state: GameState, cmd: Tick) -> list[Event]:
 
 
 def _clean_utterance(text: str, rules: GameRules) -> str:
-    return " ".join(text.split())[: rules.max_utterance_chars].rstrip()
+    clean = " ".join(text.split())[: rules.max_utterance_chars].rstrip()
+    return clean if has_visible_text(clean) else ""
+
+
+# Letters and symbols that draw nothing (Hangul fillers, the blank Braille pattern).
+_BLANK_GRAPHEMES = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def has_visible_text(text: str) -> bool:
+    """True when ``text`` has a character a reader can see: a letter, digit, punctuation mark or
+    symbol. Whitespace, format characters (zero-width spaces and joiners, U+2060, U+FEFF),
+    controls, lone combining marks and unassigned or private code points draw nothing, so a
+    message made only of them would use a turn while the listener sees an empty line."""
+    return any(
+        unicodedata.category(ch)[0] in "LNPS" and ch not in _BLANK_GRAPHEMES for ch in text
+    )
 
 
 def decide(state: GameState, cmd: Command) -> list[Event] | Rejection:
@@ -621,7 +637,7 @@ def decide(state: GameState, cmd: Command) -> list[Event] | Rejection:
                 return Rejection("not_your_turn", "You can send one message per turn; wait for the listener.")
             # the bound applies to the message as sent
             clean = text if verbatim else " ".join(text.split())
-            if not clean.strip():
+            if not has_visible_text(clean):
                 return Rejection("empty_utterance", "The message is empty.")
             if len(clean) > state.rules.max_utterance_chars:
                 return Rejection(
@@ -681,6 +697,19 @@ def base_pay(rules: GameRules, seconds: float) -> Pay:
     """Pay for time spent without a finished game (a lobby timeout, for instance)."""
     minutes = max(0.0, seconds) / 60.0
     return Pay(base_cents=round(minutes * rules.base_cents_per_minute), bonus_cents=0, success_cents=0, minutes=minutes)
+
+
+def forfeits(state: GameState) -> frozenset[Seat]:
+    """The seats that ended an ended game by walking away: the seat that left, went idle past
+    its warnings or stayed disconnected, or never joined. They get no completion code and no
+    game pay (docs/operators.md, "What each ending pays"); their partner is paid in full."""
+    reason = state.end_reason
+    for seat in Seat:
+        if reason in (LEAVE_END[seat], IDLE_END[seat], DISCONNECT_END[seat]):
+            return frozenset({seat})
+    if reason is EndReason.JOIN_TIMEOUT:
+        return _required_seats(state) - state.joined
+    return frozenset()
 
 
 def game_pay(state: GameState) -> Pay:

@@ -51,7 +51,7 @@ from app.game.rules import (
     replay,
 )
 from app.live.bus import Bus
-from app.live.participants import settle_game
+from app.live.participants import completion_redirect, settle_game
 from app.protocol import ErrorFrame, GameView, StateFrame
 
 log = logging.getLogger("multiref.hub")
@@ -163,6 +163,7 @@ class GameHub:
         self.game_conns: defaultdict[str, set[Connection]] = defaultdict(set)
         self.participant_conns: defaultdict[str, set[Connection]] = defaultdict(set)
         self.on_listener_request: Callable[[], None] | None = None
+        self.prolific_code = ""  # the study's Prolific code: sent only with an earned code
         self.stats = {"commands": 0, "events": 0, "conflicts": 0, "rejections": 0}
         bus.subscribe(self.on_bus)
 
@@ -498,7 +499,8 @@ class GameHub:
         code = self.codes.get(state.game_id, {}).get(seat) if state.ended else None
         return StateFrame(
             view=GameView.of(
-                state, seat, self.clock(), cause=cause, pay=pay, completion_code=code
+                state, seat, self.clock(), cause=cause, pay=pay, completion_code=code,
+                redirect_url=completion_redirect(self.prolific_code, code),
             )
         )
 

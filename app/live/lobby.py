@@ -32,6 +32,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, or_, select, text, update
@@ -49,6 +50,11 @@ from app.live.participants import Status, release
 log = logging.getLogger("multiref.lobby")
 
 COMPLETED_OUTCOMES = ("successful", "unsuccessful")
+# A waiting worker is paired only while a live lobby socket vouches for them: every server
+# process marks the workers it holds a lobby socket for (``present_at``) on each sweep, and a
+# waiting row nobody marked for this long (its server was killed) leaves the queue unpaid;
+# a socket that still holds them puts them back at the next sweep, their waiting time kept.
+PRESENCE_SECONDS = 5.0
 _UNSET = object()
 
 
@@ -125,6 +131,8 @@ class Lobby:
         self.rng = rng or random.Random()
         self.assign_seed = assign_seed if assign_seed is not None else getattr(configs, "seed", 0)
         self._lock = asyncio.Lock()
+        # the participants this process holds a lobby socket for (set by the server)
+        self.present_ids: Callable[[], list[str]] = list
 
     # ------------------------------------------------------------ routing
 
@@ -193,6 +201,7 @@ class Lobby:
                 .values(
                     status=Status.WAITING,
                     waiting_since=func.coalesce(Participant.waiting_since, self.clock()),
+                    present_at=self.clock(),
                 )
             )
         await self.match()
@@ -223,7 +232,10 @@ class Lobby:
             async with s.begin():
                 q = (
                     select(Participant)
-                    .where(Participant.status == Status.WAITING)
+                    .where(
+                        Participant.status == Status.WAITING,
+                        Participant.present_at >= self.clock() - PRESENCE_SECONDS,
+                    )
                     .order_by(Participant.waiting_since, Participant.id)
                     .limit(100)
                 )
@@ -337,8 +349,60 @@ class Lobby:
         await self.bus.flush(staged)
         return game_id
 
+    async def mark_present(self) -> int:
+        """Vouch for the waiting workers this process holds a lobby socket for, and take out of
+        the queue those nobody vouched for lately (their server died: no socket, no partner,
+        no release code). They keep their waiting time for when they come back."""
+        now = self.clock()
+        ids = self.present_ids()
+        stale = or_(Participant.present_at.is_(None), Participant.present_at < now - PRESENCE_SECONDS)
+        if not ids:  # the usual case of a quiet lobby: read before taking SQLite's write lock
+            async with self.db.session() as s:
+                ghost = (
+                    await s.execute(
+                        select(Participant.id).where(Participant.status == Status.WAITING, stale).limit(1)
+                    )
+                ).first()
+            if ghost is None:
+                return 0
+        async with self.db.session() as s, s.begin():
+            for i in range(0, len(ids), 500):
+                await s.execute(
+                    update(Participant)
+                    .where(
+                        Participant.id.in_(ids[i : i + 500]),
+                        or_(
+                            Participant.status == Status.WAITING,
+                            # taken out of the queue while their socket lived on (a long stall)
+                            (Participant.status == Status.CONSENTED) & Participant.waiting_since.is_not(None),
+                        ),
+                    )
+                    .values(status=Status.WAITING, present_at=now)
+                )
+            gone = await s.execute(
+                update(Participant)
+                .where(Participant.status == Status.WAITING, stale)
+                .values(status=Status.CONSENTED)
+            )
+        return gone.rowcount or 0
+
+    async def clear_ghosts(self) -> int:
+        """On start: nobody waits behind a socket of this process yet. SQLite has one server
+        process, so every waiting row is a ghost of the previous run; on PostgreSQL other
+        replicas hold live sockets, so only rows nobody vouched for lately go."""
+        if self.db.dialect == "sqlite":
+            async with self.db.session() as s, s.begin():
+                gone = await s.execute(
+                    update(Participant)
+                    .where(Participant.status == Status.WAITING)
+                    .values(status=Status.CONSENTED)
+                )
+            return gone.rowcount or 0
+        return await self.mark_present()
+
     async def sweep(self) -> None:
         """Release or fall back the workers who waited past the lobby timeout."""
+        await self.mark_present()
         cutoff = self.clock() - self.policy.timeout_seconds
         async with self.db.session() as s:
             due = list(

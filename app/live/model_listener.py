@@ -24,7 +24,10 @@ from policy_worker.prompt import apply_action, letter_map
 
 log = logging.getLogger("multiref.model_listener")
 
-APPLY_LEASE_SECONDS = 30.0
+# Far shorter than a model turn's window (``model_turn_seconds``, 30 s): a server killed while
+# applying loses its claim within seconds, and a restarted server (or another replica) retakes
+# the stored action in time. The applier renews the lease while it plays the clicks.
+APPLY_LEASE_SECONDS = 5.0
 
 
 def target_selection(action: str, before: set[str], listener_order: tuple[str, ...]) -> set[str]:
@@ -43,6 +46,7 @@ class ModelListenerDriver(BackgroundLoop):
         self.hub = hub
         self.click_delay = click_delay
         self._running: set[int] = set()
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         self.hub.on_listener_request = self.kick
@@ -74,14 +78,54 @@ class ModelListenerDriver(BackgroundLoop):
                 asyncio.create_task(self._apply(rid, game_id, turn, action))
         return len(rows)
 
+    async def stop(self) -> None:
+        """A graceful stop (a rolling restart) hands the actions being applied back at once,
+        so another process finishes them without waiting for the lease to run out."""
+        await super().stop()
+        running, self._running = set(self._running), set()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if running:
+            try:
+                async with self.hub.db.session() as s, s.begin():
+                    await s.execute(
+                        update(ListenerRequest)
+                        .where(ListenerRequest.id.in_(running), ListenerRequest.status == "applying")
+                        .values(status="done", lease_until=None)
+                    )
+            except Exception as exc:  # the lease still runs out
+                log.warning("could not hand back %d model actions: %s", len(running), exc)
+
+    async def _renew(self, rid: int) -> None:
+        while True:
+            await asyncio.sleep(APPLY_LEASE_SECONDS / 3)
+            try:
+                async with self.hub.db.session() as s, s.begin():
+                    await s.execute(
+                        update(ListenerRequest)
+                        .where(ListenerRequest.id == rid, ListenerRequest.status == "applying")
+                        .values(lease_until=time.time() + APPLY_LEASE_SECONDS)
+                    )
+            except Exception as exc:
+                log.warning("could not renew the lease of model action %s: %s", rid, exc)
+
     async def _apply(self, rid: int, game_id: str, turn: int, action: str) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        renew = asyncio.create_task(self._renew(rid))
         try:
             status = await self._play(game_id, turn, action)
+        except asyncio.CancelledError:
+            return  # stopped: stop() hands the action back
         except Exception:
             log.exception("could not apply %r to game %s turn %s", action, game_id, turn)
             status = "failed"
         finally:
+            renew.cancel()
             self._running.discard(rid)
+            self._tasks.discard(task)
         async with self.hub.db.session() as s, s.begin():
             await s.execute(
                 update(ListenerRequest).where(ListenerRequest.id == rid).values(status=status, lease_until=None)

@@ -11,13 +11,15 @@ import hmac
 import secrets
 import time
 import uuid
+from urllib.parse import quote
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import BlockedWorker, Participant
-from app.game.rules import GameState, Pay, Seat, game_pay
+from app.game.rules import GameState, Pay, Seat, forfeits, game_pay
 
 ACTIVE = ("arrived", "consented", "waiting", "in_game")
 
@@ -29,6 +31,7 @@ class Status:
     IN_GAME = "in_game"
     RELEASED = "released"  # let go without a finished game (lobby timeout, partner left…)
     COMPLETED = "completed"  # played a game to its end
+    FORFEITED = "forfeited"  # left, went idle or never joined: no code, no game pay
 
 
 @dataclass(frozen=True)
@@ -95,23 +98,23 @@ async def arrive(
     blocked = await session.get(BlockedWorker, h)
     if blocked is not None:
         return Refusal("blocked", "Your worker id cannot take part in this study. " + blocked.reason)
-    active = (
+    # One statement, so one snapshot: the active visit to resume, or how many visits there
+    # were. Every earlier visit counts toward the cap: games (whatever their end) and paid
+    # releases. The unique (worker_hash, attempt) constraint makes racing joins of one worker
+    # collide, so the cap holds in the database itself (see join_worker, which retries).
+    visits = (
         await session.execute(
             select(Participant)
-            .where(Participant.worker_hash == h, Participant.status.in_(ACTIVE))
+            .where(Participant.worker_hash == h)
             .order_by(Participant.created_at.desc())
         )
-    ).scalars().first()
+    ).scalars().all()
+    active = next((v for v in visits if v.status in ACTIVE), None)
     if active is not None:
         return active
-    played = (
-        await session.execute(
-            select(func.count()).select_from(Participant).where(
-                Participant.worker_hash == h, Participant.game_id.is_not(None)
-            )
-        )
-    ).scalar_one()
-    if max_games and played >= max_games:
+    done = len(visits)
+    last = max((v.attempt or 0 for v in visits), default=0)
+    if max_games and done >= max_games:
         return Refusal(
             "game_limit",
             f"You have already played the maximum of {max_games} games in this study. Thank you!",
@@ -126,15 +129,30 @@ async def arrive(
         hit_id=arrival.hit_id,
         status=Status.ARRIVED,
         created_at=time.time(),
+        attempt=max(done, last) + 1,
     )
     session.add(p)
     await session.flush()
     return p
 
 
+async def join_worker(db, arrival: StudyArrival, hash_key: str, max_games: int) -> Participant | Refusal:
+    """:func:`arrive` in its own transaction, retried when a racing join of the same worker took
+    the same attempt number (the loser then resumes the winner's visit, or is refused)."""
+    for _ in range(8):
+        try:
+            async with db.session() as s, s.begin():
+                return await arrive(s, arrival, hash_key, max_games)
+        except IntegrityError:
+            continue
+    return Refusal("busy", "Too many simultaneous visits with this worker id; try again.")
+
+
 async def settle_game(session: AsyncSession, state: GameState) -> dict[Seat, str]:
-    """Pay both human players of an ended game and give them completion codes."""
+    """Pay the human players of an ended game and give them completion codes; a seat that
+    walked away (:func:`app.game.rules.forfeits`) gets neither code nor pay."""
     pay = game_pay(state)
+    lost = forfeits(state)
     codes: dict[Seat, str] = {}
     rows = (
         await session.execute(
@@ -142,13 +160,18 @@ async def settle_game(session: AsyncSession, state: GameState) -> dict[Seat, str
         )
     ).scalars().all()
     for p in rows:
+        p.finished_at = state.ended_at
+        if p.seat and Seat(p.seat) in lost:
+            p.status = Status.FORFEITED
+            p.completion_code = None
+            p.pay_base_cents = p.pay_bonus_cents = p.pay_success_cents = 0
+            continue
         if p.completion_code is None:
             p.completion_code = new_code()
         p.status = Status.COMPLETED
         p.pay_base_cents = pay.base_cents
         p.pay_bonus_cents = pay.bonus_cents
         p.pay_success_cents = pay.success_cents
-        p.finished_at = state.ended_at
         codes[Seat(p.seat)] = p.completion_code
     return codes
 
@@ -171,6 +194,17 @@ async def release(session: AsyncSession, participant_id: str, reason: str, pay: 
         )
     )
     return code
+
+
+PROLIFIC_COMPLETE = "https://app.prolific.com/submissions/complete?cc="
+
+
+def completion_redirect(prolific_code: str, earned_code: str | None) -> str | None:
+    """The Prolific completion link, for a participant who earned a completion code only: the
+    study's code in it is what Prolific pays on, so it is never in a page before the end."""
+    if not prolific_code or not earned_code:
+        return None
+    return PROLIFIC_COMPLETE + quote(prolific_code, safe="")
 
 
 def pay_of(p: Participant) -> Pay:

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from app import __version__
 from app.db.models import Participant
-from app.live.participants import Refusal, Status, StudyArrival, arrive, pay_of
+from app.live.participants import Refusal, Status, StudyArrival, completion_redirect, join_worker, pay_of
 from app.protocol import PayView
 from app.quiz import wrong_answers
 from app.web.auth import participant_from_header
@@ -41,6 +41,7 @@ class ParticipantView(BaseModel):
     completion_code: str | None
     released_reason: str | None
     pay: PayView
+    redirect_url: str | None = None  # the platform's completion link, only with an earned code
 
 
 MAX_PARAM_CHARS = 128  # the participants table's id columns
@@ -75,8 +76,9 @@ async def join(body: JoinRequest, request: Request):
             status_code=400,
         )
     arrival = StudyArrival.from_params(body.params)
-    async with services.db.session() as s, s.begin():
-        result = await arrive(s, arrival, services.hash_key, services.settings.max_games_per_worker)
+    result = await join_worker(
+        services.db, arrival, services.hash_key, services.settings.max_games_per_worker
+    )
     if isinstance(result, Refusal):
         return JSONResponse({"code": result.code, "message": result.message}, status_code=403)
     return JoinResponse(
@@ -148,6 +150,7 @@ async def participant(request: Request, authorization: str | None = Header(defau
         completion_code=p.completion_code,
         released_reason=p.released_reason,
         pay=PayView.of(pay_of(p)),
+        redirect_url=completion_redirect(services.settings.prolific_completion_code, p.completion_code),
     )
 
 

@@ -3,8 +3,9 @@
 Authentication: the login form posts the admin token (never a query string); the server checks
 it like the bearer routes (SHA-256 digests, constant time) and sets a signed session cookie
 (HttpOnly, SameSite=Strict, path ``/admin``, Secure on https) that names the token by its
-fingerprint only. A session ends when it expires (12 h), on logout, or when its token is no
-longer configured. Every POST form carries a CSRF token bound to the session (the login form
+fingerprint only. A session ends when it expires (12 h), on logout (its id is kept in
+``admin_sessions_revoked`` until it would have expired, so the old cookie stops working on every
+replica), or when its token is no longer configured (token rotation). Every POST form carries a CSRF token bound to the session (the login form
 one bound to a pre-login cookie), and POSTs from another origin are refused.
 
 Pages: ``/admin`` (live games, lobby, per-system stats of the round, workers, systems, rounds,
@@ -18,6 +19,7 @@ Everything shown is escaped: Jinja2 autoescapes, and the scripts only ever set `
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import secrets
@@ -29,14 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy import delete
 from starlette.background import BackgroundTask
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app import audit
-from app.db.models import Game
+from app.db.models import AdminSessionRevoked, Game
 from app.deploy import RegistryError, current_round, deploy_checkpoint, list_systems
 from app.deploy import set_paused, set_quota, set_share, start_round
 from app.game.rules import EndReason
@@ -48,7 +51,17 @@ templates = Jinja2Templates(directory=str(ROOT / "templates"))
 # JSON as text (Jinja2 autoescapes it), written like the page's JSON.stringify
 templates.env.filters["jsontext"] = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))
 
-router = APIRouter(prefix="/admin", include_in_schema=False)
+async def _check_revoked(request: Request) -> None:
+    """Marks the request when its session cookie names a session ended by logout (kept in the
+    database, so a logout ends the session on every server replica)."""
+    sid = _session_id(request)
+    if sid is None:
+        return
+    async with request.app.state.services.db.session() as s:
+        request.state.admin_revoked = await s.get(AdminSessionRevoked, sid) is not None
+
+
+router = APIRouter(prefix="/admin", include_in_schema=False, dependencies=[Depends(_check_revoked)])
 
 SESSION_COOKIE = "mr_admin"
 LOGIN_COOKIE = "mr_admin_login"
@@ -88,7 +101,7 @@ def _serializer(request: Request, salt: str) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(request.app.state.services.hash_key, salt=salt)
 
 
-def current_session(request: Request) -> AdminSession | None:
+def _session_data(request: Request) -> dict | None:
     raw = request.cookies.get(SESSION_COOKIE)
     if not raw:
         return None
@@ -96,7 +109,21 @@ def current_session(request: Request) -> AdminSession | None:
         data = _serializer(request, "multiref-admin-session").loads(raw, max_age=SESSION_SECONDS)
     except BadSignature:
         return None
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else None
+
+
+def _session_id(request: Request) -> str | None:
+    """The id a session is revoked by: its CSRF token, unique per login."""
+    data = _session_data(request)
+    csrf = data.get("csrf") if data else None
+    return hashlib.sha256(csrf.encode()).hexdigest() if isinstance(csrf, str) else None
+
+
+def current_session(request: Request) -> AdminSession | None:
+    if getattr(request.state, "admin_revoked", False):
+        return None  # logged out
+    data = _session_data(request)
+    if data is None:
         return None
     fp, csrf = data.get("fp"), data.get("csrf")
     if not isinstance(fp, str) or not isinstance(csrf, str):
@@ -275,6 +302,12 @@ async def login(request: Request):
 @router.post("/logout")
 async def logout(request: Request):
     await _checked_form(request)
+    sid = _session_id(request)
+    async with request.app.state.services.db.session() as s, s.begin():
+        now = time.time()
+        await s.execute(delete(AdminSessionRevoked).where(AdminSessionRevoked.expires_at < now))
+        if sid is not None and await s.get(AdminSessionRevoked, sid) is None:
+            s.add(AdminSessionRevoked(session_id=sid, expires_at=now + SESSION_SECONDS))
     response = _to_login()
     response.delete_cookie(SESSION_COOKIE, path="/admin")
     return response

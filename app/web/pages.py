@@ -4,7 +4,8 @@ One HTML page carries every screen a worker sees (preview, refusal, consent, ins
 quiz, lobby, game, end); ``static/app.js`` moves between them and speaks the wire protocol of
 ``app.protocol``. The server renders what only it knows: the consent text (from
 ``settings.consent_file`` or ``consent/default.md``), the pictures of the worked example (from
-the configured tangram set), the rules' numbers and the Prolific completion link.
+the configured tangram set), the rules' numbers. The Prolific completion link is not in the page: the server hands it out
+with the completion code, at the end, to a participant who earned it (``redirect_url``).
 
 Consent text is rendered safely: Markdown without raw HTML (``.md``/``.txt``), or an ``.html``
 file reduced to an allowlist of harmless tags and attributes.
@@ -16,7 +17,6 @@ import html
 from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
@@ -28,7 +28,6 @@ from app.quiz import questions_for_page
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONSENT = ROOT / "consent" / "default.md"
-PROLIFIC_COMPLETE = "https://app.prolific.com/submissions/complete?cc="
 # MTurk posts an ExternalQuestion HIT back to the turkSubmitTo of the link: these, and nothing else.
 MTURK_SUBMIT_ORIGINS = ("https://www.mturk.com", "https://workersandbox.mturk.com")
 
@@ -190,12 +189,10 @@ def page_config(request: Request) -> dict:
     services = request.app.state.services
     settings = services.settings
     rules = settings.rules
-    code = settings.prolific_completion_code
     return {
         "version": __version__,
         "require_quiz": settings.require_quiz,
         "quiz": questions_for_page(),
-        "prolific_url": PROLIFIC_COMPLETE + quote(code, safe="") if code else None,
         "mturk_submit_origins": list(MTURK_SUBMIT_ORIGINS),
         "lobby_timeout_seconds": settings.lobby_timeout_seconds,
         "lobby_fallback": settings.lobby_fallback,
@@ -222,7 +219,7 @@ def _csp(request: Request) -> str:
     return (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         f"connect-src 'self'{sockets}; base-uri 'none'; form-action 'self' {' '.join(MTURK_SUBMIT_ORIGINS)}; "
-        "object-src 'none'"
+        "object-src 'none'; frame-ancestors 'none'"
     )
 
 
@@ -246,4 +243,5 @@ async def entry(request: Request):
     response.headers["Content-Security-Policy"] = _csp(request)
     response.headers["Referrer-Policy"] = "no-referrer"  # study ids stay out of Referer headers
     response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"  # no framing: clickjacking of the game
     return response

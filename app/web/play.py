@@ -20,7 +20,7 @@ from app.db.models import Participant
 from app.game import rules
 from app.game.rules import Seat
 from app.live.hub import Connection
-from app.live.participants import Status, pay_of
+from app.live.participants import Status, completion_redirect, pay_of
 from app.protocol import (
     CLIENT_FRAME,
     ClickFrame,
@@ -89,6 +89,10 @@ class PlayerSession:
         if self.participant_id is not None and pid != self.participant_id:
             self.error("bad_token", "This connection already belongs to another participant.")
             return False
+        cap = self.services.settings.max_sockets_per_participant
+        if self.participant_id is None and cap and len(self.hub.participant_conns.get(pid, ())) >= cap:
+            self.error("too_many_connections", "Too many open tabs for this seat; close some and reload.")
+            return False
         self.participant_id = pid
         self.conn.participant_id = pid
         self.hub.participant_conns[pid].add(self.conn)
@@ -129,7 +133,7 @@ class PlayerSession:
                         waiting_players=await self.services.lobby.waiting_count(),
                     )
                 )
-        if p.status in (Status.IN_GAME, Status.COMPLETED) and p.game_id:
+        if p.status in (Status.IN_GAME, Status.COMPLETED, Status.FORFEITED) and p.game_id:
             if self.conn.game_id != p.game_id:
                 await self.hub.attach(self.conn, p.game_id, Seat(p.seat))
             elif not first:
@@ -144,6 +148,9 @@ class PlayerSession:
                     message=RELEASE_MESSAGES.get(p.released_reason or "", "You have been released."),
                     completion_code=p.completion_code or "",
                     pay=PayView.of(pay_of(p)),
+                    redirect_url=completion_redirect(
+                        self.services.settings.prolific_completion_code, p.completion_code
+                    ),
                 )
             )
         return True

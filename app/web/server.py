@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.db.database import Database
-from app.game.configs import ConfigQueue
+from app.game.configs import ConfigQueue, keyed_seed
 from app.live.bus import Bus, PostgresBus, asyncpg_dsn
 from app.live.hub import GameHub
 from app.live.lobby import Lobby, LobbyPolicy
@@ -46,6 +46,42 @@ class ConnectionLimiter:
         self.counts[address] -= 1
         if self.counts[address] <= 0:
             del self.counts[address]
+
+
+class PrivateAccessLog(logging.Filter):
+    """uvicorn's access lines (HTTP on ``uvicorn.access``, websockets on ``uvicorn.error``)
+    without query strings (study links carry raw worker ids) and, unless
+    ``MULTIREF_LOG_CLIENT_IPS`` is on, without the client's address (personal data)."""
+
+    def __init__(self, log_ips: bool) -> None:
+        super().__init__()
+        self.log_ips = log_ips
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple) or len(args) < 2:
+            return True
+        if record.name == "uvicorn.access" and len(args) >= 3:
+            path_at = 2
+        elif record.name == "uvicorn.error" and '"WebSocket %s"' in str(record.msg):
+            path_at = 1
+        else:
+            return True
+        new = list(args)
+        if isinstance(new[path_at], str):
+            new[path_at] = new[path_at].split("?", 1)[0]
+        if not self.log_ips:
+            new[0] = "-"
+        record.args = tuple(new)
+        return True
+
+
+def install_log_filters(settings: Settings) -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, PrivateAccessLog)]:
+            logger.removeFilter(old)
+        logger.addFilter(PrivateAccessLog(settings.log_client_ips))
 
 
 @dataclass
@@ -102,6 +138,7 @@ async def build_services(settings: Settings) -> Services:
         else Bus()
     )
     hub = GameHub(db, bus)
+    hub.prolific_code = settings.prolific_completion_code
     hub_holder.append(hub)
     policy = LobbyPolicy(
         listener=settings.listener,
@@ -110,10 +147,12 @@ async def build_services(settings: Settings) -> Services:
         system=settings.model_system,
         role_assignment=settings.role_assignment,
     )
-    lobby = Lobby(
-        db, bus, settings.rules, ConfigQueue(pool, settings.config_seed, settings.rules), policy,
-        split=settings.split,
-    )
+    config_key = settings.secret_key or await db.secret("config_key")
+    configs = ConfigQueue(pool, keyed_seed(config_key, settings.config_seed), settings.rules)
+    lobby = Lobby(db, bus, settings.rules, configs, policy, split=settings.split)
+    lobby.present_ids = lambda: [
+        pid for pid, conns in hub.participant_conns.items() if any(c.game_id is None for c in conns)
+    ]
     admin = list(settings.admin_token_sha256)
     if settings.admin_token:
         admin.append(token_digest(settings.admin_token))
@@ -142,12 +181,17 @@ def create_app(
     """The application. ``background``: factories of extra (start, stop) pairs run in the
     lifespan, such as an embedded policy worker (``multiref serve --with-worker``)."""
     settings = settings or Settings()
+    problem = settings.production_problem()
+    if problem:
+        raise SystemExit(f"Refusing to start: {problem}")
+    install_log_filters(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         services = await build_services(settings)
         app.state.services = services
         await services.bus.start()
+        await services.lobby.clear_ghosts()  # waiting rows left by a killed process
         await services.sweeper.start()
         await services.model_listener.start()
         services.background = [factory(services) for factory in background or []]
@@ -171,7 +215,7 @@ def create_app(
     from app.web import admin, annotate, api, dashboard, operator, pages, play
 
     app = FastAPI(title="MultiRef Live", version=__version__, lifespan=lifespan)
-    app.add_middleware(RefuseNul)
+    app.add_middleware(RefuseNul, max_body=settings.max_body_bytes)
     app.include_router(api.router)
     app.include_router(play.router)
     app.include_router(admin.router)

@@ -5,14 +5,14 @@ written by the worker when it serves the action and by `multiref rescore` (which
 for imported games, which have no listener request). RL and KTO read it.
 
 Revision ID: 0006
-Revises: 0005 (0004 on the paper-decode branch; the chain is fixed at merge)
+Revises: 0005
 Create Date: 2026-11-29 19:35:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = '0006'
-down_revision = '0004'  # MERGE: '0005' once 0005 is in the chain
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
