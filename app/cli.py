@@ -324,7 +324,8 @@ COMMAND_PANELS = {
     "Model listener": ["worker", "deploy", "model"],
     "Data": ["export", "import"],
     "Run a study": ["systems", "round", "block", "db"],
-    "Learning (after a round)": ["retrospect", "train", "report"],
+    "Learning (after a round)": ["rescore", "retrospect", "train", "evaluate", "report"],
+    "Dry run": ["simulate"],
 }
 _METAVARS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "Path": "PATH", "datetime": "DATE"}
 

@@ -50,6 +50,7 @@ def test_top_level_help_lists_commands_in_the_order_people_use_them(capsys, monk
     assert [positions[n] for n in first_steps] == sorted(positions[n] for n in first_steps), out
     for heading in COMMAND_PANELS:
         assert heading in out
+    assert "╭─ Commands" not in out, "every command belongs under a heading of COMMAND_PANELS"
     assert "--version" in out
 
 
