@@ -112,7 +112,7 @@ async def test_an_action_after_a_deadline_nobody_fired_is_refused_and_time_goes_
     await close(w, speaker, listener)
 
 
-async def test_a_partner_gone_past_the_grace_ends_the_game_with_codes_for_both(sqlite_url):
+async def test_a_partner_gone_past_the_grace_ends_the_game_paying_the_one_who_stayed(sqlite_url):
     w = await World.make(sqlite_url)  # grace 30 s
     g = await w.game()
     speaker, listener = await seated(w, g, 0)
@@ -127,8 +127,10 @@ async def test_a_partner_gone_past_the_grace_ends_the_game_with_codes_for_both(s
     assert view["completion_code"].startswith("MR-")
     async with w.db.session() as s:
         people = {p.id: (p.status, p.completion_code) for p in (await s.execute(select(Participant))).scalars()}
-    assert people["spk"][1] == view["completion_code"] and people["lis"][1].startswith("MR-")
-    assert {status for status, _ in people.values()} == {"completed"}
+    # the speaker who stayed is paid and gets a code; the listener who walked away forfeits
+    # (no code: docs/operators.md, "What each ending pays")
+    assert people["spk"] == ("completed", view["completion_code"])
+    assert people["lis"] == ("forfeited", None)
     await close(w, speaker, listener)
 
 
@@ -202,6 +204,7 @@ async def test_the_lobby_timeout_falls_back_to_a_model_listener(sqlite_url):
     w = await World.make(sqlite_url, policy=LobbyPolicy(timeout_seconds=120, fallback="model"))
     w.clock.at(0)
     await w.participant("alone")
+    w.lobby.present_ids = lambda: ["alone"]  # this process holds their lobby socket
     await w.lobby.enter("alone")
     await sweep_at(w, 119)
     async with w.db.session() as s:
@@ -227,7 +230,9 @@ async def test_the_sweeper_ticks_a_game_nobody_is_connected_to(sqlite_url):
     assert await sweep_at(w, 24) == 1
     async with w.db.session() as s:
         game = await s.get(Game, g)
-        paid = [p.pay_base_cents for p in (await s.execute(select(Participant))).scalars()]
-    # both left at +4: the speaker's grace (first in time) ends it at +24 -> 24 s of 20 c/min = 8 c
-    assert (game.status, game.end_reason) == ("ended", "speaker_disconnected") and paid == [8, 8]
+        paid = {p.id: (p.status, p.pay_base_cents) for p in (await s.execute(select(Participant))).scalars()}
+    # both left at +4: the speaker's grace (first in time) ends it at +24; the speaker forfeits,
+    # the listener is paid 24 s of 20 c/min = 8 c
+    assert (game.status, game.end_reason) == ("ended", "speaker_disconnected")
+    assert paid == {"spk": ("forfeited", 0), "lis": ("completed", 8)}
     await close(w, speaker, listener)

@@ -119,13 +119,15 @@ async def play_scripted(w: World) -> str:
 
 
 # (turn, chats, currently_selected, selected, deselected, clicks, chat_feedback, send s, submit s)
+# (exports write tangram ids in the published release's convention: the file name, ``.png``)
 EXPECTED_TURNS = [
-    (1, ["the two birds"], [], ["tg-01", "tg-02"], [], ["tg-01", "tg-02"],
+    (1, ["the two birds"], [], ["tg-01.png", "tg-02.png"], [], ["tg-01.png", "tg-02.png"],
      "not the boat, add the house", 4.0, 10.0),
-    (2, ["the two birds", "not the boat, add the house"], ["tg-01", "tg-02"], ["tg-04"], ["tg-02"],
-     ["tg-01", "tg-04"], "and the man sitting", 8.0, 18.0),
-    (3, ["the two birds", "not the boat, add the house", "and the man sitting"], ["tg-01", "tg-04"],
-     ["tg-07"], [], ["tg-01", "tg-04", "tg-07"], None, 10.0, 30.0),
+    (2, ["the two birds", "not the boat, add the house"], ["tg-01.png", "tg-02.png"], ["tg-04.png"],
+     ["tg-02.png"], ["tg-01.png", "tg-04.png"], "and the man sitting", 8.0, 18.0),
+    (3, ["the two birds", "not the boat, add the house", "and the man sitting"],
+     ["tg-01.png", "tg-04.png"], ["tg-07.png"], [], ["tg-01.png", "tg-04.png", "tg-07.png"], None,
+     10.0, 30.0),
 ]
 
 
@@ -144,11 +146,14 @@ async def test_exported_turn_rows_of_a_scripted_game_match_a_hand_written_table(
     assert {(r["end"], r["outcome"], r["policy_name"], r["listener_kind"]) for r in turns} == {
         (1, "successful", "human", "human")
     }
-    assert turns[0]["context"] == list(CONFIG.listener_order) and turns[0]["targets"] == list(TARGETS)
+    assert turns[0]["context"] == [f"{t}.png" for t in CONFIG.listener_order]
+    assert turns[0]["targets"] == [f"{t}.png" for t in TARGETS]
     assert turns[0]["date"] == "2025-06-15 15:06:40"
     (inter,) = [json.loads(line) for line in (tmp_path / "out" / "interaction.jsonl").read_text().splitlines()]
     assert (inter["turn"], inter["end"], inter["end_reason"], inter["duration_s"]) == (3, 1, "success", 60.0)
-    assert inter["clicks"] == [["tg-01", "tg-02"], ["tg-01", "tg-04"], ["tg-01", "tg-04", "tg-07"]]
+    assert inter["clicks"] == [
+        ["tg-01.png", "tg-02.png"], ["tg-01.png", "tg-04.png"], ["tg-01.png", "tg-04.png", "tg-07.png"]
+    ]
     assert inter["chat"] == ["the two birds", "not the boat, add the house", "and the man sitting"]
     # the derived table in the database says the same
     async with w.db.session() as s:
@@ -197,8 +202,9 @@ async def test_stored_pay_after_the_partner_left(sqlite_url):
     await w.do(g, 14, Click, Seat.LISTENER, tangram_id="tg-04")
     state = await w.do(g, 45, Leave, Seat.LISTENER)
     assert (state.end_reason, state.outcome) == ("listener_left", "aborted")
-    # 45 s -> 15; the selection reached {01, 04}: 2 correct -> 10; aborted -> no success bonus
-    assert await w.pay() == {"spk": ("completed", 15, 10, 0), "lis": ("completed", 15, 10, 0)}
+    # the speaker: 45 s -> 15; the selection reached {01, 04}: 2 correct -> 10; aborted -> no
+    # success bonus. The listener who left forfeits: no pay, no code (docs/operators.md)
+    assert await w.pay() == {"spk": ("completed", 15, 10, 0), "lis": ("forfeited", 0, 0, 0)}
     await w.db.close()
 
 
@@ -212,8 +218,8 @@ async def test_stored_pay_after_an_idle_speaker_fired_by_the_sweeper(sqlite_url)
     assert await w.sweeper.sweep() == 1
     state = await w.hub.state(g)
     assert (state.end_reason, state.ended_at) == ("speaker_idle", T0 + 30)
-    # 30 s -> 10; nothing selected -> 0; no success
-    assert await w.pay() == {"spk": ("completed", 10, 0, 0), "lis": ("completed", 10, 0, 0)}
+    # the listener: 30 s -> 10; nothing selected -> 0; no success. The idle speaker forfeits
+    assert await w.pay() == {"spk": ("forfeited", 0, 0, 0), "lis": ("completed", 10, 0, 0)}
     await w.db.close()
 
 
@@ -221,6 +227,7 @@ async def test_stored_pay_after_a_lobby_release(sqlite_url):
     w = await World.make(sqlite_url, policy=LobbyPolicy(timeout_seconds=300, fallback="release"))
     w.clock.at(0)
     await w.participant("alone")
+    w.lobby.present_ids = lambda: ["alone"]  # this process holds their lobby socket
     await w.lobby.enter("alone")
     w.clock.at(299)
     await w.sweeper.sweep()
