@@ -28,12 +28,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from app.game.rules import (
     EndReason,
-    forfeits,
     GameState,
     Outcome,
     Pay,
     Phase,
     Seat,
+    forfeits,
 )
 
 MAX_FRAME_BYTES = 8192
