@@ -35,4 +35,4 @@ if [ -n "${CI:-}" ]; then
   echo "CI=$CI: a missing PostgreSQL or Chromium fails, and so does any skip not allow-listed in tests/conftest.py"
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest --durations=15 "$@"  # the 15 slowest tests, to keep the suite short
