@@ -141,15 +141,14 @@ class LoadedPolicy:
 
 
 def load_processor(base: str | Path, **kwargs: Any) -> Any:
-    """The base's processor with images at 224 px and no splitting, tokenizer padding left."""
+    """The base's processor with images at 224 px (or the checkpoint's own size when smaller:
+    a small stand-in trained on 32-px images) and no splitting, tokenizer padding left."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(
-        str(base),
-        do_image_splitting=False,
-        size={"longest_edge": IMAGE_SIZE, "shortest_edge": IMAGE_SIZE},
-        **kwargs,
-    )
+    processor = AutoProcessor.from_pretrained(str(base), do_image_splitting=False, **kwargs)
+    size = processor.image_processor.size  # a SizeDict (fast/PIL processors) or a dict
+    side = min(IMAGE_SIZE, int(size.get("longest_edge") or IMAGE_SIZE))
+    processor.image_processor.size = type(size)(longest_edge=side, shortest_edge=side)
     processor.tokenizer.padding_side = "left"  # batched generation pads on the left
     return processor
 

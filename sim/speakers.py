@@ -114,14 +114,13 @@ class Descriptions:
 
 
 def true_label(before: set[str], after: set[str], targets: set[str]) -> int:
-    """The speaker's verdict on one listener action: +1 only good changes, −1 only bad ones or
-    no change at all, 0 both (MULTIREF.md §4's heuristic, as a person with the targets sees it)."""
-    selected, deselected = after - before, before - after
-    good = (selected & targets) | (deselected - targets)
-    bad = (selected - targets) | (deselected & targets)
-    if good and bad:
-        return 0
-    return 1 if good else -1
+    """The speaker's verdict on one listener action, as a person with the targets sees it: the
+    spec's heuristic (``learning.retrospect.heuristic_label``: +1 a good select or deselect, 0 one
+    part good and the other not, −1 otherwise, no change included), so the report scores the
+    decoder against the same rule the evaluation uses."""
+    from learning.retrospect import heuristic_label
+
+    return heuristic_label(before, after, targets)
 
 
 @dataclass

@@ -67,6 +67,28 @@ def test_true_label_matches_the_heuristic():
         assert true_label(before, after, targets) == heuristic_label(before, after, targets)
 
 
+def test_the_stand_in_keeps_its_small_images_and_a_large_checkpoint_gets_224(tmp_path):
+    """load_processor honours a checkpoint's own image size under 224 px (the stand-in's 32 px,
+    one patch per image) and brings a larger one (idefics2-8b: 980) down to 224."""
+    from PIL import Image
+
+    from policy_worker.model import IMAGE_SIZE, load_processor
+    from sim.base import ModelSize, build_small_idefics2
+
+    corpus = ["the bird flying next to a house", "no. deselect the dog", "good. next the boat"] * 20
+    base = build_small_idefics2(tmp_path / "base", corpus, ModelSize(vocab_size=400))
+    processor = load_processor(base)
+    assert processor.image_processor.size.longest_edge == 32
+    picture = Image.new("RGB", (224, 224), "white")
+    batch = processor(text=["<image>" * 10], images=[[picture] * 10], return_tensors="pt")
+    assert batch["pixel_values"].shape[1:] == (10, 3, 32, 32)
+    config_path = base / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    config["image_processor"]["size"] = {"longest_edge": 980, "shortest_edge": 378}
+    config_path.write_text(json.dumps(config))
+    assert load_processor(base).image_processor.size.longest_edge == IMAGE_SIZE
+
+
 def test_a_two_round_study_runs_the_real_loop(tmp_path, reference):
     from sim.base import ModelSize, PretrainConfig
     from sim.study import ORACLE, Study, StudyConfig
