@@ -458,23 +458,27 @@ async def play_pair(base_url: str, speaker_token: str, listener_token: str, mist
 
 
 async def play_lobby_games(base_url: str, games: int) -> list[GameResult]:
-    """Bots arrive through the lobby in pairs and play scripted games."""
+    """Bots arrive through the lobby and play scripted games. The lobby pairs whoever waits, so
+    two bots that arrived together may land in different games: bots are grouped by the game
+    they were seated in, not by arrival."""
+    tokens = [await join(base_url) for _ in range(2 * games)]
+    bots = [await BotClient(base_url, t).connect() for t in tokens]
+    try:
+        views = await asyncio.gather(*(b.wait_for(lambda b: b.view, 30) for b in bots))
+        seats: dict[str, dict[str, BotClient]] = {}
+        for v, b in zip(views, bots):
+            seats.setdefault(v.game_id, {})[v.seat] = b
 
-    async def one() -> GameResult:
-        tokens = [await join(base_url), await join(base_url)]
-        bots = [await BotClient(base_url, t).connect() for t in tokens]
-        try:
-            views = [await b.wait_for(lambda b: b.view, 30) for b in bots]
-            by_seat = {v.seat: b for v, b in zip(views, bots)}
+        async def one(by_seat: dict[str, BotClient]) -> GameResult:
             sv, _ = await asyncio.gather(
                 play_speaker(by_seat["speaker"]), play_listener(by_seat["listener"])
             )
             return GameResult(sv.game_id, sv.outcome, sv.end_reason, sv.turn, (None, None))
-        finally:
-            for b in bots:
-                await b.close()
 
-    return list(await asyncio.gather(*(one() for _ in range(games))))
+        return list(await asyncio.gather(*(one(by_seat) for by_seat in seats.values())))
+    finally:
+        for b in bots:
+            await b.close()
 
 
 # ---------------------------------------------------------------- replay of recorded games

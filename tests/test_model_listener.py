@@ -63,13 +63,21 @@ MODEL_ENV = {
 
 
 async def _requests(url: str, game_id: str) -> list[ListenerRequest]:
+    """The game's listener requests once no server is still applying one: the applier marks a
+    request applied just after the game's last event commits, so the speaker can see the end
+    a moment before (waits at most 10 s)."""
     db = Database(url)
     try:
-        async with db.session() as s:
-            rows = await s.execute(
-                select(ListenerRequest).where(ListenerRequest.game_id == game_id).order_by(ListenerRequest.turn)
-            )
-            return list(rows.scalars())
+        for _ in range(100):
+            async with db.session() as s:
+                rows = await s.execute(
+                    select(ListenerRequest).where(ListenerRequest.game_id == game_id).order_by(ListenerRequest.turn)
+                )
+                requests = list(rows.scalars())
+            if all(r.status != "applying" for r in requests):
+                break
+            await asyncio.sleep(0.1)
+        return requests
     finally:
         await db.close()
 
