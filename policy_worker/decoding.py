@@ -294,6 +294,23 @@ def _cache_kwarg(policy: LoadedPolicy) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+
+def _next_step(
+    policy: LoadedPolicy, next_tokens: list[int], attn: Any, pos: Any, cache: Any, cache_kw: str,
+    device: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """One decoding step of every row on the kept cache: feed each row's new token."""
+    attn = torch.cat([attn, attn.new_ones((len(next_tokens), 1))], dim=-1)
+    pos = pos + 1
+    out = policy.model(
+        input_ids=torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None],
+        attention_mask=attn,
+        position_ids=pos,
+        use_cache=True,
+        **{cache_kw: cache},
+    )
+    return out, _output_cache(out), attn, pos
+
 def _output_cache(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -389,16 +406,7 @@ def _decode_group(
             next_tokens.append(tok)
         if all(done):
             break
-        attn = torch.cat([attn, attn.new_ones((n, 1))], dim=-1)
-        pos = pos + 1
-        out = policy.model(
-            input_ids=torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None],
-            attention_mask=attn,
-            position_ids=pos,
-            use_cache=True,
-            **{cache_kw: cache},
-        )
-        cache = _output_cache(out)
+        out, cache, attn, pos = _next_step(policy, next_tokens, attn, pos, cache, cache_kw, device)
     if not all(done):  # cannot happen: every trie path fits in the step budget
         raise RuntimeError("constrained decoding did not finish")
     deployed = prefill.score(
@@ -546,16 +554,7 @@ def _decode_paper_group(
             next_tokens.append(tok)
         if all(done):
             break
-        attn = torch.cat([attn, attn.new_ones((n, 1))], dim=-1)
-        pos = pos + 1
-        out = policy.model(
-            input_ids=torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None],
-            attention_mask=attn,
-            position_ids=pos,
-            use_cache=True,
-            **{cache_kw: cache},
-        )
-        cache = _output_cache(out)
+        out, cache, attn, pos = _next_step(policy, next_tokens, attn, pos, cache, cache_kw, device)
 
     texts = [
         tokenizer.decode([t for t in toks if t not in stops], skip_special_tokens=True)
