@@ -91,8 +91,11 @@ def retrospect_command(
         None, help="Also write the run's summary as JSON here."
     ),
 ) -> None:
-    """Decode implicit feedback: label each listener action from the speaker's next utterance."""
+    """Decode implicit feedback: label each listener action from the speaker's next utterance.
+
+    Many GPUs: run it unchanged under ``accelerate launch`` (docs/learning.md, "Many GPUs")."""
     from app.db.database import Database
+    from learning.distributed import inference_runtime, main_loads_async
     from learning.retrospect import (
         DecoderConfig,
         confusion_summary,
@@ -102,6 +105,7 @@ def retrospect_command(
         metrics_table,
         retrospect,
     )
+    from policy_worker.model import resolve_device
 
     if round_ is None and not all_games:
         raise typer.BadParameter("give --round R or --all", param_hint="--round")
@@ -117,21 +121,27 @@ def retrospect_command(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    with console.status(f"loading {base}"):
-        dec = load_decoder(base, config, template, device=device, dtype=dtype)
+    rt = inference_runtime(resolve_device(device))
+    say = _console(rt)
+    with say.status(f"loading {base}"):
+        dec = load_decoder(base, config, template, device=rt.device, dtype=dtype)
 
     async def run():
-        db = Database(_database_url(database_url))
+        db = Database(_database_url(database_url)) if rt.is_main else None  # one writer
         try:
-            await db.migrate()
-            with _progress() as progress:
+            await main_loads_async(rt, lambda: db.migrate())
+            with _progress(rt) as progress:
                 return await retrospect(
-                    db, dec, round_, all_games=all_games, overwrite=overwrite, progress=progress
+                    db, dec, round_, all_games=all_games, overwrite=overwrite, progress=progress,
+                    rt=rt,
                 )
         finally:
-            await db.close()
+            if db is not None:
+                await db.close()
 
     result = asyncio.run(run())
+    if not rt.is_main:
+        return
     scope = "all games" if all_games else f"round {round_}"
     console.print(
         f"{scope}: {result.games} games, {result.actions} actions with a next utterance; "
@@ -157,7 +167,7 @@ def retrospect_command(
     )
     console.print(
         f"throughput: {result.actions_per_s:.1f} actions/s "
-        f"({result.labelled} in {result.seconds:.1f} s)"
+        f"({result.labelled} in {result.seconds:.1f} s)" + _shares(result.per_process)
     )
     if json_out:
         json_out.write_text(json.dumps(result.json(), indent=2, default=str))
@@ -308,8 +318,10 @@ def rescore_command(
     """Fill π_deployed: re-score logged model-listener actions under a checkpoint (docs/learning.md).
 
     Imported published games arrive without it; pass --checkpoint or --adapter for them when
-    their games name no checkpoint of this database."""
+    their games name no checkpoint of this database. Many GPUs: run it unchanged under
+    ``accelerate launch`` (docs/learning.md, "Many GPUs")."""
     from app.db.database import Database
+    from learning.distributed import inference_runtime, main_loads_async
     from learning.rescore import rescore
     from policy_worker.gamedata import TangramImages
     from policy_worker.model import load_policy, resolve_device
@@ -318,33 +330,39 @@ def rescore_command(
         raise typer.BadParameter("give --checkpoint or --adapter, not both", param_hint="--adapter")
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise typer.BadParameter(f"{adapter} holds no adapter_config.json", param_hint="--adapter")
-    dev = resolve_device(device)
-    with console.status(f"loading {base}"):
+    rt = inference_runtime(resolve_device(device))
+    dev = rt.device  # launched: this process's own
+    say = _console(rt)
+    with say.status(f"loading {base}"):
         policy = load_policy(
             base, dtype=dtype or ("float32" if dev.type == "cpu" else "bfloat16"), device=dev
         )
     images = TangramImages(_tangram_folder(tangrams)).images
 
     async def run():
-        db = Database(_database_url(database_url))
+        db = Database(_database_url(database_url)) if rt.is_main else None  # one writer
         try:
-            await db.migrate()
-            with _progress() as progress:
+            await main_loads_async(rt, lambda: db.migrate())
+            with _progress(rt) as progress:
                 return await rescore(
                     db, policy, images, _rounds(rounds), system, checkpoint,
-                    adapter, overwrite, batch_size, progress,
+                    adapter, overwrite, batch_size, progress, rt,
                 )
         finally:
-            await db.close()
+            if db is not None:
+                await db.close()
 
     try:
         result = asyncio.run(run())
     except ValueError as error:
-        console.print(f"[red]cannot rescore:[/] {error}")
+        say.print(f"[red]cannot rescore:[/] {error}")
         raise typer.Exit(2) from None
+    if not rt.is_main:
+        return
     console.print(
         f"{result.actions} model-listener actions: scored {result.scored}, already scored "
         f"{result.skipped}, no known checkpoint {result.unknown} in {result.seconds:.1f} s"
+        + _shares(result.per_process)
     )
     for ck, n in sorted(result.checkpoints.items()):
         console.print(f"  {ck}: {n}")
@@ -386,8 +404,11 @@ def evaluate_command(
     ),
 ) -> None:
     """Evaluate a checkpoint on held-out human turns: exact match, select / deselect accuracy,
-    true / false positive rates and exact match by turn (the reference's offline metrics)."""
+    true / false positive rates and exact match by turn (the reference's offline metrics).
+
+    Many GPUs: run it unchanged under ``accelerate launch`` (docs/learning.md, "Many GPUs")."""
     from app.db.database import Database
+    from learning.distributed import inference_runtime, main_loads
     from learning.evaluate import evaluate, load_heldout_turns, plot, resolve_mode, rich_tables
     from policy_worker.gamedata import TangramImages
     from policy_worker.model import load_policy, resolve_device
@@ -422,21 +443,23 @@ def evaluate_command(
         finally:
             await db.close()
 
-    try:
-        path, examples, stats = asyncio.run(load())
+    rt = inference_runtime(resolve_device(device))
+    say = _console(rt)
+    try:  # the main process reads the database, the others get the turns from it
+        path, examples, stats = main_loads(rt, lambda: asyncio.run(load()))
     except ValueError as error:
-        console.print(f"[red]cannot evaluate:[/] {error}")
+        say.print(f"[red]cannot evaluate:[/] {error}")
         raise typer.Exit(2) from None
     if not examples:
-        console.print(
+        say.print(
             "no held-out human turns match: import or play human–human games, or widen "
             "--split / --source / --rounds"
         )
         raise typer.Exit(1)
     if path is not None and not (path / "adapter_config.json").is_file():
         raise typer.BadParameter(f"{path} holds no adapter_config.json", param_hint="--adapter")
-    dev = resolve_device(device)
-    with console.status(f"loading {base}"):
+    dev = rt.device  # launched: this process's own
+    with say.status(f"loading {base}"):
         policy = load_policy(
             base,
             adapters={"evaluated": path} if path is not None else None,
@@ -444,13 +467,18 @@ def evaluate_command(
             device=dev,
         )
     images = TangramImages(_tangram_folder(tangrams)).images
-    with _progress() as progress:
-        task = progress.add_task(f"evaluate ({mode})", total=len(examples))
+    with _progress(rt) as progress:
+        share = len(rt.split(examples))
+        task = progress.add_task(f"evaluate ({mode}){rt.tag}", total=share)
         result = evaluate(
             policy, examples, images, mode, seed, batch_size,
             adapter="evaluated" if path is not None else None, heldout_stats=stats,
-            on_batch=lambda n: progress.advance(task, n),
+            on_batch=lambda n: progress.advance(task, n), rt=rt,
         )
+    if not rt.is_main:  # one writer
+        return
+    if rt.distributed:
+        console.print(f"{rt.processes} processes" + _shares(result.run["per_process"]))
     name = str(path) if path is not None else f"{base} (no adapter)"
     result.summary["adapter"] = name
     for table in rich_tables(result.summary, f"{name}: held-out human turns ({mode})"):
@@ -462,7 +490,20 @@ def evaluate_command(
         console.print(f"written: {out / 'evaluation.json'}, {out / 'evaluation.png'}")
 
 
-def _progress():
+def _console(rt) -> Console:
+    """The console of the main process; a silent one elsewhere (one process speaks)."""
+    return console if rt.is_main else Console(quiet=True)
+
+
+def _shares(per_process: list[int]) -> str:
+    """The note of each process's share ("; shares per process: 24, 23"); empty for one."""
+    if len(per_process) <= 1:
+        return ""
+    return "; shares per process: " + ", ".join(str(n) for n in per_process)
+
+
+def _progress(rt=None):
+    """A progress bar; shown by the main process only (its own share under accelerate launch)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -479,6 +520,7 @@ def _progress():
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
+        disable=rt is not None and not rt.is_main,
     )
 
 

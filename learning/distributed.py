@@ -8,6 +8,12 @@ writes adapters, manifests and the resumable state; the others wait at barriers.
 
 A plain run (one process) uses no Accelerator at all, so its numbers are exactly those of the
 single-device loop; a launched run (``WORLD_SIZE`` > 1) or a CUDA run (bf16 autocast) gets one.
+
+``retrospect``, ``rescore`` and ``evaluate`` shard their work the same way
+(:func:`inference_runtime`): the main process reads the database and sends the work list to the
+others (:func:`main_loads_async`), each process decodes its share by index
+(:meth:`Runtime.split`, Accelerate's ``split_between_processes``), the results come back in the
+original order (:meth:`Runtime.gather`, ``gather_object``), and only the main process writes.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def launched_processes() -> int:
@@ -53,6 +61,11 @@ class Runtime:
         return self.processes > 1
 
     @property
+    def tag(self) -> str:
+        """A progress bar's note of whose share it counts, " (process K of N)"; empty when plain."""
+        return f" (process {self.rank + 1} of {self.processes})" if self.distributed else ""
+
+    @property
     def mixed_precision(self) -> str:
         return "no" if self.accelerator is None else str(self.accelerator.mixed_precision)
 
@@ -85,6 +98,29 @@ class Runtime:
         if self.distributed:
             self.accelerator.wait_for_everyone()
 
+    def split(self, items: Sequence[T]) -> list[T]:
+        """This process's share of a work list, by index (Accelerate's
+        ``split_between_processes``: contiguous, the first ``len % N`` processes take one more;
+        a process may get none). The whole list when plain."""
+        if not self.distributed:
+            return list(items)
+        with self.accelerator.split_between_processes(list(items)) as mine:
+            return list(mine)
+
+    def gather(self, results: Sequence[T], total: int | None = None) -> list[T]:
+        """Every process's ``results`` concatenated in process order, on every process
+        (``gather_object``): after :meth:`split`, the order of the whole work list. ``total``:
+        the length the gathered list must have (a check that every share came back)."""
+        if not self.distributed:
+            out = list(results)
+        else:
+            from accelerate.utils import gather_object
+
+            out = list(gather_object(list(results)))
+        if total is not None and len(out) != total:
+            raise RuntimeError(f"gathered {len(out)} results from the processes, not {total}")
+        return out
+
     def share(self, items: Sequence[Any]) -> list[Any]:
         """This process's contiguous share of ``items`` (an effective batch, held-out turns)."""
         per = math.ceil(len(items) / self.processes) if items else 0
@@ -106,4 +142,69 @@ def runtime(device: Any, dtype_name: str) -> Runtime:
     return Runtime(accelerator, accelerator.device if world > 1 else device)
 
 
-__all__ = ["Runtime", "launched_processes", "runtime"]
+def inference_runtime(device: Any) -> Runtime:
+    """The Runtime of a decoding command (retrospect, rescore, evaluate): an Accelerator only
+    when launched on several processes (no mixed precision: the model is loaded in its dtype);
+    a launched process decodes on its own device (``cuda:LOCAL_RANK``, or the CPU with gloo)."""
+    if launched_processes() <= 1:
+        return Runtime(None, device)
+    from accelerate import Accelerator
+
+    on_cuda = getattr(device, "type", str(device)) == "cuda"
+    accelerator = Accelerator(cpu=not on_cuda, mixed_precision="no")
+    return Runtime(accelerator, accelerator.device)
+
+
+def _outcome(rt: Runtime, box: list[Any], failure: BaseException | None) -> Any:
+    """Send the main process's (kind, value) to every process; raise its error everywhere."""
+    from accelerate.utils import broadcast_object_list
+
+    box = broadcast_object_list(box, from_process=0)
+    kind, value = box[0]
+    if failure is not None:
+        raise failure
+    if kind == "ValueError":
+        raise ValueError(value)
+    if kind != "ok":
+        raise RuntimeError(f"the main process failed to load the data: {kind}: {value}")
+    return value
+
+
+def main_loads(rt: Runtime, load: Callable[[], T]) -> T:
+    """The main process reads the database and sends the data to the others, so every process
+    works on the very same list (and one process migrates the database). A ValueError on the
+    main process is raised as a ValueError on every process (the commands' one-line errors)."""
+    if not rt.distributed:
+        return load()
+    box: list[Any] = [None]
+    failure: BaseException | None = None
+    if rt.is_main:
+        try:
+            box = [("ok", load())]
+        except Exception as error:  # the others must not wait for data that never comes
+            failure, box = error, [(type(error).__name__, str(error))]
+    return _outcome(rt, box, failure)
+
+
+async def main_loads_async(rt: Runtime, load: Callable[[], Awaitable[T]]) -> T:
+    """:func:`main_loads` for a coroutine (the database is async)."""
+    if not rt.distributed:
+        return await load()
+    box: list[Any] = [None]
+    failure: BaseException | None = None
+    if rt.is_main:
+        try:
+            box = [("ok", await load())]
+        except Exception as error:
+            failure, box = error, [(type(error).__name__, str(error))]
+    return _outcome(rt, box, failure)
+
+
+__all__ = [
+    "Runtime",
+    "inference_runtime",
+    "launched_processes",
+    "main_loads",
+    "main_loads_async",
+    "runtime",
+]

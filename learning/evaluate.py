@@ -26,11 +26,12 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from learning.datasets import HUMAN, Example, _stats, _undecided
+from learning.distributed import Runtime
 from policy_worker.prompt import PromptGame, parse_action
 
 MODES = ("sample", "greedy")
@@ -325,9 +326,15 @@ class Evaluation:
     summary: dict[str, Any]
     heldout: dict[str, Any]
     rows: list[dict[str, Any]]
+    run: dict[str, Any] = field(default_factory=dict)  # processes, turns per process
 
     def json(self) -> dict[str, Any]:
-        return {"summary": self.summary, "heldout": self.heldout, "turns": self.rows}
+        return {
+            "summary": self.summary,
+            "heldout": self.heldout,
+            "turns": self.rows,
+            "run": self.run,
+        }
 
 
 def evaluate(
@@ -340,15 +347,24 @@ def evaluate(
     adapter: str | None = None,
     heldout_stats: dict[str, Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    rt: Runtime | None = None,
 ) -> Evaluation:
-    """Predict every held-out turn and compute the metrics."""
+    """Predict every held-out turn and compute the metrics. Under ``accelerate launch`` (``rt``
+    distributed) each process predicts its share of the turns (each turn keeps its own seed, so
+    the share does not change a sample) and every process gets all the predictions back."""
+    rt = rt or Runtime()
+    mine = rt.split(examples)
     predicted = predict(
-        policy, examples, images, mode, seed, batch_size, adapter=adapter, on_batch=on_batch
+        policy, mine, images, mode, seed, batch_size, adapter=adapter, on_batch=on_batch
     )
+    per_process = rt.gather([len(mine)])
+    predicted = rt.gather(predicted, total=len(examples))
     rows = [
         {"game_id": e.game_id, "turn": e.turn, "human": e.action, "predicted": p}
         for e, p in zip(examples, predicted)
     ]
     summary = summarize([(e.turn, e.action, p) for e, p in zip(examples, predicted)])
     summary.update({"mode": resolve_mode(mode), "seed": seed})
-    return Evaluation(summary, heldout_stats or {}, rows)
+    return Evaluation(
+        summary, heldout_stats or {}, rows, {"processes": rt.processes, "per_process": per_process}
+    )

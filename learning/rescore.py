@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from learning.distributed import Runtime, main_loads_async
+
 logger = logging.getLogger("multiref.learning")
 
 BASE = "base"
@@ -50,6 +52,8 @@ class RescoreResult:
     unknown: int = 0  # no producing checkpoint known (pass --checkpoint or --adapter)
     checkpoints: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    processes: int = 1  # under accelerate launch: how many shared the work
+    per_process: list[int] = field(default_factory=list)  # actions each process scored
 
     def json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -215,24 +219,40 @@ async def rescore(
     overwrite: bool = False,
     batch_size: int = 16,
     progress: Any = None,
+    rt: Runtime | None = None,
 ) -> RescoreResult:
-    """Score the chosen games' model-listener actions and store π_deployed (see the module)."""
-    targets, unknown = await load_targets(db, rounds, systems, checkpoint, adapter)
-    done = set() if overwrite else await scored_keys(db)
-    todo = [t for t in targets if (t.game_id, t.turn, t.checkpoint) not in done]
-    result = RescoreResult(actions=len(targets) + unknown, unknown=unknown)
-    result.skipped = len(targets) - len(todo)
-    task = progress.add_task("rescore", total=len(todo)) if progress is not None else None
+    """Score the chosen games' model-listener actions and store π_deployed (see the module).
+
+    Under ``accelerate launch`` (``rt`` distributed) the main process reads the actions (``db``
+    is None elsewhere), each process scores its share, and the main process stores them all."""
+    rt = rt or Runtime()
+
+    async def load() -> tuple[list[Target], int, int]:
+        targets, unknown = await load_targets(db, rounds, systems, checkpoint, adapter)
+        done = set() if overwrite else await scored_keys(db)
+        todo = [t for t in targets if (t.game_id, t.turn, t.checkpoint) not in done]
+        return todo, len(targets), unknown
+
+    todo, n_targets, unknown = await main_loads_async(rt, load)
+    result = RescoreResult(actions=n_targets + unknown, unknown=unknown, processes=rt.processes)
+    result.skipped = n_targets - len(todo)
+    mine = rt.split(todo)
+    task = None
+    if progress is not None:
+        task = progress.add_task("rescore" + rt.tag, total=len(mine))
     started = time.perf_counter()
     scores = score_targets(
         policy,
-        todo,
+        mine,
         images,
         batch_size,
         (lambda n: progress.advance(task, n)) if progress is not None else None,
     )
+    result.per_process = rt.gather([len(mine)])
+    scores = rt.gather(scores, total=len(todo))
     result.seconds = time.perf_counter() - started
-    await store_scores(db, todo, scores, replace=overwrite)
+    if rt.is_main:
+        await store_scores(db, todo, scores, replace=overwrite)
     result.scored = len(todo)
     for t in todo:
         result.checkpoints[t.checkpoint] = result.checkpoints.get(t.checkpoint, 0) + 1

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.game.rules import GameState
+from learning.distributed import Runtime, main_loads_async
 from policy_worker.model import END_OF_UTTERANCE
 from policy_worker.prompt import action_text, clean_utterance, letter_map, render_prompt
 
@@ -641,6 +642,8 @@ class RetrospectResult:
     seconds: float
     confusion: dict[int, dict[int, int]]
     label_counts: dict[int, int]
+    processes: int = 1  # under accelerate launch: how many shared the work
+    per_process: list[int] = field(default_factory=list)  # actions each process labelled
 
     @property
     def actions_per_s(self) -> float:
@@ -747,35 +750,49 @@ async def retrospect(
     all_games: bool = False,
     overwrite: bool = False,
     progress: Any = None,
+    rt: Runtime | None = None,
 ) -> RetrospectResult:
     """Label every unlabelled action of the chosen games and store the labels.
 
     ``progress`` is a ``rich.progress.Progress`` (or None). The decoding runs in this thread:
-    the event loop has nothing else to do meanwhile.
+    the event loop has nothing else to do meanwhile. Under ``accelerate launch`` (``rt``
+    distributed) the main process reads the actions (``db`` is None elsewhere), each process
+    labels its share, and the main process stores them all (learning/distributed.py).
     """
+    rt = rt or Runtime()
     cfg = decoder.config
-    n_games, contexts = await load_contexts(db, round_, all_games)
-    done = set() if overwrite else await labelled_keys(db, cfg.decoder, decoder.version)
-    todo = [c for c in contexts if (c.game_id, c.turn) not in done]
+
+    async def load() -> tuple[int, int, list[FeedbackContext]]:
+        n_games, contexts = await load_contexts(db, round_, all_games)
+        done = set() if overwrite else await labelled_keys(db, cfg.decoder, decoder.version)
+        return n_games, len(contexts), [c for c in contexts if (c.game_id, c.turn) not in done]
+
+    n_games, n_actions, todo = await main_loads_async(rt, load)
+    mine = rt.split(todo)
     task = None
     if progress is not None:
-        task = progress.add_task(f"retrospect ({decoder.version})", total=len(todo))
+        task = progress.add_task(f"retrospect ({decoder.version}){rt.tag}", total=len(mine))
     started = time.perf_counter()
     decisions = decoder.decide(
-        todo, on_batch=(lambda n: progress.advance(task, n)) if progress is not None else None
+        mine, on_batch=(lambda n: progress.advance(task, n)) if progress is not None else None
     )
-    seconds = time.perf_counter() - started
-    await store_labels(db, cfg.decoder, decoder.version, todo, decisions, replace=overwrite)
+    per_process = rt.gather([len(mine)])
+    decisions = rt.gather(decisions, total=len(todo))
+    seconds = time.perf_counter() - started  # the slowest process's share and the gathering
+    if rt.is_main:
+        await store_labels(db, cfg.decoder, decoder.version, todo, decisions, replace=overwrite)
     labels = [d.label for d in decisions]
     return RetrospectResult(
         version=decoder.version,
         games=n_games,
-        actions=len(contexts),
+        actions=n_actions,
         labelled=len(todo),
-        skipped=len(contexts) - len(todo),
+        skipped=n_actions - len(todo),
         seconds=seconds,
         confusion=confusion_matrix((c.heuristic, d.label) for c, d in zip(todo, decisions)),
         label_counts={c: labels.count(c) for c in CLASSES},
+        processes=rt.processes,
+        per_process=per_process,
     )
 
 

@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 from learning import losses
 from learning.datasets import ActionCollator, ActionDataset, Example, model_inputs
 from learning.distributed import Runtime, runtime
+from learning.distributed import main_loads as _main_loads
 from learning.evaluate import heldout_metric
 
 logger = logging.getLogger("multiref.learning")
@@ -1183,31 +1184,6 @@ def train(
     if not manifest["complete"]:
         say(f"stopped after epoch {result.metrics[-1].epoch}: run again with --resume to finish")
     return manifest
-
-
-def _main_loads(rt: Runtime, load: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
-    """The main process reads the database and sends the data to the others, so every process
-    trains on the very same examples (and one process migrates the database)."""
-    if not rt.distributed:
-        return load()
-    from accelerate.utils import broadcast_object_list
-
-    box: list[Any] = [None]
-    failure: BaseException | None = None
-    if rt.is_main:
-        try:
-            box = [("ok", load())]
-        except Exception as error:  # the others must not wait for data that never comes
-            failure, box = error, [(type(error).__name__, str(error))]
-    box = broadcast_object_list(box, from_process=0)
-    kind, value = box[0]
-    if failure is not None:
-        raise failure
-    if kind == "ValueError":
-        raise ValueError(value)
-    if kind != "ok":
-        raise RuntimeError(f"the main process failed to load the data: {kind}: {value}")
-    return value
 
 
 def applied_settings(
