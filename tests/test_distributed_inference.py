@@ -32,10 +32,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 
-# π_deployed is a float: the two processes batch other actions together (other padding), so it
-# agrees to float32 rounding, not bit for bit. Labels, actions, token counts and predictions are
+# π_deployed and the decoder's label-word log-probabilities are floats: the two processes batch
+# other actions together (other padding), so they agree to float32 rounding, not bit for bit. Labels, actions, token counts and predictions are
 # discrete and must be identical.
 REL = 1e-5
+ROUNDED = 1.5e-5  # the decoder's log-probabilities are stored rounded to 5 decimals
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -102,12 +103,16 @@ def _split_evenly(per_process: list[int], total: int) -> None:
 
 
 def test_retrospect_on_two_processes_stores_the_labels_of_one(tiny, games_db, tmp_path):
+    """The margin scoring (ternary), whose stored log-probabilities differ from action to action
+    (the tiny model's generated answers are much alike), so a label stored against the wrong
+    action would show. No truncation: the tiny tokenizer's 256 tokens end before the dialogue."""
     from app.db.models import FeedbackLabel
 
     model, _ = tiny
     one, two = _copies(games_db, tmp_path)
     args = lambda url, out: [  # noqa: E731
         "retrospect", "--all", "--base", str(model), "--database-url", url, "--device", "cpu",
+        "--decoder", "ternary", "--decoder-scoring", "margin", "--max-tokens", "0",
         "--batch-size", "8", "--json-out", str(out),
     ]  # fmt: skip
     _one_process(args(one, tmp_path / "one.json"))
@@ -116,7 +121,24 @@ def test_retrospect_on_two_processes_stores_the_labels_of_one(tiny, games_db, tm
 
     cols = ("game_id", "turn", "decoder", "decoder_version", "label", "heuristic", "scores")
     rows1, rows2 = _rows(one, FeedbackLabel, cols), _rows(two, FeedbackLabel, cols)
-    assert len(rows1) > 30 and rows2 == rows1  # the same labels, each written once
+    assert len(rows1) > 30 and len(rows2) == len(rows1)  # each label written once
+    assert len({json.dumps(r[-1]["logp"], sort_keys=True) for r in rows1}) > len(rows1) // 2
+    apart = max(
+        abs(b[-1][key][w] - a[-1][key][w])
+        for a, b in zip(rows1, rows2)
+        for key in ("logp", "p")
+        for w in a[-1][key]
+    )
+    print(f"retrospect, 1 vs 2 processes: stored log-probabilities at most {apart:.1e} apart")
+    for a, b in zip(rows1, rows2):
+        assert b[:-1] == a[:-1]  # the same action, decoder version, label and heuristic
+        sa, sb = a[-1], b[-1]
+        assert {k: v for k, v in sb.items() if k not in ("logp", "p")} == {
+            k: v for k, v in sa.items() if k not in ("logp", "p")
+        }
+        for key in ("logp", "p"):  # stored rounded to 5 decimals: one unit of it apart at most
+            assert sb[key].keys() == sa[key].keys()
+            assert all(abs(sb[key][w] - sa[key][w]) <= ROUNDED for w in sa[key]), (sa, sb)
     j1, j2 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert j1["processes"] == 1 and j1["per_process"] == [len(rows1)]
     assert j2["processes"] == 2
@@ -126,7 +148,6 @@ def test_retrospect_on_two_processes_stores_the_labels_of_one(tiny, games_db, tm
     assert {k: v for k, v in j2.items() if k not in timing} == {
         k: v for k, v in j1.items() if k not in timing
     }
-
 
 
 def test_rescore_on_two_processes_stores_the_scores_of_one(tiny, games_db, tmp_path, kilogram_dir):
@@ -150,6 +171,8 @@ def test_rescore_on_two_processes_stores_the_scores_of_one(tiny, games_db, tmp_p
     assert len(rows1) > 10 and len(rows2) == len(rows1)
     k = len(cols)
     assert [r[:k] for r in rows2] == [r[:k] for r in rows1]
+    apart = max(abs(y - x) / abs(x) for a, b in zip(rows1, rows2) for x, y in zip(a[k:], b[k:]))
+    print(f"rescore, 1 vs 2 processes: π_deployed and log p at most {apart:.1e} apart (relative)")
     for a, b in zip(rows1, rows2):
         assert b[k:] == pytest.approx(a[k:], rel=REL), (a, b)
     j1, j2 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
