@@ -33,8 +33,8 @@ pytestmark = [
 ]
 
 # π_deployed and the decoder's label-word log-probabilities are floats: the two processes batch
-# other actions together (other padding), so they agree to float32 rounding, not bit for bit. Labels, actions, token counts and predictions are
-# discrete and must be identical.
+# other actions together (other padding), so they agree to float32 rounding, not bit for bit.
+# Labels, actions, token counts and predictions are discrete and must be identical.
 REL = 1e-5
 ROUNDED = 1.5e-5  # the decoder's log-probabilities are stored rounded to 5 decimals
 
@@ -180,6 +180,12 @@ def test_rescore_on_two_processes_stores_the_scores_of_one(tiny, games_db, tmp_p
     same = ("actions", "scored", "skipped", "unknown", "checkpoints")
     assert {x: j2[x] for x in same} == {x: j1[x] for x in same}
     assert j1["scored"] == len(rows1) and j2["processes"] == 2
+
+    # a bad checkpoint found by the main process stops both (the other does not wait forever)
+    bad = _two_processes(["rescore", "--checkpoint", "nosuch", *args(two, tmp_path / "x.json")[3:]])
+    said = " ".join(bad.stdout.split())
+    assert bad.returncode != 0 and said.count("cannot rescore: no checkpoint 'nosuch'") == 1, said
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_evaluate_on_two_processes_writes_the_evaluation_of_one(
