@@ -159,12 +159,19 @@ class AppendRows:
 
     __slots__ = ("game_id", "version", "events", "game_cols", "game", "turn_cols", "turns")
 
-    def __init__(self, before: GameState, events: list[Event], after: GameState, actor: str) -> None:
+    def __init__(
+        self, before: GameState, events: list[Event], after: GameState, actor: str,
+        data: list[dict] | None = None,
+    ) -> None:
+        """``data``: the events' ``event_json``, when the caller has it already (the bus
+        message carries it)."""
         self.game_id = before.game_id
         self.version = before.version
+        if data is None:
+            data = [event_json(e) for e in events]
         self.events = [
-            (before.game_id, before.version + i + 1, e.type, e.at, _dump(event_json(e)), actor)
-            for i, e in enumerate(events)
+            (before.game_id, before.version + i + 1, e.type, e.at, _dump(d), actor)
+            for i, (e, d) in enumerate(zip(events, data, strict=True))
         ]
         values = game_row(after)
         # a sent draft is in the event log; an unsent one is not kept past the game's end

@@ -208,9 +208,15 @@ class GameHub:
 
     async def _log_end(self, after: GameState, ended: GameEnded) -> None:
         """One log line per finished game: id, system, outcome, end reason, turns."""
+        if not log.isEnabledFor(logging.INFO):
+            return  # the read below is for this line only
         try:
-            async with self.db.session() as s:
-                system = (await s.execute(select(Game.system).where(Game.id == after.game_id))).scalar()
+            rows = await self.db.fetch("SELECT system FROM games WHERE id = $1", after.game_id)
+            if rows is None:  # no direct read right now: through a session
+                async with self.db.session() as s:
+                    system = (await s.execute(select(Game.system).where(Game.id == after.game_id))).scalar()
+            else:
+                system = rows[0][0] if rows else None
         except Exception:  # the line is informative only; never fail a committed game over it
             system = None
         log.info(
@@ -226,12 +232,8 @@ class GameHub:
 
     async def _commit(self, before: GameState, events: list[Event], after: GameState, actor: str):
         """Hand the store one batch: the events, their derived rows and their reactions."""
-        message = {
-            "k": "g",
-            "id": after.game_id,
-            "v": after.version,
-            "e": [event_json(e) for e in events],
-        }
+        data = [event_json(e) for e in events]
+        message = {"k": "g", "id": after.game_id, "v": after.version, "e": data}
         reactions = react(before, events, after)
         committed = await self.store.commit(Batch(before, events, after, actor, reactions, message))
         if reactions.wake_listeners and self.on_listener_request:

@@ -143,7 +143,7 @@ class SqliteEventStore(EventStore):
             raise RuntimeError(
                 f"the live server needs its SQLite database in a file ({self.db.describe()} is not one)"
             )
-        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor)
+        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
         delay, waited = 0.0005, 0.0
         while True:
             try:
@@ -192,7 +192,7 @@ class PostgresEventStore(EventStore):
         events are not there, so an action is never applied twice."""
         import asyncpg
 
-        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor)
+        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
         statement = pg_append_statement(rows.game_cols, rows.turn_cols, len(rows.events), len(rows.turns))
         args: list = [rows.game_id, rows.version, *rows.game]
         for event in rows.events:
