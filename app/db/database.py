@@ -94,8 +94,9 @@ class Database:
     def sqlite_writer(self) -> sqlite3.Connection | None:
         """A plain sqlite3 connection for short write transactions run synchronously on the
         event loop (SQLite files only, else None). It never waits for a lock (busy timeout 0:
-        callers wait with short sleeps instead of blocking the loop) and never checkpoints on the loop: call
-        :meth:`sqlite_committed` after each commit, which checkpoints in a thread now and then."""
+        callers wait with short sleeps instead of blocking the loop) and never checkpoints on
+        the loop: call :meth:`sqlite_committed` after each commit, which checkpoints in a
+        thread now and then."""
         if self._sqlite_writer is None:
             path = self._sqlite_file()
             if path is None:
