@@ -37,6 +37,11 @@ Measured, per run:
   must be 1..n), or an action event in the log (message, click, submit not made by the server)
   that no sent action accounts for: every sent click appears exactly once.
 
+With ``--floor`` each size is first played against ``bench/floor_relay.py``, the least a durable
+relay on this stack must do per action (parse the JSON, append one row to SQLite in WAL mode, send
+a small state frame to each seat), and a last table gives the server's CPU per action and p99 as
+multiples of that floor: the numbers to track, since absolute figures on a shared machine drift.
+
 The output ends with one line per run, ``games=N p99_ms=X lost=L dup=D``, in the table's order
 (baselines first, the largest run last).
 """
@@ -68,6 +73,7 @@ if str(ROOT) not in sys.path:
 
 ADMIN_TOKEN = "bench-admin-token"
 PG_ADMIN_DSN = os.environ.get("MULTIREF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+FLOOR = "floor"  # the run kind of bench/floor_relay.py (``--floor``)
 REFERENCE_TANGRAMS = ROOT.parent / "shared" / "reference" / "kilogram" / "tangrams-svg"
 
 # Rules that never time out during a run: players act in seconds, windows last an hour.
@@ -911,6 +917,12 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
             url = args.url
             database_url = args.database_url
             server_pid = args.server_pid or pid_listening_on(url)
+        elif db_kind == FLOOR:  # the minimal durable relay: no event log of ours to verify
+            db = FreshDatabase("sqlite", args.pg_dsn, workdir)
+            database_url = None
+            server = start_server(db.url, workdir, {}, str(ROOT / "bench" / "floor_relay.py"))
+            url = server.url
+            server_pid = server.pid
         else:
             db = FreshDatabase(db_kind, args.pg_dsn, workdir)
             database_url = db.url
@@ -940,7 +952,7 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
             children.append((p, cfg))
         sampler = Sampler(server_pid, [p.pid for p, _ in children])
         sampler.start()
-        if args.py_spy and server_pid:
+        if args.py_spy and server_pid and db_kind != FLOOR:
             cfg0 = children[0][1]
             spy_out = Path(args.py_spy).with_suffix(f".{db_kind}.{games}.txt")
             delay = max(0.0, cfg0.measure_start - time.time())
@@ -954,7 +966,7 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
                 ) if Path(spy_bin).exists() else None)
                 spy.daemon = True
                 spy.start()
-        if args.server_wrapper and server is not None:  # a profiler: profile the window only
+        if args.server_wrapper and server is not None and db_kind != FLOOR:  # a profiler: profile the window only
             cfg0 = children[0][1]
             for at, sig in ((cfg0.measure_start, signal.SIGUSR1), (cfg0.measure_end, signal.SIGUSR2)):
                 timer = threading.Timer(max(0.0, at - time.time()), os.kill, (server.pid, sig))
@@ -1051,7 +1063,7 @@ def report(runs: list[RunResult], baselines: dict[str, RunResult]) -> None:
     for r in runs:
         d.add_row(
             r.db, str(r.games), fmt(r.actions_per_s), str(r.games_done),
-            fmt(10 * r.server_cpu / r.actions_per_s if r.actions_per_s else math.nan, 2),
+            fmt(cpu_per_action(r), 2),
             fmt(r.ack_ms["p99"]),
             fmt(r.start_p99_ms), fmt(r.loop_lag_p99_ms), fmt(r.gen_cpu, 0), fmt(r.pg_cpu, 0),
             fmt(r.load, 2), "yes" if r.db_checked else "no",
@@ -1059,6 +1071,30 @@ def report(runs: list[RunResult], baselines: dict[str, RunResult]) -> None:
             ", ".join(f"{k}={v}" for k, v in sorted(r.details.items()) if v) or "-",
         )
     console.print(d)
+    floors = {r.games: r for r in runs if r.db == FLOOR}
+    if floors:
+        f = Table(title="Against the floor (bench/floor_relay.py: parse, one SQLite row, a small frame "
+                  "to each seat), same generator, pace and machine, in this invocation")
+        for col in ("db", "games", "srv CPU ms/action", "floor ms/action", "CPU/action vs floor",
+                    "p99 ms", "floor p99 ms", "p99 vs floor", "start p99 ms", "floor start p99 ms"):
+            f.add_column(col, justify="left" if col == "db" else "right")
+        for r in runs:
+            fl = floors.get(r.games)
+            if fl is None or r is fl:
+                continue
+            cpu, fcpu = cpu_per_action(r), cpu_per_action(fl)
+            f.add_row(
+                r.db, str(r.games), fmt(cpu, 2), fmt(fcpu, 2), fmt(cpu / fcpu if fcpu else math.nan, 2) + "x",
+                fmt(r.lat_ms["p99"]), fmt(fl.lat_ms["p99"]),
+                fmt(r.lat_ms["p99"] / fl.lat_ms["p99"] if fl.lat_ms["p99"] else math.nan, 2) + "x",
+                fmt(r.start_p99_ms), fmt(fl.start_p99_ms),
+            )
+        console.print(f)
+
+
+def cpu_per_action(r: RunResult) -> float:
+    """Server CPU milliseconds per action (server CPU% is 100 per busy core)."""
+    return 10 * r.server_cpu / r.actions_per_s if r.actions_per_s else math.nan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1096,6 +1132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-wrapper", default=None, metavar="SCRIPT",
                    help="start the server as `python SCRIPT` (e.g. a profiler around app.cli); it gets "
                    "SIGUSR1 when the measurement window opens and SIGUSR2 when it closes")
+    p.add_argument("--floor", action="store_true",
+                   help="also run bench/floor_relay.py (a minimal durable relay on the same stack) at "
+                   "each size, and report server CPU per action and p99 as multiples of it")
     p.add_argument("--keep-db", action="store_true")
     p.add_argument("--keep-logs", action="store_true")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -1112,6 +1151,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_games and args.baseline_games < args.games:
         plan += [(db, args.baseline_games, base_duration) for db in dbs]
     plan += [(db, args.games, args.duration) for db in dbs]
+    if args.floor and not args.url:  # the floor first at each size, then the servers
+        sizes = list(dict.fromkeys(games for _, games, _ in plan))
+        plan = [p for n in sizes for p in ([(FLOOR, n, next(d for _, g, d in plan if g == n))]
+                                           + [q for q in plan if q[1] == n])]
     runs: list[RunResult] = []
     baselines: dict[str, RunResult] = {}
     workdir = Path(tempfile.mkdtemp(prefix="mr-bench-"))
@@ -1123,7 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             r = run_once(args, db, games, duration, workdir)
             runs.append(r)
-            if games == args.baseline_games or db not in baselines:
+            if db != FLOOR and (games == args.baseline_games or db not in baselines):
                 baselines.setdefault(db, r)
             print(
                 f"    p99={fmt(r.lat_ms['p99'])}ms events/s={fmt(r.events_per_s)} "

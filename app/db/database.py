@@ -14,11 +14,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
 
 from app.db.models import Secret
 
@@ -66,7 +64,7 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
 # The event log's hot path (``GameHub`` appending a player's action) bypasses the ORM session:
 # on SQLite it writes through one plain sqlite3 connection synchronously on the event loop (no
 # thread hop, never waits for a lock), on PostgreSQL through a small asyncpg pool of its own
-# (prepared statements, no pre-ping round trips). See ``app.db.gamelog.append_sqlite``.
+# (prepared statements, no pre-ping round trips). See ``app.live.store``.
 CHECKPOINT_EVERY = 200  # direct SQLite commits between two WAL checkpoints (run off the loop)
 _DOLLAR_PARAM = re.compile(r"\$\d+")
 
@@ -78,7 +76,6 @@ class Database:
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         self.pool_size = pool_size
         self._sqlite_writer: sqlite3.Connection | None = None
-        self._sqlite_sessions: sessionmaker | None = None
         self._direct_commits = 0
         self._checkpointing = False
         self._pg_pool = None
@@ -97,8 +94,9 @@ class Database:
     def sqlite_writer(self) -> sqlite3.Connection | None:
         """A plain sqlite3 connection for short write transactions run synchronously on the
         event loop (SQLite files only, else None). It never waits for a lock (busy timeout 0:
-        callers fall back to a session) and never checkpoints on the loop: call
-        :meth:`sqlite_committed` after each commit, which checkpoints in a thread now and then."""
+        callers wait with short sleeps instead of blocking the loop) and never checkpoints on
+        the loop: call :meth:`sqlite_committed` after each commit, which checkpoints in a
+        thread now and then."""
         if self._sqlite_writer is None:
             path = self._sqlite_file()
             if path is None:
@@ -107,31 +105,8 @@ class Database:
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._sqlite_sessions = self._sqlite_sessionmaker(conn)
             self._sqlite_writer = conn
         return self._sqlite_writer
-
-    def sqlite_session(self) -> Session | None:
-        """A synchronous ORM session on :meth:`sqlite_writer`'s connection, for a transaction
-        run without yielding to the event loop (so SQLite's write lock is held for its CPU time
-        only). Its transaction starts with ``BEGIN IMMEDIATE`` (raising ``OperationalError`` at
-        once when another connection holds the write lock), or joins the one the caller began
-        on the writer connection. None where there is no writer connection."""
-        if self.sqlite_writer() is None:
-            return None
-        return self._sqlite_sessions()
-
-    def _sqlite_sessionmaker(self, conn: sqlite3.Connection) -> sessionmaker:
-        engine = create_engine("sqlite://", creator=lambda: conn, poolclass=StaticPool)
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(connection) -> None:  # the writer runs in autocommit mode
-            if not conn.in_transaction:  # else join the caller's BEGIN IMMEDIATE
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-        # Connect now, outside any transaction: SQLAlchemy's first connect ends with a rollback.
-        engine.connect().close()
-        return sessionmaker(engine, expire_on_commit=False)
 
     def sqlite_committed(self) -> None:
         self._direct_commits += 1
@@ -265,9 +240,6 @@ class Database:
             return (await s.execute(select(Secret.value).where(Secret.name == name))).scalar_one()
 
     async def close(self) -> None:
-        if self._sqlite_sessions is not None:
-            self._sqlite_sessions.kw["bind"].dispose()
-            self._sqlite_sessions = None
         if self._sqlite_writer is not None:
             self._sqlite_writer.close()
             self._sqlite_writer = None

@@ -155,16 +155,23 @@ def _dump(value) -> str:
 
 
 class AppendRows:
-    """The parameters of one append (``append_sqlite``, ``append_asyncpg``), computed once."""
+    """The parameters of one append (``app.live.store``'s per-database statements), computed once."""
 
     __slots__ = ("game_id", "version", "events", "game_cols", "game", "turn_cols", "turns")
 
-    def __init__(self, before: GameState, events: list[Event], after: GameState, actor: str) -> None:
+    def __init__(
+        self, before: GameState, events: list[Event], after: GameState, actor: str,
+        data: list[dict] | None = None,
+    ) -> None:
+        """``data``: the events' ``event_json``, when the caller has it already (the bus
+        message carries it)."""
         self.game_id = before.game_id
         self.version = before.version
+        if data is None:
+            data = [event_json(e) for e in events]
         self.events = [
-            (before.game_id, before.version + i + 1, e.type, e.at, _dump(event_json(e)), actor)
-            for i, e in enumerate(events)
+            (before.game_id, before.version + i + 1, e.type, e.at, _dump(d), actor)
+            for i, (e, d) in enumerate(zip(events, data, strict=True))
         ]
         values = game_row(after)
         # a sent draft is in the event log; an unsent one is not kept past the game's end
@@ -217,31 +224,9 @@ async def append(
         await conn.exec_driver_sql(upsert_turns, rows.turns[0] if len(rows.turns) == 1 else rows.turns)
 
 
-def append_sqlite(conn: sqlite3.Connection, rows: AppendRows) -> bool:
-    """``append`` in a transaction of its own on a plain sqlite3 connection, committed on return.
-
-    Runs synchronously (a few hundred microseconds: WAL, no fsync per commit) and never waits
-    for a lock: returns False, having written nothing, when another connection holds the write
-    lock, so that the caller can try again later. Raises :class:`Conflict` like ``append``.
-    """
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:  # locked by another writer: do not block the event loop
-        return False
-    try:
-        append_sqlite_in_transaction(conn, rows)
-        conn.execute("COMMIT")
-    except BaseException:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:  # SQLite may have rolled back already
-            pass
-        raise
-    return True
-
-
 def append_sqlite_in_transaction(conn: sqlite3.Connection, rows: AppendRows) -> None:
-    """The statements of ``append_sqlite``, in the caller's transaction on ``conn``."""
+    """``append``'s statements on a plain sqlite3 connection, in the caller's transaction.
+    Raises :class:`Conflict` like ``append``."""
     insert_events, update_game, upsert_turns = rows.sql("sqlite")
     try:
         conn.executemany(insert_events, rows.events)
@@ -262,7 +247,7 @@ def _pg_types(table_name: str) -> dict[str, str]:
 
 
 @lru_cache(maxsize=None)
-def _pg_append_statement(
+def pg_append_statement(
     game_cols: tuple[str, ...], turn_cols: tuple[str, ...], n_events: int, n_turns: int
 ) -> str:
     """The whole append as one statement (one round trip, atomic on its own): update the game
@@ -307,47 +292,6 @@ def _pg_append_statement(
             + ")"
         )
     return sql + " SELECT count(*) FROM g"
-
-
-async def append_asyncpg(db, rows: AppendRows) -> None:
-    """``append`` as one atomic statement on the database's own asyncpg pool (PostgreSQL), so
-    that a player's action costs one round trip. Raises :class:`Conflict` like ``append``.
-
-    When the connection breaks mid-statement (the server restarted) the outcome is unknown:
-    the log is read back on a fresh connection, and the statement is sent again only if its
-    events are not there, so an action is never applied twice."""
-    import asyncpg
-
-    statement = _pg_append_statement(
-        rows.game_cols, rows.turn_cols, len(rows.events), len(rows.turns)
-    )
-    args: list = [rows.game_id, rows.version, *rows.game]
-    for event in rows.events:
-        args += event[1:]  # without game_id
-    for turn in rows.turns:
-        args += turn[1:]
-    for attempt in range(3):
-        try:
-            async with db.asyncpg_connection() as conn:
-                if attempt:  # the last try may have committed before the connection broke
-                    found = await conn.fetch(
-                        "SELECT type, at FROM game_events WHERE game_id = $1 AND seq > $2 "
-                        "ORDER BY seq LIMIT $3",
-                        rows.game_id, rows.version, len(rows.events),
-                    )
-                    if [(r["type"], r["at"]) for r in found] == [(e[2], e[3]) for e in rows.events]:
-                        return
-                    if found:
-                        raise Conflict(rows.game_id)
-                if await conn.fetchval(statement, *args) != 1:
-                    raise Conflict(rows.game_id)
-                return
-        except asyncpg.UniqueViolationError as exc:
-            raise Conflict(rows.game_id) from exc
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-            if attempt == 2:
-                raise
-            db.expire_asyncpg_connections()
 
 
 async def load_events(session: AsyncSession, game_id: str, after_seq: int = 0) -> list[Event]:

@@ -60,6 +60,12 @@ class Bus:
         """Called inside the writing transaction; returns what ``flush`` needs after commit."""
         return message
 
+    def in_transaction(self, message: dict) -> tuple[str, str] | None:
+        """(channel, payload) of a ``pg_notify`` that an event store sends inside its own
+        transaction (no session) for ``message``; None when this bus has no such thing (then
+        ``flush`` delivers the message after the commit)."""
+        return None
+
     def stage_after_commit(self, message: dict) -> dict:
         """Like ``stage``, but the notification is sent by ``flush``, after the commit, not by
         the writing transaction (the hub's game messages: see the module's docstring)."""
@@ -138,6 +144,9 @@ class PostgresBus(Bus):
             {"channel": CHANNEL, "payload": _shrink(message)},
         )
         return message
+
+    def in_transaction(self, message: dict) -> tuple[str, str] | None:
+        return CHANNEL, _shrink(message)
 
     def stage_after_commit(self, message: dict) -> dict:
         return _AfterCommit(message)  # sent by ``flush``, outside the writing transaction

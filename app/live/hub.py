@@ -1,9 +1,10 @@
 """The live driver of games: runs commands through the rules engine, commits, then broadcasts.
 
 The database is the truth; this process only caches the state of games that have a player
-connected here. A command is decided against the cached state and appended with optimistic
-concurrency (``app.db.gamelog.append``): if another process wrote first, the cache is reloaded
-and the command decided again, so nothing is applied twice. Every committed change is sent on
+connected here. A command is decided against the cached state; its events, with the lifecycle
+reactions they call for (``app.live.reactions``: pay, model turns), go to the event store
+(``app.live.store``) as one batch, appended with optimistic concurrency: if another process
+wrote first, the cache is reloaded and the command decided again, so nothing is applied twice. Every committed change is sent on
 the bus, which is how players connected to different processes see each other.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -19,19 +19,8 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import select
 
 from app.db.database import Database
-from app.db.gamelog import (
-    AppendRows,
-    Conflict,
-    append,
-    append_asyncpg,
-    append_sqlite,
-    append_sqlite_in_transaction,
-    event_json,
-    load_events,
-    load_events_direct,
-    load_state,
-)
-from app.db.models import Game, ListenerRequest, Participant
+from app.db.gamelog import Conflict, event_json
+from app.db.models import Game, Participant
 from app.game.rules import (
     Command,
     Event,
@@ -39,11 +28,9 @@ from app.game.rules import (
     GameState,
     Join,
     Disconnect,
-    ListenerKind,
     Rejection,
     Seat,
     Tick,
-    UtteranceSent,
     decide,
     evolve,
     event_from_dict,
@@ -51,51 +38,14 @@ from app.game.rules import (
     replay,
 )
 from app.live.bus import Bus
-from app.live.participants import completion_redirect, settle_game
+from app.live.participants import completion_redirect
+from app.live.reactions import react
+from app.live.store import Batch, event_store
 from app.protocol import ErrorFrame, GameView, StateFrame
 
 log = logging.getLogger("multiref.hub")
 
 Clock = Callable[[], float]
-SQLITE_LOCK_PATIENCE = 5.0  # seconds of short waits for SQLite's write lock before using a session
-
-
-class _WouldSuspend(Exception):
-    """A coroutine run by ``_run_now`` awaited something that is not ready."""
-
-
-def _run_now(coro):
-    """Run a coroutine that must complete without suspending (it awaits only ``_SyncSession``
-    calls); raise ``_WouldSuspend``, having closed it, if it would wait for anything."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise _WouldSuspend()
-
-
-class _SyncSession:
-    """The part of ``AsyncSession`` that ``_react`` (and ``settle_game``) use, over a
-    synchronous ``Session``: awaiting these never suspends."""
-
-    def __init__(self, session) -> None:
-        self.sync_session = session
-
-    async def execute(self, *args, **kwargs):
-        return self.sync_session.execute(*args, **kwargs)
-
-    async def get(self, *args, **kwargs):
-        return self.sync_session.get(*args, **kwargs)
-
-    async def flush(self, *args, **kwargs) -> None:
-        self.sync_session.flush(*args, **kwargs)
-
-    def add(self, instance) -> None:
-        self.sync_session.add(instance)
-
-    def add_all(self, instances) -> None:
-        self.sync_session.add_all(instances)
 
 
 class Connection:
@@ -156,6 +106,7 @@ class GameHub:
     def __init__(self, db: Database, bus: Bus, clock: Clock = time.time) -> None:
         self.db = db
         self.bus = bus
+        self.store = event_store(db, bus)
         self.clock = clock
         self.states: dict[str, GameState] = {}
         self.codes: dict[str, dict[Seat, str]] = {}
@@ -172,20 +123,12 @@ class GameHub:
     async def state(self, game_id: str) -> GameState | None:
         """The latest committed state (cached for games with local players)."""
         state = self.states.get(game_id)
-        events = await load_events_direct(self.db, game_id, state.version if state else 0)
-        if events is not None:
-            if state is None:
-                state = replay(events) if events else None
-            else:
-                for e in events:
-                    state = evolve(state, e)
+        events = await self.store.load_events(game_id, state.version if state else 0)
+        if state is None:
+            state = replay(events) if events else None
         else:
-            async with self.db.session() as s:
-                if state is None:
-                    state = await load_state(s, game_id)
-                else:
-                    for e in await load_events(s, game_id, state.version):
-                        state = evolve(state, e)
+            for e in events:
+                state = evolve(state, e)
         if state is not None and game_id in self.game_conns:
             cached = self.states.get(game_id)
             if cached is not None and cached.version > state.version:
@@ -265,9 +208,15 @@ class GameHub:
 
     async def _log_end(self, after: GameState, ended: GameEnded) -> None:
         """One log line per finished game: id, system, outcome, end reason, turns."""
+        if not log.isEnabledFor(logging.INFO):
+            return  # the read below is for this line only
         try:
-            async with self.db.session() as s:
-                system = (await s.execute(select(Game.system).where(Game.id == after.game_id))).scalar()
+            rows = await self.db.fetch("SELECT system FROM games WHERE id = $1", after.game_id)
+            if rows is None:  # no direct read right now: through a session
+                async with self.db.session() as s:
+                    system = (await s.execute(select(Game.system).where(Game.id == after.game_id))).scalar()
+            else:
+                system = rows[0][0] if rows else None
         except Exception:  # the line is informative only; never fail a committed game over it
             system = None
         log.info(
@@ -282,157 +231,14 @@ class GameHub:
         return draft or ""
 
     async def _commit(self, before: GameState, events: list[Event], after: GameState, actor: str):
-        message = {
-            "k": "g",
-            "id": after.game_id,
-            "v": after.version,
-            "e": [event_json(e) for e in events],
-        }
-        reactions = self._has_reactions(events, after)
-        if self.db.dialect == "sqlite":
-            committed = await self._commit_sqlite(before, events, after, actor, message, reactions)
-            if committed is not None:
-                return committed
-        elif not reactions:
-            staged = await self._commit_direct(before, events, after, actor, message)
-            if staged is not None:
-                return staged, None
-        async with self.db.session() as s:
-            async with s.begin():
-                await append(s, before, events, after, actor)
-                codes = await self._react(s, before, events, after)
-                staged = [self.bus.stage_after_commit(message)]
-                if any(isinstance(e, UtteranceSent) for e in events) and (
-                    after.listener_kind is ListenerKind.MODEL
-                ):
-                    staged.append(await self.bus.stage(s, {"k": "r", "id": after.game_id}))
-        if len(staged) > 1 and self.on_listener_request:
+        """Hand the store one batch: the events, their derived rows and their reactions."""
+        data = [event_json(e) for e in events]
+        message = {"k": "g", "id": after.game_id, "v": after.version, "e": data}
+        reactions = react(before, events, after)
+        committed = await self.store.commit(Batch(before, events, after, actor, reactions, message))
+        if reactions.wake_listeners and self.on_listener_request:
             self.on_listener_request()
-        return staged, codes
-
-    @staticmethod
-    def _has_reactions(events: list[Event], after: GameState) -> bool:
-        """Whether ``_react`` has anything to write for these events."""
-        if any(isinstance(e, GameEnded) for e in events):
-            return True
-        return after.listener_kind is ListenerKind.MODEL and any(
-            isinstance(e, UtteranceSent) for e in events
-        )
-
-    async def _commit_direct(
-        self, before: GameState, events: list[Event], after: GameState, actor: str, message: dict
-    ) -> list[dict] | None:
-        """PostgreSQL's hot path, for events without lifecycle reactions (clicks, messages,
-        submits that do not end the game): the same rows, as one statement on the database's
-        asyncpg pool instead of an ORM session. None when it is not available."""
-        if self.db.dialect != "postgresql":
-            return None
-        await append_asyncpg(self.db, AppendRows(before, events, after, actor))
-        return [self.bus.stage_after_commit(message)]
-
-    async def _commit_sqlite(
-        self,
-        before: GameState,
-        events: list[Event],
-        after: GameState,
-        actor: str,
-        message: dict,
-        reactions: bool,
-    ):
-        """SQLite's commit, on the database's writer connection and without yielding to the
-        event loop between its statements: SQLite has one write lock, and a transaction that
-        awaits between statements holds it for whole loop iterations (tens of ms under load),
-        which queued every other game's writes behind it. When another connection holds the
-        lock, wait for it here with short sleeps. None when this is not available (no SQLite
-        file, lock busy past ``SQLITE_LOCK_PATIENCE``, reactions that would need to await):
-        then use a session."""
-        db = self.db
-        conn = db.sqlite_writer()
-        if conn is None:
-            return None
-        rows = AppendRows(before, events, after, actor)
-        delay, waited = 0.0005, 0.0
-        while True:
-            try:
-                if not reactions:
-                    if append_sqlite(conn, rows):
-                        db.sqlite_committed()
-                        return [self.bus.stage_after_commit(message)], None
-                else:
-                    committed = self._commit_sqlite_reactions(conn, rows, before, events, after, message)
-                    if committed is not None:
-                        db.sqlite_committed()
-                        return committed
-            except _WouldSuspend:
-                return None
-            if waited > SQLITE_LOCK_PATIENCE:
-                self.stats["sqlite_busy"] = self.stats.get("sqlite_busy", 0) + 1
-                return None
-            self.stats["sqlite_waits"] = self.stats.get("sqlite_waits", 0) + 1
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 0.02)
-
-    def _commit_sqlite_reactions(self, conn, rows, before, events, after, message):
-        """Events and their lifecycle reactions in one synchronous ORM session (see
-        ``_commit_sqlite``); None, having written nothing, when the write lock is taken."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")  # cheap to try; the session joins this transaction
-        except sqlite3.OperationalError:
-            return None
-        try:
-            with self.db.sqlite_session() as session:
-                append_sqlite_in_transaction(conn, rows)
-                shim = _SyncSession(session)
-                codes = _run_now(self._react(shim, before, events, after))
-                staged = [self.bus.stage_after_commit(message)]
-                if any(isinstance(e, UtteranceSent) for e in events) and (
-                    after.listener_kind is ListenerKind.MODEL
-                ):
-                    staged.append(_run_now(self.bus.stage(shim, {"k": "r", "id": after.game_id})))
-                session.commit()
-            if conn.in_transaction:  # the session had nothing to do: commit the events
-                conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        if len(staged) > 1 and self.on_listener_request:
-            self.on_listener_request()
-        return staged, codes
-
-    async def _react(self, s, before: GameState, events: list[Event], after: GameState):
-        """Lifecycle reactions committed with the events: pay on end, model-turn requests.
-
-        Keep ``_has_reactions`` in step: events it says have none skip this (and the session)."""
-        codes = None
-        if any(isinstance(e, GameEnded) for e in events):
-            codes = await settle_game(s, after)
-            if after.listener_kind is ListenerKind.MODEL:
-                await s.execute(
-                    ListenerRequest.__table__.update()
-                    .where(
-                        ListenerRequest.game_id == after.game_id,
-                        ListenerRequest.status.in_(("pending", "claimed")),
-                    )
-                    .values(status="cancelled")
-                )
-        elif after.listener_kind is ListenerKind.MODEL:
-            for e in events:
-                if isinstance(e, UtteranceSent):
-                    game = await s.get(Game, after.game_id)
-                    s.add(
-                        ListenerRequest(
-                            game_id=after.game_id,
-                            turn=e.turn,
-                            system=game.system or "model",
-                            checkpoint=game.checkpoint,
-                            status="pending",
-                            created_at=e.at,
-                            deadline=after.phase_deadline or e.at,
-                        )
-                    )
-        return codes
+        return committed.staged, committed.codes
 
     # ------------------------------------------------------------ fan-out
 

@@ -345,9 +345,22 @@ class Lobby:
             async with s.begin():
                 speaker = await s.get(Participant, speaker_id)
                 listener = await s.get(Participant, listener_id) if listener_id else None
-                game_id = await self._create(s, speaker, listener, staged, config=config, system=system)
+                game_id = await self.create_game_in(s, speaker, listener, staged, config=config, system=system)
         await self.bus.flush(staged)
         return game_id
+
+    async def create_game_in(
+        self,
+        s,
+        speaker: Participant,
+        listener: Participant | None,
+        staged: list[dict],
+        config: GameConfig | None = None,
+        system: str | None = None,
+    ) -> str:
+        """:meth:`create_game_for` in the caller's transaction (which may have just added the
+        participants); the caller commits, then ``bus.flush(staged)``."""
+        return await self._create(s, speaker, listener, staged, config=config, system=system)
 
     async def mark_present(self) -> int:
         """Vouch for the waiting workers this process holds a lobby socket for, and take out of

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import BlockedWorker, Participant
-from app.game.rules import GameState, Pay, Seat, forfeits, game_pay
+from app.game.rules import Pay
 
 ACTIVE = ("arrived", "consented", "waiting", "in_game")
 
@@ -146,34 +146,6 @@ async def join_worker(db, arrival: StudyArrival, hash_key: str, max_games: int) 
         except IntegrityError:
             continue
     return Refusal("busy", "Too many simultaneous visits with this worker id; try again.")
-
-
-async def settle_game(session: AsyncSession, state: GameState) -> dict[Seat, str]:
-    """Pay the human players of an ended game and give them completion codes; a seat that
-    walked away (:func:`app.game.rules.forfeits`) gets neither code nor pay."""
-    pay = game_pay(state)
-    lost = forfeits(state)
-    codes: dict[Seat, str] = {}
-    rows = (
-        await session.execute(
-            select(Participant).where(Participant.game_id == state.game_id)
-        )
-    ).scalars().all()
-    for p in rows:
-        p.finished_at = state.ended_at
-        if p.seat and Seat(p.seat) in lost:
-            p.status = Status.FORFEITED
-            p.completion_code = None
-            p.pay_base_cents = p.pay_bonus_cents = p.pay_success_cents = 0
-            continue
-        if p.completion_code is None:
-            p.completion_code = new_code()
-        p.status = Status.COMPLETED
-        p.pay_base_cents = pay.base_cents
-        p.pay_bonus_cents = pay.bonus_cents
-        p.pay_success_cents = pay.success_cents
-        codes[Seat(p.seat)] = p.completion_code
-    return codes
 
 
 async def release(session: AsyncSession, participant_id: str, reason: str, pay: Pay) -> str:

@@ -334,20 +334,17 @@ class Block(BaseModel):
     reason: str = Field(default="", max_length=500)
 
 
-async def _bot_participant(services, label: str) -> str:
+def _bot_participant(services, label: str) -> Participant:
+    """A consented bot participant for a game made through the admin API (caller adds it)."""
     pid = uuid.uuid4().hex
-    async with services.db.session() as s, s.begin():
-        s.add(
-            Participant(
-                id=pid,
-                platform="bot",
-                worker_hash=worker_hash(services.hash_key, "bot", f"{label}-{pid}"),
-                status=Status.CONSENTED,
-                created_at=time.time(),
-                consented_at=time.time(),
-            )
-        )
-    return pid
+    return Participant(
+        id=pid,
+        platform="bot",
+        worker_hash=worker_hash(services.hash_key, "bot", f"{label}-{pid}"),
+        status=Status.CONSENTED,
+        created_at=time.time(),
+        consented_at=time.time(),
+    )
 
 
 @router.get("/overview")
@@ -395,16 +392,21 @@ async def create_game(body: CreateGame, request: Request, actor: str = Depends(a
             raise HTTPException(422, f"tangrams not in the server's set: {', '.join(unknown[:5])}")
     if body.system is not None and body.listener == "human" and body.system != "human":
         raise HTTPException(422, "a human listener plays the system 'human'")
-    speaker = await _bot_participant(services, "speaker")
-    listener = await _bot_participant(services, "listener") if body.listener == "human" else None
     system = body.system if body.listener == "model" else None
-    game_id = await services.lobby.create_game_for(speaker, listener, body.config, system=system)
+    staged: list[dict] = []
+    # one transaction: the bot participants, the game and its audit entry
     async with services.db.session() as s, s.begin():
+        speaker = _bot_participant(services, "speaker")
+        listener = _bot_participant(services, "listener") if body.listener == "human" else None
+        s.add_all([p for p in (speaker, listener) if p is not None])
+        await s.flush()
+        game_id = await services.lobby.create_game_in(s, speaker, listener, staged, body.config, system=system)
         await audit.record(s, actor, audit.CREATE_GAME, game_id, {"listener": body.listener, "system": system})
+    await services.bus.flush(staged)
     return CreatedGame(
         game_id=game_id,
-        speaker_token=services.tokens.issue(speaker),
-        listener_token=services.tokens.issue(listener) if listener else None,
+        speaker_token=services.tokens.issue(speaker.id),
+        listener_token=services.tokens.issue(listener.id) if listener else None,
     )
 
 
