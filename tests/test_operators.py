@@ -501,7 +501,7 @@ def test_operator_commands(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- with a real policy worker
 
-from tests.test_model_listener import MODEL_ENV, _speaker_game, start_worker, tiny_adapters, tiny_model  # noqa: E402,F401
+from tests.test_model_listener import MODEL_ENV, _requests, _speaker_game, start_worker, tiny_adapters, tiny_model  # noqa: E402,F401
 
 
 @pytest.mark.model
@@ -522,9 +522,10 @@ async def test_a_deploy_over_http_reaches_a_running_worker_without_restart(
     second, _ = await _speaker_game(server.url, "late")
     v1, v2 = await asyncio.gather(play_speaker(first, timeout=120), play_speaker(second, timeout=120))
     assert v1.phase == v2.phase == "ended"
+    # the applier marks a request applied just after the game's last event: read once settled
+    reqs = await _requests(sqlite_url, v1.game_id) + await _requests(sqlite_url, v2.game_id)
     db = Database(sqlite_url)
     async with db.session() as s:
-        reqs = list((await s.execute(select(ListenerRequest))).scalars())
         beats = list((await s.execute(select(WorkerHeartbeat))).scalars())
     await db.close()
     assert {r.checkpoint for r in reqs if r.game_id == v1.game_id} == {first_ck}
