@@ -1,4 +1,4 @@
-"""Systems, rounds and checkpoints: which listener new games get (MULTIREF.md §2).
+"""Systems, rounds and checkpoints: which listener new games get (docs/method.md).
 
 A *system* is one listener policy under a name (``B-SUP``), or the special system ``human``
 (human-human games). Model systems have checkpoints (a base model plus an optional LoRA

@@ -1,4 +1,4 @@
-"""Export games in the format of the public ReSpect release (MULTIREF.md §7).
+"""Export games in the format of the public ReSpect release (docs/operators.md).
 
 Three files per export, JSONL or Parquet, in one folder:
 

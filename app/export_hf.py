@@ -23,7 +23,7 @@ from typing import Any
 from app.export import ExportFilter, export
 
 LEVELS = ("interaction", "turn")
-LICENSE = "apache-2.0"  # the licence of the public release this format follows (MULTIREF.md §7)
+LICENSE = "apache-2.0"  # the licence of the public release this format follows (docs/operators.md)
 # Columns that would identify a participant; none is written by app.export today, and any that
 # appears there later is dropped here rather than published.
 IDENTIFYING = {

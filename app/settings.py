@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         "Default: on when the server listens on a non-loopback address.",
     )
 
-    # --- game rules (MULTIREF.md §1 defaults)
+    # --- game rules (docs/game.md defaults)
     rules: GameRules = GameRules()
 
     # --- lobby and crowd platform

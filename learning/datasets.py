@@ -1,4 +1,4 @@
-"""Training data D≤ρ and held-out human turns, from the database (MULTIREF.md §5).
+"""Training data D≤ρ and held-out human turns, from the database (docs/method.md).
 
 An example is one decoded listener action: the policy prompt for that turn — rebuilt from the
 game's event log with ``policy_worker.gamedata.prompt_game`` and ``prompt.build_chat``, the
@@ -9,7 +9,7 @@ probability of the action (``ListenerRequest.prob_action``; none for human liste
 The held-out set is the turns of human–human games: model selection compares the policy's
 action with the human listener's action.
 
-The **seed task** (MULTIREF.md §8) is the other human–human games: their good listener turns
+The **seed task** (docs/learning.md) is the other human–human games: their good listener turns
 (:func:`good_move`) plus synthetic "deselect the last selection" / "clear all" turns built from
 them. It trains π0 alone and is mixed into every later round. Human–human games are split between
 the two by a hash of the game id (:func:`human_game_side`), so no game is both trained on and used
@@ -280,7 +280,7 @@ def human_game_side(game_id: str, seed: int, heldout_fraction: float) -> str:
 
 
 def good_move(before: Sequence[str], after: Sequence[str], targets: Sequence[str]) -> bool:
-    """MULTIREF.md §8's +1: the newly selected images are all targets or the deselected ones all
+    """the reference's +1: the newly selected images are all targets or the deselected ones all
     non-targets, the other part being empty or also good; an unchanged selection is not good."""
     b, a, goal = set(before), set(after), set(targets)
     selected, deselected = a - b, b - a
@@ -378,7 +378,7 @@ def _pick(options: Sequence[str], seed: int, key: str) -> str:
 def seed_turns(
     state: Any, seed: int = 0, synthetic: bool = True, drop_empty: bool = True
 ) -> list[Example]:
-    """The seed task's examples from one ended human–human game (MULTIREF.md §8).
+    """The seed task's examples from one ended human–human game (docs/learning.md).
 
     * every good listener turn (:func:`good_move`), label +1;
     * after a turn whose new selection was not all targets: a synthetic next turn where the
@@ -448,7 +448,7 @@ async def load_seed_examples(
 
 
 def mismatched_single_click(example: Example) -> str:
-    """KTO's mismatched action a′ (MULTIREF.md §8): one click on the first image, or on the
+    """KTO's mismatched action a′ (docs/learning.md): one click on the first image, or on the
     second when the action taken was exactly one click on the first; in the example's letters."""
     letters = LETTERS[: len(example.game.listener_order)]
     deselect, select = parse_action(example.action)

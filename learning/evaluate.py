@@ -1,5 +1,5 @@
 """Offline evaluation of a policy on held-out human turns, and the checkpoint-selection metric
-(MULTIREF.md §8).
+(docs/learning.md).
 
 A held-out turn is a human listener's action in a human–human game, with the prompt the policy
 would have seen. The policy predicts an action for it in one of two modes:

@@ -1,4 +1,4 @@
-"""The losses of MULTIREF.md §5, each a small pure function of tensors (TRL style).
+"""The losses of docs/method.md, each a small pure function of tensors (TRL style).
 
 Every loss returns one value per example; the trainer sums them and divides by the size of the
 effective batch, so gradient accumulation gives the same update as one large batch. The token
@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-# MULTIREF.md §5: reward per decoded label for the REINFORCE variants.
+# docs/method.md: reward per decoded label for the REINFORCE variants.
 DEFAULT_REWARDS: dict[int, float] = {1: 1.0, 0: 0.0, -1: -0.1}
 
 
@@ -55,7 +55,7 @@ def sequence_logps(logps: torch.Tensor, mask: torch.Tensor, normalise: bool) -> 
 
 
 def smoothing_term(mean_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The label-smoothing term of MULTIREF.md §8: mean_t ( −(1/V) Σ_v log p_v ) over the
+    """The label-smoothing term of docs/learning.md: mean_t ( −(1/V) Σ_v log p_v ) over the
     action's tokens [B]. ``mean_logps`` is the second output of :func:`token_logps`."""
     return sequence_logps(-mean_logps, mask, normalise=True)
 
@@ -98,13 +98,13 @@ def rl_loss(
     smoothing: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """REINFORCE as a contextual bandit (B-RL / T-RL), with MULTIREF.md §8's smoothing:
+    """REINFORCE as a contextual bandit (B-RL / T-RL), with the reference's smoothing:
 
         L_i = (1−ε) · ( − w_i · r_i · (1/|a_i|) Σ_t log π(a_t | x, a_<t) ) + ε · |r_i| · S_i
 
     norm_logps [B] length-normalised log-probs; rewards r [B] (+1 / 0 / −0.1); weights w [B]
     from :func:`importance_weights` (already detached); S [B] from :func:`smoothing_term`.
-    ε = 0 (no ``smoothing``) is the plain form of §5.
+    ε = 0 (no ``smoothing``) is the plain form of docs/method.md.
     """
     loss = -(weights.detach() * rewards * norm_logps)
     if smoothing is None or label_smoothing == 0.0:
@@ -113,7 +113,7 @@ def rl_loss(
 
 
 def smoothed(loss: torch.Tensor, smoothing: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """(1−ε) · loss + ε · S: how §8 adds the smoothing term to KTO (ε = 0.01)."""
+    """(1−ε) · loss + ε · S: how the reference adds the smoothing term to KTO (ε = 0.01)."""
     if label_smoothing == 0.0:
         return loss
     return (1.0 - label_smoothing) * loss + label_smoothing * smoothing
@@ -122,7 +122,7 @@ def smoothed(loss: torch.Tensor, smoothing: torch.Tensor, label_smoothing: float
 def kto_reference_point(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
     """z = max(0, mean_i [log π(a_i|x_i) − log π_ref(a_i|x_i)]), detached.
 
-    The paper (§8) passes the mismatched single-click actions a′ of the whole effective batch,
+    The reference passes the mismatched single-click actions a′ of the whole effective batch,
     scored before the update; ``kl_estimate = "batch"`` passes the batch's own actions instead.
     """
     return (policy_logps - reference_logps).mean().clamp(min=0.0).detach()

@@ -1,9 +1,9 @@
-"""The numbers of MULTIREF.md §6 per system and round, as a Markdown report with PNG plots.
+"""The numbers of docs/method.md per system and round, as a Markdown report with PNG plots.
 
 Per (system, round): interaction success rate with a 95% Wilson interval, turns per game, click
 accuracy (share of newly selected images that are targets), the held-out exact match recorded
 in the checkpoint's training manifest, the feedback decoders' confusion, precision, recall and
-F1 against the heuristic label (§8's rule, recomputed here from the turns and targets, so labels
+F1 against the heuristic label (the reference's rule, recomputed here from the turns and targets, so labels
 stored under an older rule do not leak in), and the speakers' language: vocabulary size, mean
 utterance length in words, and the rate of reset / "try again" phrases.
 

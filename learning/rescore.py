@@ -1,4 +1,4 @@
-"""``multiref rescore``: π_deployed of logged listener actions under a checkpoint (MULTIREF.md §8).
+"""``multiref rescore``: π_deployed of logged listener actions under a checkpoint (docs/learning.md).
 
 The reference re-scores every logged action after a round under the adapter that produced it,
 over the full vocabulary (length-normalised sequence probability), and RL and KTO use that

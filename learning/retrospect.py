@@ -1,9 +1,9 @@
-"""Retrospection: decode implicit feedback from the speaker's next utterance (MULTIREF.md §4, §8).
+"""Retrospection: decode implicit feedback from the speaker's next utterance (docs/method.md, docs/learning.md).
 
 For every listener action followed by another speaker utterance, the *feedback decoder* — the
 base model without any adapter, text only — reads the last four messages (three on the first
 turn: previous listener action, speaker utterance, the action being judged, the speaker's next
-utterance). The dialogue's *format* is fixed (§8): one line per message,
+utterance). The dialogue's *format* is fixed (as the reference): one line per message,
 ``\tSpeaker: …<end_of_utterance>`` / ``\tListener: …<end_of_utterance>``; the *wording* around it
 is a replaceable template (``learning/prompts/``) holding ``{dialogue}`` between its own
 start- and end-of-conversation marker lines. The prompt is right-truncated at
@@ -21,7 +21,7 @@ Two ways to decide (``DecoderConfig.method``, the ``decoder_scoring`` option):
 The instructions before ``{dialogue}`` are the same for every action: their keys and values are
 computed once and shared by every batch (``prefix_cache``), which is most of the prompt.
 
-Besides the model, targets give a *heuristic* label (:func:`heuristic_label`, §8's rule), stored
+Besides the model, targets give a *heuristic* label (:func:`heuristic_label`, the reference's rule), stored
 next to the decoder's label for evaluation only: training never reads it. :func:`decoder_metrics`
 scores decoded labels against any reference labels (heuristic or human).
 """
@@ -56,7 +56,7 @@ WORD_LABEL = {"positive": 1, "neutral": 0, "negative": -1}
 FALLBACK_LABEL = {"binary": -1, "ternary": 0}  # a generated answer that is no label word
 CLASSES = (-1, 0, 1)
 
-# The heuristic label of an action that changes nothing ("nothing"): §8's rule gives −1 (no part
+# The heuristic label of an action that changes nothing ("nothing"): the reference's rule gives −1 (no part
 # is good), and every turn asks the listener to change its selection.
 EMPTY_ACTION_HEURISTIC = -1
 
@@ -79,7 +79,7 @@ def move_quality(
 def heuristic_label(
     selection_before: Iterable[str], selection_after: Iterable[str], targets: Iterable[str]
 ) -> int:
-    """§8's rule: +1 if the newly selected images are all targets or the deselected ones all
+    """The reference's rule: +1 if the newly selected images are all targets or the deselected ones all
     non-targets, with the other part empty or also good; 0 if one part is all good and the
     other is not; −1 otherwise (an empty action included). Evaluation only."""
     selected, deselected, good_sel, good_desel = move_quality(
@@ -116,7 +116,7 @@ class FeedbackContext:
     heuristic: int | None = None
 
     def lines(self) -> list[str]:
-        """The last four messages (three on turn 1), one line each in §8's format:
+        """The last four messages (three on turn 1), one line each in the reference's format:
         ``\tSpeaker: …<end_of_utterance>`` / ``\tListener: …<end_of_utterance>``."""
         messages = [] if self.previous_action is None else [("Listener", self.previous_action)]
         messages += [
@@ -214,7 +214,7 @@ class DecoderConfig:
     prefix_cache: bool = True  # encode the shared instructions once
     scoring: str = "auto"  # auto | first_token | sequence (margin method)
     max_new_tokens: int = 3  # generate method
-    max_tokens: int = 256  # right truncation of the prompt (§8)
+    max_tokens: int = 256  # right truncation of the prompt (as the reference)
 
     def __post_init__(self) -> None:
         self.method = METHOD_ALIASES.get(self.method, self.method)

@@ -1,10 +1,10 @@
-"""Training a system's next checkpoint on D≤ρ: SUP, RL and KTO (MULTIREF.md §5, §8).
+"""Training a system's next checkpoint on D≤ρ: SUP, RL and KTO (docs/method.md, docs/learning.md).
 
 A system name says its variant: ``B-SUP`` is the binary decoder's labels with the supervised
 loss, ``T-KTO`` the ternary decoder's with KTO, and so on (a config's ``variant`` key names it
 for other system names). One config dataclass per method holds every knob; its ``profile``
 fills the defaults: ``paper`` (the default) reproduces the reference implementation point by
-point (§8), ``project`` is this project's earlier behaviour, and each point is also a key of its
+point, ``project`` is this project's earlier behaviour, and each point is also a key of its
 own. A TOML or JSON file overrides them (top-level keys for all methods, a ``[sup]`` / ``[rl]``
 / ``[kto]`` table for one)::
 
@@ -19,7 +19,7 @@ the base model with a fresh adapter; KTO continues from the previous round's ada
 system's newest checkpoint of round ≤ ρ, or ``--init-adapter``). The epoch kept is the one with
 the best accuracy on held-out human–human turns. Each epoch saves the adapter, optimiser,
 scheduler and random states under ``OUT/state`` so ``--resume`` continues an interrupted run
-where it stopped. The manifest records the profile, every §8 setting as applied and the
+where it stopped. The manifest records the profile, every reference setting as applied and the
 deviations from the paper.
 """
 
@@ -58,7 +58,7 @@ PROFILES = ("paper", "project")
 TEXT_LORA_TARGETS = (
     r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 )
-# MULTIREF.md §8: the text model and the connector (modality projection, perceiver resampler).
+# docs/learning.md: the text model and the connector (modality projection, perceiver resampler).
 PAPER_LORA_TARGETS = (
     r".*(text_model|modality_projection|perceiver_resampler).*"
     r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
@@ -67,10 +67,10 @@ PAPER_LORA_TARGETS = (
 
 @dataclass
 class TrainConfig:
-    """Shared defaults (MULTIREF.md §5, §8). Method configs below add their own fields.
+    """Shared defaults (docs/method.md, docs/learning.md). Method configs below add their own fields.
 
     ``profile`` fills every field left at None: ``paper`` reproduces the reference
-    implementation (§8), ``project`` is this project's earlier behaviour. Each such field is
+    implementation, ``project`` is this project's earlier behaviour. Each such field is
     one row of the table in docs/learning.md; a config file or override sets any of them.
     """
 
@@ -102,8 +102,8 @@ class TrainConfig:
     }
 
     variant: str = ""  # e.g. "B-SUP"; empty: read from the system name
-    profile: str = "paper"  # paper (§8) | project: fills every field left at None
-    # LoRA (r, α, dropout as §5); targets: paper = text + connector + perceiver, project = text
+    profile: str = "paper"  # paper (as the reference) | project: fills every field left at None
+    # LoRA (r, α, dropout as docs/method.md); targets: paper = text + connector + perceiver, project = text
     lora_r: int = 8
     lora_alpha: int = 8
     lora_dropout: float = 0.1
@@ -134,7 +134,7 @@ class TrainConfig:
     # vocabulary, prob_unconstrained / `multiref rescore`) | constrained (prob_action)
     policy_prob: str | None = None
     max_new_tokens: int = 10  # the deployed decoding budget (for the constrained steps)
-    seed_task: bool | None = None  # mix the human–human seed task into every round (§8)
+    seed_task: bool | None = None  # mix the human–human seed task into every round (as the reference)
     seed_synthetic: bool = True  # with it, the synthetic "undo last" / "clear all" turns
     seed_label_smoothing: float = 0.1  # the seed task's SUP loss, whatever the method
     heldout_fraction: float = 0.5  # share of human–human games held out when seed_task is on
@@ -182,7 +182,7 @@ class SUPConfig(TrainConfig):
 @dataclass
 class RLConfig(TrainConfig):
     """B-RL / T-RL: REINFORCE with rewards per label and importance weights for non-positives;
-    paper: 0.9 · REINFORCE + 0.1 · |r| · smoothing, neutral examples dropped (§8)."""
+    paper: 0.9 · REINFORCE + 0.1 · |r| · smoothing, neutral examples dropped (as the reference)."""
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"label_smoothing": 0.1, "drop_neutral": True},
@@ -204,7 +204,7 @@ class RLConfig(TrainConfig):
 @dataclass
 class KTOConfig(TrainConfig):
     """B-KTO / T-KTO: positives desirable, negatives undesirable, reference = stored probs;
-    paper: 0.99 · KTO + 0.01 · smoothing, π_ref ≥ 0.01, z from mismatched single clicks (§8)."""
+    paper: 0.99 · KTO + 0.01 · smoothing, π_ref ≥ 0.01, z from mismatched single clicks (as the reference)."""
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {
@@ -461,7 +461,7 @@ def mismatched_reference_point(
     dtype: Any,
     reduce: Callable[[Any], Any] | None = None,
 ) -> Any:
-    """KTO's z (§8): max(0, mean over the whole effective batch of log π(a′) − log π_ref(a′)),
+    """KTO's z (as the reference): max(0, mean over the whole effective batch of log π(a′) − log π_ref(a′)),
     a′ the mismatched single clicks, computed before the update (no gradient). ``reduce``
     sums a tensor over processes when each holds a share of the effective batch."""
     import torch
@@ -984,7 +984,7 @@ async def load_training_data(
     deployed_probs: Any = None,
 ) -> tuple[list[Example], dict[str, Any], list[Example], dict[str, Any]]:
     """D≤ρ of the system's games plus the seed task (when ``seed_task``), and the held-out
-    human turns. ``pi0``: the seed task alone (the initial policy π0, §8). ``deployed_probs``:
+    human turns. ``pi0``: the seed task alone (the initial policy π0). ``deployed_probs``:
     re-scored whole-action probabilities (see ``datasets.load_examples``)."""
     from learning.datasets import (
         DataStats,
@@ -1189,7 +1189,7 @@ def train(
 def applied_settings(
     config: TrainConfig, optimizer: str | None, selection: dict[str, int]
 ) -> dict[str, Any]:
-    """Every MULTIREF.md §8 training setting as this run applied it (for the manifest)."""
+    """Every docs/learning.md training setting as this run applied it (for the manifest)."""
     out: dict[str, Any] = {
         "profile": config.profile,
         "lora": {

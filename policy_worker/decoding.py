@@ -1,8 +1,8 @@
-"""Decoding listener actions, and the probabilities stored with them (MULTIREF.md §3, §8).
+"""Decoding listener actions, and the probabilities stored with them (docs/method.md, docs/learning.md).
 
 Two modes (``DecodeRequest.decoding``; the worker's ``--decoding``):
 
-* ``paper`` (the reference's deployment, §8): sampling at the request's temperature (1 in
+* ``paper`` (the reference's deployment): sampling at the request's temperature (1 in
   deployment) for at most ``max_new_tokens`` (10), with the vocabulary cut to the tokens actions
   are made of (letters, select/deselect, the stop token) and **no grammar**; the text is parsed
   with a regular expression, illegal letters are dropped, and when nothing is left the action is
@@ -17,7 +17,7 @@ Two modes (``DecodeRequest.decoding``; the worker's ``--decoding``):
 Whatever the mode, every result carries ``prob_deployed``: the action's **full-vocabulary,
 length-normalised** sequence probability at temperature 1, exp(mean_t log p(a_t | x, a_<t)) over
 its tokens (stop token included), teacher-forced on the prompt's cached keys and values. That is
-π_deployed, the number RL and KTO read (§8). In paper mode ``prob_constrained`` is the action's
+π_deployed, the number RL and KTO read (as the reference). In paper mode ``prob_constrained`` is the action's
 probability under the vocabulary-cut softmax at the sampling temperature.
 """
 
@@ -117,7 +117,7 @@ class DecodeResult:
     seed: int | None = None
     prompt: str = ""
     token_ids: list[int] = field(default_factory=list)
-    # full-vocabulary, length-normalised probability at temperature 1: π_deployed (§8)
+    # full-vocabulary, length-normalised probability at temperature 1: π_deployed (as the reference)
     prob_deployed: float | None = None
     num_action_tokens: int = 0  # the action's tokens (stop included) that prob_deployed averages
     decoding: str = "grammar"

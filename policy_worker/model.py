@@ -21,7 +21,7 @@ import torch
 
 logger = logging.getLogger("multiref.policy")
 
-IMAGE_SIZE = 224  # MULTIREF.md §3: 224 px, no image splitting (~64 image tokens per image)
+IMAGE_SIZE = 224  # docs/method.md: 224 px, no image splitting (~64 image tokens per image)
 END_OF_UTTERANCE = "<end_of_utterance>"
 
 _DTYPES: dict[str, torch.dtype] = {

@@ -1,4 +1,4 @@
-"""The one policy prompt builder (MULTIREF.md §3), shared by serving, retrospection and training.
+"""The one policy prompt builder (docs/method.md), shared by serving, retrospection and training.
 
 A model is trained on exactly what it sees when it plays only if every caller builds prompts
 here. The chat layout follows the ReSpect release (lil-lab/respect, `IdeficsAdapter`):

@@ -43,7 +43,7 @@ class WorkerOptions:
     device: str = "auto"
     dtype: str = "bfloat16"
     temperature: float = 1.0
-    decoding: str = "paper"  # paper (MULTIREF.md §8) | grammar
+    decoding: str = "paper"  # paper (docs/learning.md) | grammar
     max_batch_size: int = 16
     max_wait_seconds: float = 0.02  # gather a batch for at most this long after the first turn
     lease_seconds: float = 20.0

@@ -23,10 +23,10 @@ IDEFICS2_CHAT_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
-# MULTIREF.md §5: LoRA on the text model's attention and MLP projections.
+# docs/method.md: LoRA on the text model's attention and MLP projections.
 TEXT_LORA_TARGETS = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 
-IMAGE_SIZE = 224  # MULTIREF.md §3: images at 224 px, no splitting.
+IMAGE_SIZE = 224  # docs/method.md: images at 224 px, no splitting.
 TINY_IMAGE_SEQ_LEN = 16  # perceiver latents per image (64 in the real model); kept small for speed.
 
 # Special tokens in Idefics2's order: <unk>=0, <s>=1, </s>=2, then the image and turn markers.

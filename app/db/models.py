@@ -174,7 +174,7 @@ class ListenerRequest(Base):
 
 
 class ActionScore(Base):
-    """π_deployed of one logged listener action under one checkpoint (MULTIREF.md §8): the
+    """π_deployed of one logged listener action under one checkpoint (docs/learning.md): the
     full-vocabulary, length-normalised probability at temperature 1 that RL and KTO read.
 
     Written by the worker when it serves the action (``source = "serve"``) and by

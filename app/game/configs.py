@@ -1,6 +1,6 @@
 """Game configurations: which tangrams a game shows, which are targets, in which orders.
 
-Pure (no I/O, no global random state). MULTIREF.md §2: systems deployed at the same time must
+Pure (no I/O, no global random state). docs/method.md: systems deployed at the same time must
 play the same configurations, so :class:`ConfigQueue` makes config ``i`` a function of
 (pool, seed, rules, i) alone; every system replays the same queue from index 0. The server
 keys the seed with its secret (:func:`keyed_seed`) so that nobody else can replay the queue.

@@ -1,4 +1,4 @@
-"""The MultiRef game as a pure state machine (MULTIREF.md §1).
+"""The MultiRef game as a pure state machine (docs/game.md).
 
 No I/O and no clock: every command carries the time it happened at (``at``, seconds since the
 epoch, given by the driver). ``decide`` validates a command against the state and returns the
@@ -67,7 +67,7 @@ LEAVE_END = {Seat.SPEAKER: EndReason.SPEAKER_LEFT, Seat.LISTENER: EndReason.LIST
 
 
 class GameRules(BaseModel):
-    """Every game parameter, with the defaults of MULTIREF.md §1. Stored with each game."""
+    """Every game parameter, with the defaults of docs/game.md. Stored with each game."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -715,7 +715,7 @@ def forfeits(state: GameState) -> frozenset[Seat]:
 def game_pay(state: GameState) -> Pay:
     """Pay owed to each player of an ended game: base per minute + net correct + success.
 
-    Net correct is green minus red in the final selection, floored at 0 (MULTIREF.md §1).
+    Net correct is green minus red in the final selection, floored at 0 (docs/game.md).
     """
     r = state.rules
     start = state.created_at

@@ -5,7 +5,7 @@ Pairing runs in one transaction that locks the waiting rows (``FOR UPDATE SKIP L
 PostgreSQL, so two server processes never pair the same worker twice; SQLite has one writer).
 A worker is never paired with themself (same worker hash).
 
-**Which system an arriving speaker gets** (MULTIREF.md §2). Each waiting participant draws one
+**Which system an arriving speaker gets** (docs/method.md). Each waiting participant draws one
 number u in [0, 1) from a hash of (seed, participant id): a fixed draw that every server process
 computes alike and that survives restarts. u picks a system by the shares of the systems open
 now (share > 0, not paused, quota not reached), so a paused system's traffic goes to the others
@@ -274,7 +274,7 @@ class Lobby:
     # ------------------------------------------------------------ games
 
     async def _next_config(self, s, system: str, round_: int | None) -> tuple[int, GameConfig]:
-        """Configs are replayed per system from one shuffled queue (fair comparison, §2):
+        """Configs are replayed per system from one shuffled queue (fair comparison, docs/method.md):
         the system's n-th game of the round gets config n."""
         if self.db.dialect == "postgresql":  # one creator per (system, round) at a time
             await s.execute(
