@@ -11,10 +11,11 @@ In process, on a real SQLite file, with a fake clock.
 from __future__ import annotations
 
 import json
+import time
 
 from sqlalchemy import update
 
-from app.db.models import Game
+from app.db.models import Game, ListenerRequest
 from app.export import ExportFilter, export
 from app.game.rules import Click, Join, Leave, SendUtterance, Seat, Submit
 from tests.test_oracles import CONFIG, T0, TARGETS, World, play_scripted
@@ -166,4 +167,48 @@ async def test_filters_paging_and_unfinished_games(sqlite_url, tmp_path):
         (b, 1, 4.123, 7.123, False, "B-SUP", "aborted", 0),
         (c, 1, 4.123, 7.123, False, "model", "aborted", 0),
     ]
+    await w.db.close()
+
+
+async def test_model_turns_automatic_actions_and_text_in_the_turn_rows(sqlite_url, tmp_path, monkeypatch):
+    w = await World.make(sqlite_url)
+    g = await w.game()
+    await w.join_both(g, 0)
+    # turn 1: the draft is sent when the typing window closes (+30), the listener clicks and the
+    # turn ends at +45 with an automatic submit; turn 2: the speaker leaves at +50.12345
+    w.clock.at(10)
+    await w.hub.update_draft(g, Seat.SPEAKER, "un café ☕ à gauche")
+    w.clock.at(30)
+    assert await w.sweeper.sweep() == 1
+    await w.do(g, 35, Click, Seat.LISTENER, tangram_id="tg-04")
+    w.clock.at(45)
+    assert await w.sweeper.sweep() == 1
+    await w.do(g, 50.12345, Leave, Seat.SPEAKER)
+    # what a model listener's worker leaves behind for turn 1 (the export reads it from here)
+    async with w.db.session() as s, s.begin():
+        s.add(ListenerRequest(game_id=g, turn=1, system="B-SUP", checkpoint="B-SUP-r0-abc", status="applied",
+                              created_at=T0 + 30, deadline=T0 + 60, action="select tg-04", prob_action=0.25))
+        await s.execute(update(Game).where(Game.id == g).values(round=3, checkpoint="row-checkpoint"))
+    # the dates are UTC whatever the machine's time zone
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        await export(w.db, tmp_path / "out", "jsonl")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    (turn,) = _read(tmp_path / "out", "turn")
+    assert {k: turn[k] for k in ("turn", "chats", "clicks", "action", "prob_action", "checkpoint", "round",
+                                 "auto_sent", "auto_submitted", "sec_until_send", "sec_until_submit",
+                                 "date", "chat_feedback")} == {
+        "turn": 1, "chats": ["un café ☕ à gauche"], "clicks": PNG(["tg-04"]), "action": "select tg-04",
+        "prob_action": 0.25, "checkpoint": "B-SUP-r0-abc", "round": 3, "auto_sent": True,
+        "auto_submitted": True, "sec_until_send": 30.0, "sec_until_submit": 45.0,
+        "date": "2025-06-15 15:06:40", "chat_feedback": None,
+    }
+    (inter,) = _read(tmp_path / "out", "interaction")
+    assert (inter["duration_s"], inter["checkpoint"], inter["date"]) == (50.123, "row-checkpoint", "2025-06-15 15:06:40")
+    # the text is written as typed, UTF-8, not as \\u escapes
+    raw = (tmp_path / "out" / "turn.jsonl").read_bytes()
+    assert "un café ☕ à gauche".encode() in raw
     await w.db.close()
