@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from sqlalchemy import update
 
 from app.db.models import Game, ListenerRequest
@@ -211,4 +212,26 @@ async def test_model_turns_automatic_actions_and_text_in_the_turn_rows(sqlite_ur
     # the text is written as typed, UTF-8, not as \\u escapes
     raw = (tmp_path / "out" / "turn.jsonl").read_bytes()
     assert "un café ☕ à gauche".encode() in raw
+    await w.db.close()
+
+
+async def test_progress_nested_folders_bad_formats_and_release_scrubbing(sqlite_url, tmp_path):
+    w = await World.make(sqlite_url)
+    g = await w.game()
+    await w.join_both(g, 0)
+    await w.do(g, 5, SendUtterance, Seat.SPEAKER, text="mail me at jane.doe@example.com")
+    await w.do(g, 9, Leave, Seat.LISTENER)
+    calls: list[tuple[int, int | None]] = []
+    nested = tmp_path / "a" / "b"
+    report = await export(w.db, nested, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 1), (1, 1)]  # the total first, then done at the end
+    assert report.format == "jsonl" and report.out == nested and report.scrubbed is None
+    assert sorted(p.name for p in nested.iterdir()) == ["events.jsonl", "interaction.jsonl", "manifest.json", "turn.jsonl"]
+    # a plain export keeps the text as typed; a release export scrubs it (the database keeps it)
+    assert _read(nested, "interaction")[0]["chat"] == ["mail me at jane.doe@example.com"]
+    await export(w.db, nested, release=True)  # the same folder again: files replaced
+    assert _read(nested, "interaction")[0]["chat"] == ["mail me at [EMAIL]"]
+    assert json.loads((nested / "manifest.json").read_text())["release"] is True
+    with pytest.raises(ValueError, match=r"^format must be one of \('jsonl', 'parquet'\)$"):
+        await export(w.db, tmp_path / "x", "csv")
     await w.db.close()
