@@ -41,14 +41,17 @@ async def test_blocking_a_worker_releases_their_sessions_only_and_keeps_the_late
         "b1": ("consented", None, 0),
     }
     w.clock.at(100)
-    assert await w.lobby.block(_hash("worker-A"), "again", actor="ops") == []
+    again = "again " + "y" * 2100
+    assert await w.lobby.block(_hash("worker-A"), again, actor="ops", participant_id="a2") == []
     async with w.db.session() as s:
         row = await s.get(BlockedWorker, _hash("worker-A"))
-        assert (row.reason, row.at) == ("again", T0 + 100)
+        assert (row.reason, row.at) == (again[:2000], T0 + 100)
         assert await s.get(BlockedWorker, _hash("worker-B")) is None
         audits = (await s.execute(select(AuditEntry).order_by(AuditEntry.id))).scalars().all()
+    # the audit names the participant the operator clicked, else the worker hash's first 16
     assert [(a.actor, a.action, a.target, sorted(a.details["released"])) for a in audits] == [
         ("ops", "block", "worker-A00000000", ["a1", "a2"]),
-        ("ops", "block", "worker-A00000000", []),
+        ("ops", "block", "a2", []),
     ]
+    assert audits[1].details == {"worker_hash": _hash("worker-A"), "reason": again, "released": []}
     await w.db.close()
