@@ -235,3 +235,14 @@ async def test_progress_nested_folders_bad_formats_and_release_scrubbing(sqlite_
     with pytest.raises(ValueError, match=r"^format must be one of \('jsonl', 'parquet'\)$"):
         await export(w.db, tmp_path / "x", "csv")
     await w.db.close()
+
+
+async def test_paging_through_games_created_at_the_same_instant(sqlite_url, tmp_path):
+    w = await World.make(sqlite_url)
+    made = [await _short_game(w, name, 100) for name in ("p", "q", "r")]  # all created at +100
+    out = tmp_path / "out"
+    await export(w.db, out, "jsonl", page_size=1)
+    # one game per page, ties broken by game id: each game once, none skipped
+    assert [r["game_id"] for r in _read(out, "interaction")] == sorted(made)
+    assert [r["game_id"] for r in _read(out, "turn")] == sorted(made)
+    await w.db.close()
