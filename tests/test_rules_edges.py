@@ -18,6 +18,7 @@ from app.game.rules import (
     GameRules,
     IdleWarning,
     Join,
+    Leave,
     Message,
     Seat,
     evolve,
@@ -70,6 +71,10 @@ def test_a_message_keeps_the_time_it_was_sent_and_an_ended_game_has_no_deadline(
     g.click("tangram-1", "tangram-4", "tangram-7", after=1)
     g.submit(after=1)
     assert g.state.ended and g.state.phase_deadline is None and g.state.next_deadline() is None
+    left = Game()
+    left.start()
+    left.do(Leave(seat=SPEAKER, at=left.clock.advance(5)))  # ends mid-turn, a deadline pending
+    assert left.state.ended and left.state.phase_deadline is None
 
 
 def test_a_malformed_event_log_is_refused_with_a_clear_message():
