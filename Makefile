@@ -11,6 +11,7 @@ mutate:  ## mutation testing (mutmut, [tool.mutmut] in pyproject.toml); MUTANTS=
 	./scripts/setup.sh --test && .venv/bin/pip install -q -e ".[mutate]"
 	HYPOTHESIS_PROFILE=mutate HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/mutmut run --max-children $${MUTATE_JOBS:-2} $(MUTANTS) || true
 	.venv/bin/mutmut results
+	.venv/bin/mutmut export-cicd-stats >/dev/null && cat mutants/mutmut-cicd-stats.json
 fuzz-long:  ## the fuzzing suite's long mode: 10,000 websocket sequences, 500 HTTP cases per operation
 	MULTIREF_FUZZ_EXAMPLES=10000 MULTIREF_FUZZ_API_EXAMPLES=500 ./scripts/test.sh tests/test_fuzz.py -p no:cacheprovider
 	cat test-artifacts/fuzz-summary.txt

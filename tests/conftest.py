@@ -22,11 +22,23 @@ ADMIN_TOKEN = "test-admin-token"
 PG_ADMIN_DSN = os.environ.get("MULTIREF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-# `make mutate` runs the property tests once per mutant: fewer examples there (HYPOTHESIS_PROFILE).
+# `make mutate` runs the property tests once per mutant (HYPOTHESIS_PROFILE=mutate): fewer
+# examples, the same ones for every mutant (derandomized, no example database, so a survivor list
+# is reproducible), and no shrinking: a mutant is killed by its first failing example, and
+# shrinking it (tens of seconds for a mutant that breaks every game) would tell nobody anything.
 try:
+    from hypothesis import Phase as _HypothesisPhase
     from hypothesis import settings as _hypothesis_settings
 
-    _hypothesis_settings.register_profile("mutate", max_examples=25, deadline=None)
+    _hypothesis_settings.register_profile(
+        "mutate",
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=(_HypothesisPhase.explicit, _HypothesisPhase.generate),
+        report_multiple_bugs=False,
+    )
 except ImportError:  # pragma: no cover - the test extra installs it
     pass
 

@@ -442,9 +442,23 @@ def test_a_long_valid_game_is_still_sound_after_the_fuzzing(fuzz_server):
 # ---------------------------------------------------------------- inputs that hit bugs (pinned)
 
 
-@pytest.fixture
-def pg_server(start_server, pg_url) -> ServerProcess:
-    return start_server(pg_url)
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory, kilogram_dir, pg_databases) -> ServerProcess:
+    """One default PostgreSQL server for the pinned-input tests below (each sends its own bad
+    input and checks its own answers; a crash in any of them is in the shared log)."""
+    tmp = tmp_path_factory.mktemp("fuzz-pg")
+    server = ServerProcess(pg_databases.new(), kilogram_dir, tmp).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory, kilogram_dir) -> ServerProcess:
+    """One default SQLite server for the websocket-framing tests below."""
+    tmp = tmp_path_factory.mktemp("fuzz-sqlite")
+    server = ServerProcess(f"sqlite+aiosqlite:///{tmp / 'multiref.sqlite3'}", kilogram_dir, tmp).start()
+    yield server
+    server.stop()
 
 
 async def _status(request) -> int:
@@ -489,8 +503,8 @@ async def test_nul_characters_in_utterances_get_an_error_frame(pg_server, kilogr
     assert _crashes(pg_server) == []
 
 
-async def test_binary_frames_get_an_error_not_a_crash(start_server, sqlite_url):
-    server = start_server(sqlite_url)
+async def test_binary_frames_get_an_error_not_a_crash(sqlite_server):
+    server = sqlite_server
     token = await join(server.url)
     async with websockets.connect(ws_url(server.url)) as ws:
         await ws.send(json.dumps({"type": "hello", "token": token}))
@@ -541,8 +555,8 @@ async def test_nul_characters_in_admin_and_operator_input_are_refused_cleanly(pg
     assert all(s < 500 for s in statuses), statuses
 
 
-async def test_a_refused_first_frame_is_followed_by_a_close_frame(start_server, sqlite_url):
-    server = start_server(sqlite_url)
+async def test_a_refused_first_frame_is_followed_by_a_close_frame(sqlite_server):
+    server = sqlite_server
     codes = []
     for first in ({"type": "hello", "token": "garbage"}, {"type": "ping", "nonce": "x"}):
         async with websockets.connect(ws_url(server.url)) as ws:

@@ -40,7 +40,7 @@ from app.game.rules import (
 from app.settings import Settings
 from app.tangrams.store import resolve_tangram_set
 from app.web.server import ROOT, tangram_pool
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, ServerProcess
 from tests.test_faults import game_config
 from tests.test_security import Socket, started_game
 
@@ -51,6 +51,20 @@ PII_MESSAGE = (
     "my id 5f8d0d55b54764421b7156c3"
 )
 PII_ORIGINALS = ("jane.doe@example.com", "555) 123-4567", "evil.example.org", "5f8d0d55b54764421b7156c3")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request, tmp_path_factory, kilogram_dir) -> ServerProcess:
+    """One default server per database for this module's tests that need no special settings
+    (each makes its own game or worker, so they share it): two server starts instead of twelve."""
+    tmp = tmp_path_factory.mktemp(f"integrity-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp / 'multiref.sqlite3'}"
+    else:
+        url = request.getfixturevalue("pg_databases").new()
+    proc = ServerProcess(url, kilogram_dir, tmp).start()
+    yield proc
+    proc.stop()
 
 
 async def _rows(url: str, query):

@@ -1,0 +1,59 @@
+"""Which config the lobby gives each new game (MULTIREF.md's fair comparison: a system's n-th game
+of a round plays config n of one shuffled queue), against indexes written down by hand.
+
+In process, on a real SQLite file, with a fake clock (tests/test_oracles.py's World). Written for
+the gaps `make mutate` found in ``Lobby._next_config``: no fast test made a second game, so a
+queue that never advanced, started at 1, skipped by two, counted imported games or other systems'
+or other rounds' games all passed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from app.db.models import Game, Round
+from app.game.configs import ConfigQueue
+from tests.test_oracles import POOL, T0, World
+
+
+async def _new_game(w: World, name: str, system: str | None = None) -> str:
+    await w.participant(f"{name}-s")
+    await w.participant(f"{name}-l")
+    return await w.lobby.create_game_for(f"{name}-s", f"{name}-l", system=system)
+
+
+async def _games(w: World) -> dict[str, tuple[str, int | None, int | None, list]]:
+    async with w.db.session() as s:
+        rows = (await s.execute(select(Game.id, Game.system, Game.round, Game.config_index, Game.config))).all()
+    return {gid: (system, round_, index, config["context"]) for gid, system, round_, index, config in rows}
+
+
+async def test_each_system_and_round_plays_the_config_queue_in_order(sqlite_url):
+    w = await World.make(sqlite_url)
+    queue = ConfigQueue(POOL, 7, w.rules)  # the World's lobby queue: pool, seed 7
+    first = [await _new_game(w, f"g{i}") for i in range(3)]
+    games = await _games(w)
+    assert [games[g][2] for g in first] == [0, 1, 2]
+    assert [games[g][3] for g in first] == [list(queue.config(i).context) for i in range(3)]
+    assert [games[g][:2] for g in first] == [("human", None)] * 3
+
+    # an imported game (a recorded one, any index) is no live game of the queue
+    async with w.db.session() as s, s.begin():
+        await s.execute(update(Game).where(Game.id == first[2]).values(source="imported", config_index=40))
+    g3 = await _new_game(w, "g3")
+    assert (await _games(w))[g3][2] == 2
+
+    # another system counts its own games from 0
+    b1 = await _new_game(w, "b1", system="B-SUP")
+    b2 = await _new_game(w, "b2", system="B-SUP")
+    games = await _games(w)
+    assert (games[b1][:3], games[b2][:3]) == (("B-SUP", None, 0), ("B-SUP", None, 1))
+
+    # a new round starts every system's queue again from 0
+    async with w.db.session() as s, s.begin():
+        s.add(Round(number=1, started_at=T0, note="", current=True))
+    r1 = await _new_game(w, "r1")
+    r2 = await _new_game(w, "r2")
+    games = await _games(w)
+    assert (games[r1][:3], games[r2][:3]) == (("human", 1, 0), ("human", 1, 1))
+    await w.db.close()
