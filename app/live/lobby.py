@@ -454,7 +454,8 @@ class Lobby:
                     p = await s.get(Participant, pid, with_for_update=self.db.dialect == "postgresql")
                     if p is None or p.status != Status.WAITING:
                         continue
-                    await release(s, pid, "lobby_timeout", base_pay(self.rules, self.clock() - since))
+                    now = self.clock()
+                    await release(s, pid, "lobby_timeout", base_pay(self.rules, now - since), now)
                     staged = [await self.bus.stage(s, {"k": "p", "id": pid})]
             await self.bus.flush(staged)
             log.info("participant %s released after the lobby timeout", pid)
@@ -501,7 +502,7 @@ async def block_worker(
     ).all()
     released = []
     for pid, since in waiting:
-        await release(s, pid, "blocked", base_pay(rules or GameRules(), now - (since or now)))
+        await release(s, pid, "blocked", base_pay(rules or GameRules(), now - (since or now)), now)
         released.append(pid)
     await audit.record(
         s, actor, audit.BLOCK, participant_id or worker_hash[:16],

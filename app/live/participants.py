@@ -148,8 +148,11 @@ async def join_worker(db, arrival: StudyArrival, hash_key: str, max_games: int) 
     return Refusal("busy", "Too many simultaneous visits with this worker id; try again.")
 
 
-async def release(session: AsyncSession, participant_id: str, reason: str, pay: Pay) -> str:
-    """Let a participant go without a game (lobby timeout), paid for their time."""
+async def release(
+    session: AsyncSession, participant_id: str, reason: str, pay: Pay, now: float
+) -> str:
+    """Let a participant go without a game (lobby timeout, block), paid for their time; ``now`` is
+    the caller's clock (the lobby's, injectable in tests), stamped as the finish time."""
     code = new_code()
     await session.execute(
         update(Participant)
@@ -161,7 +164,7 @@ async def release(session: AsyncSession, participant_id: str, reason: str, pay: 
             pay_base_cents=pay.base_cents,
             pay_bonus_cents=0,
             pay_success_cents=0,
-            finished_at=time.time(),
+            finished_at=now,
             waiting_since=None,
         )
     )
