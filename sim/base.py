@@ -58,6 +58,15 @@ class PretrainConfig:
     """The stand-in base's pre-training: steps of (a) listener turns and (b) decoder examples."""
 
     games: int = 400  # simulated human–human games to draw turns from
+    # Listener turns come from the described tangrams OUTSIDE the study's pool, plus at most
+    # ``pool_descriptions`` descriptions of each pool tangram (None: all of them): the base
+    # learns the pointer task (description -> image -> letter) but grounds the study's own
+    # tangrams only weakly, which leaves the rounds something to teach.
+    pool_descriptions: int | None = 2
+    # Images per simulated pre-training game: a listener with 2 images to choose from learns
+    # to point (description -> image -> letter) from far fewer steps than with 10; the mix
+    # carries it to the study's 10.
+    context_sizes: tuple[int, ...] = (2, 3, 5, 10)
     policy_steps: int = 150
     feedback_steps: int = 150
     batch_size: int = 16
@@ -163,6 +172,7 @@ def build_small_idefics2(out_dir: str | Path, corpus: list[str], size: ModelSize
     )
     torch.manual_seed(size.seed)
     model = Idefics2ForConditionalGeneration(config)
+    _let_images_through(model)
     model.generation_config.eos_token_id = [
         tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
         tokenizer.eos_token_id,
@@ -172,7 +182,41 @@ def build_small_idefics2(out_dir: str | Path, corpus: list[str], size: ModelSize
     return out
 
 
+def _let_images_through(model: Any) -> None:
+    """Re-initialise the connector so a random stand-in can see its images at all.
+
+    Idefics2's own initialisation (0.02-std weights, perceiver latents all ones) is made for
+    loading pretrained weights: on a random model the latents swamp the image signal and every
+    image comes out of the connector as the same 4 tokens (cosine similarity 1.000 between any
+    two tangrams, measured), so no amount of listener pre-training can teach it to point. Weights
+    at fan-in scale and small random latents keep the images apart (mean cosine 0.79)."""
+    import torch
+
+    connector = model.model.connector
+    for module in connector.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, 0.0, 1.0 / math.sqrt(module.in_features))
+    connector.perceiver_resampler.latents.data.normal_(0.0, 0.02)
+
+
 # ---------------------------------------------------------------- pre-training data
+
+
+def pretraining_descriptions(everything: Any, pool: list[str], per_pool_tangram: int | None, seed: int) -> Any:
+    """What the stand-in's simulated human–human games describe: every described tangram
+    outside the pool with all its descriptions, and each pool tangram with at most
+    ``per_pool_tangram`` of its distinctive ones (None: all; 0: the pool left out)."""
+    from sim.speakers import Descriptions
+
+    rng = random.Random(seed)
+    chosen: dict[str, list[str]] = {}
+    for t in everything.tangrams:
+        if t not in pool or per_pool_tangram is None:
+            chosen[t] = everything.all[t]
+        elif per_pool_tangram > 0:
+            own = everything.distinctive[t]
+            chosen[t] = rng.sample(own, min(per_pool_tangram, len(own)))
+    return Descriptions(chosen)
 
 
 @dataclass
@@ -191,9 +235,13 @@ def wording_label(utt: Any, prev_focus_repeated: bool) -> str:
     return "negative" if prev_focus_repeated or utt.intent_deselect else "positive"
 
 
-def pretraining_data(descriptions, noise, games: int, seed: int, listener_accuracy: float = 0.85):
+def pretraining_data(
+    descriptions, noise, games: int, seed: int, listener_accuracy: float = 0.85,
+    context_sizes: tuple[int, ...] = (10,),
+):
     """Simulated human–human games in memory: (listener turns as learning Examples, decoder
-    examples). Each game: 10 pool tangrams, 3–5 targets, two independent image orders."""
+    examples). Each game: ``n`` tangrams (``n`` drawn from ``context_sizes``; the study's games
+    show 10), about 40% of them targets, two independent image orders."""
     from learning.datasets import Example
     from learning.retrospect import FeedbackContext
     from policy_worker.prompt import PromptGame, PromptTurn, action_text, letter_map
@@ -204,9 +252,11 @@ def pretraining_data(descriptions, noise, games: int, seed: int, listener_accura
     pool = descriptions.tangrams
     turns, feedback = [], []
     for g in range(games):
-        context = rng.sample(pool, 10)
-        targets = set(rng.sample(context, rng.randint(3, 5)))
-        speaker_order, listener_order = rng.sample(context, 10), rng.sample(context, 10)
+        n = rng.choice(context_sizes)
+        context = rng.sample(pool, n)
+        k = rng.randint(3, 5) if n == 10 else max(1, round(n * rng.uniform(0.3, 0.5)))
+        targets = set(rng.sample(context, k))
+        speaker_order, listener_order = rng.sample(context, n), rng.sample(context, n)
         letters = letter_map(listener_order)
         speaker = SimSpeaker(descriptions, noise, random.Random(rng.random()))
         listener = SimHumanListener(listener_accuracy, random.Random(rng.random()))
@@ -289,6 +339,10 @@ def pretrain(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
+    sizes: dict[int, list] = {}
+    for e in turns:
+        sizes.setdefault(len(e.game.listener_order), []).append(e)
+    by_size = list(sizes.values())
     kinds = ["policy"] * config.policy_steps + ["feedback"] * config.feedback_steps
     rng.shuffle(kinds)
     task = progress.add_task("pre-train stand-in base", total=total) if progress else None
@@ -296,7 +350,8 @@ def pretrain(
     started = time.perf_counter()
     for kind in kinds:
         if kind == "policy" and turns:
-            batch = collator([augment(e, rng) for e in rng.sample(turns, min(config.batch_size, len(turns)))])
+            group = rng.choices(by_size, weights=[len(g) for g in by_size])[0]  # one image count a batch
+            batch = collator([augment(e, rng) for e in rng.sample(group, min(config.batch_size, len(group)))])
             width = batch["targets"].shape[1]
             logits = model(
                 **model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1

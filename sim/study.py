@@ -123,6 +123,7 @@ class Study:
             folder.mkdir(parents=True)
             for t in pool:
                 shutil.copy(svgs / f"{t}.svg", folder / f"{t}.svg")
+        self.everything = Descriptions({t: everything.all[t] for t in usable})
         return Descriptions({t: everything.all[t] for t in pool}), folder
 
     def _base(self, descriptions: Descriptions, tangrams: Path, progress) -> str:
@@ -133,15 +134,25 @@ class Study:
             return str(done)
         from learning.retrospect import FeedbackTemplate
         from policy_worker.gamedata import TangramImages
-        from sim.base import build_small_idefics2, pretrain, pretraining_data
+        from sim.base import build_small_idefics2, pretrain, pretraining_data, pretraining_descriptions
 
-        corpus = descriptions.vocabulary_lines() * 3 + [FeedbackTemplate.load(None, "binary").text] * 30
+        every = self.everything
+        corpus = every.vocabulary_lines() * 3 + [FeedbackTemplate.load(None, "binary").text] * 30
         raw = build_small_idefics2(self.dir / "base-random", corpus, self.c.size)
-        turns, feedback = pretraining_data(descriptions, self.c.noise, self.c.pretrain.games, self.c.seed + 1)
-        info = pretrain(
-            raw, done, turns, feedback, TangramImages(tangrams).images, self.c.pretrain, progress,
-            self.c.device,
+        seen = pretraining_descriptions(every, descriptions.tangrams, self.c.pretrain.pool_descriptions, self.c.seed)
+        turns, feedback = pretraining_data(
+            seen, self.c.noise, self.c.pretrain.games, self.c.seed + 1,
+            context_sizes=tuple(self.c.pretrain.context_sizes),
         )
+        info = pretrain(
+            raw, done, turns, feedback, TangramImages(Path(self.c.tangram_svgs)).images, self.c.pretrain,
+            progress, self.c.device,
+        )
+        info["listener_tangrams"] = {
+            "outside_pool": len([t for t in seen.tangrams if t not in descriptions.all]),
+            "pool": len([t for t in seen.tangrams if t in descriptions.all]),
+            "descriptions_per_pool_tangram": self.c.pretrain.pool_descriptions,
+        }
         shutil.rmtree(self.dir / "base-random", ignore_errors=True)
         self.state["base_ready"] = True
         self.state["pretraining"] = info
