@@ -3,20 +3,27 @@
 The real loop needs a *pretrained* base: the feedback decoder is the base model without
 adapter, and every round's adapter is trained on top of it. A random model can do neither, so
 the simulation first makes a stand-in: the Idefics2 classes and chat template of
-``HuggingFaceM4/idefics2-8b`` at a size a CPU trains in minutes (small images: tangram
-silhouettes are simple shapes), with a tokenizer trained on the prompts and the crowd
-descriptions, pre-trained on
+``HuggingFaceM4/idefics2-8b`` at a size a CPU trains in minutes (tangram silhouettes at 32 px,
+one patch and 4 perceiver tokens per image, a 3-layer 128-wide Mistral text model, a BPE
+tokenizer trained on the prompts and the crowd descriptions), with its connector initialised
+so images get through (``_let_images_through``), pre-trained on
 
-(a) simulated human–human listener turns (the policy prompt of ``policy_worker.prompt`` with its
-    10 images → the human listener's action), deliberately short so the base plays weakly; and
+(a) simulated human–human listener turns (the policy prompt of ``policy_worker.prompt`` → the
+    human listener's action). They describe the KiloGram tangrams OUTSIDE the study's pool with
+    all their crowd descriptions, and each pool tangram with only ``pool_descriptions`` (2) of
+    its own, in games of 2, 3, 5 and 10 images: the base learns the pointer task (description →
+    image → letter) but grounds the study's own tangrams weakly, so the rounds have something
+    to teach;
 (b) feedback-decoding examples built from simulated utterances (the decoder prompt of
     ``learning.retrospect`` → the word the utterance's wording means: positive / negative).
 
 What it tells about the 8B model: that the loop's plumbing compounds — games, labels, data,
-adapters and hot swaps feed the next round — and how decoder noise and data volume shape a
-learning curve. What it does not tell: the 8B model's starting accuracy, its sample
-efficiency, or how it reads real (not templated) feedback; the stand-in decoder learned its
-labels from the same phrase lists the simulated speakers use.
+adapters and hot swaps feed the next round, and a listener that plays better gets better data —
+and how decoder noise and data volume shape a learning curve. What it does not tell: the 8B
+model's starting accuracy (the stand-in's is set by how little of the pool its pre-training
+saw), its sample efficiency (a 1M-parameter model learning 12 tangrams is not an 8B model
+learning 1,000), or how it reads real (not templated) feedback: the stand-in decoder learned
+its labels from the same phrase lists the simulated speakers use.
 """
 
 from __future__ import annotations
@@ -67,10 +74,15 @@ class PretrainConfig:
     # to point (description -> image -> letter) from far fewer steps than with 10; the mix
     # carries it to the study's 10.
     context_sizes: tuple[int, ...] = (2, 3, 5, 10)
-    policy_steps: int = 150
-    feedback_steps: int = 150
+    # The vision encoder and connector stay at their random initialisation while pre-training:
+    # their random features already tell the tangrams apart, and trained along with a text model
+    # that cannot use them yet they collapse (every image the same 4 tokens after 400 steps,
+    # measured) before the text model learns to point.
+    freeze_vision: bool = True
+    policy_steps: int = 400
+    feedback_steps: int = 300
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     seed: int = 0
 
 
@@ -334,7 +346,11 @@ def pretrain(
     collator = ActionCollator(policy, images, with_allowed=False)
     decoder = FeedbackDecoder(policy, DecoderConfig("binary"), FeedbackTemplate.load(None, "binary"))
     tok = policy.tokenizer
-    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    if config.freeze_vision:
+        for module in (model.model.vision_model, model.model.connector):
+            module.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
     total = config.policy_steps + config.feedback_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
@@ -381,7 +397,7 @@ def pretrain(
             continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
         losses[kind].append(loss.item())

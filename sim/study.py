@@ -28,12 +28,12 @@ class StudyConfig:
     annotations: Path  # KiloGram dense_annotations.json (or its folder)
     tangram_svgs: Path  # KiloGram tangrams-svg folder
     rounds: int = 4
-    games: int = 40  # model games per system per round
-    human_games: int = 12  # simulated human–human games in round 0 (held-out turns, reference)
+    games: int = 24  # model games per system per round
+    human_games: int = 8  # simulated human–human games in round 0 (seed task, held-out turns)
     systems: list[str] = field(default_factory=lambda: ["B-SUP", ORACLE])
     frozen: bool = False  # also deploy the base as a system that never trains
-    pool: int = 20  # tangrams in play (those with crowd descriptions)
-    concurrency: int = 6
+    pool: int = 12  # tangrams in play (those with crowd descriptions): each seen often
+    concurrency: int = 12  # games at once (the worker batches their turns)
     seed: int = 0
     base: str | None = None  # None: build and pre-train the stand-in base
     device: str = "cpu"
@@ -44,12 +44,13 @@ class StudyConfig:
     train: dict[str, Any] = field(
         default_factory=lambda: {
             "epochs": 4,
-            "learning_rate": 1e-3,
+            "learning_rate": 3e-3,
             "lr_scheduler": "cosine",
             "warmup_steps": 2,
             "effective_batch_size": 16,
             "micro_batch_size": 8,
-            "max_heldout_turns": 40,
+            "max_heldout_turns": 16,  # model selection only: few turns, little time
+            "eval_before_training": False,
             "eval_batch_size": 20,
             "lora_r": 16,
             "lora_alpha": 16,
