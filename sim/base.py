@@ -11,9 +11,11 @@ so images get through (``_let_images_through``), pre-trained on
 (a) simulated human–human listener turns (the policy prompt of ``policy_worker.prompt`` → the
     human listener's action). They describe the KiloGram tangrams OUTSIDE the study's pool with
     all their crowd descriptions, and each pool tangram with only ``pool_descriptions`` (2) of
-    its own, in games of 2, 3, 5 and 10 images: the base learns the pointer task (description →
-    image → letter) but grounds the study's own tangrams weakly, so the rounds have something
-    to teach;
+    its own, in games of 2, 3, 5 and 10 images. The intent: the base learns the pointer task
+    (description → image → letter) but grounds the study's own tangrams weakly, so the rounds
+    have something to teach. As measured so far it does NOT learn the pointer task in the
+    steps a 2-core budget allows (≤ 800 of 16: still chance, even between 2 images; see
+    bench/README.md, "Simulated study"), so the loop has nothing to compound on yet;
 (b) feedback-decoding examples built from simulated utterances (the decoder prompt of
     ``learning.retrospect`` → the word the utterance's wording means: positive / negative).
 
