@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "var" / "sim-bench")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--games", type=int, default=40)
+    ap.add_argument("--games", type=int, default=StudyConfig.games)
     ap.add_argument("--annotations", type=Path, default=REFERENCE / "dense_annotations.json")
     ap.add_argument("--tangrams", type=Path, default=REFERENCE / "tangrams-svg")
     ap.add_argument("--resume", action="store_true")
@@ -74,8 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds, games=args.games, quiet=True,
     )
     started = time.time()
-    summary = Study(config, console).run(resume=args.resume)
+    loads: list[float] = []  # the 1-minute load average every 30 s: the machine is shared
+    stop = threading.Event()
+    sampler = threading.Thread(target=lambda: [loads.append(os.getloadavg()[0]) for _ in iter(lambda: stop.wait(30), True)], daemon=True)
+    loads.append(os.getloadavg()[0])
+    sampler.start()
+    try:
+        summary = Study(config, console).run(resume=args.resume)
+    finally:
+        stop.set()
     seconds = time.time() - started
+    load = {"mean": round(sum(loads) / len(loads), 2), "max": round(max(loads), 2), "samples": len(loads)}
     results = checks(summary["rows"], seconds)
     table = Table(title="simulated study: targets")
     for col in ("target", "met", "measured"):
@@ -83,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, ok, measured in results:
         table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", measured)
     console.print(table)
+    console.print(f"1-minute load average during the run: mean {load['mean']}, max {load['max']} "
+                  f"({os.cpu_count()} CPUs); {'resumed run: the time excludes earlier sessions' if args.resume else 'cold run: the time includes building the stand-in base'}")
     (args.out / "report" / "bench.json").write_text(
         json.dumps({"checks": [dict(zip(("target", "met", "measured"), c)) for c in results],
-                    "seconds": seconds}, indent=2)
+                    "seconds": seconds, "load_average_1min": load, "cpus": os.cpu_count(),
+                    "resumed": args.resume}, indent=2)
     )
     return 0 if all(ok for _, ok, _ in results) else 1
 

@@ -7,14 +7,20 @@ from typing import Optional
 
 import typer
 
+from sim.base import PretrainConfig
+from sim.speakers import Noise
+from sim.study import StudyConfig
+
+_S, _P, _N = StudyConfig, PretrainConfig, Noise()  # one place for the defaults (CLI, bench, tests)
+_T = StudyConfig.__dataclass_fields__["train"].default_factory()
 KILOGRAM = Path("var/kilogram")  # where `multiref tangrams fetch` puts KiloGram by default
 
 
 def simulate_command(
     out: Path = typer.Option(Path("var/simulate"), help="Run folder: database, base model, adapters, logs, report/."),
-    rounds: int = typer.Option(4, help="Deployment rounds (games → retrospect → train → deploy)."),
-    games: int = typer.Option(40, help="Model-listener games per system per round."),
-    human_games: int = typer.Option(12, help="Simulated human–human games in round 0 (held-out turns)."),
+    rounds: int = typer.Option(_S.rounds, help="Deployment rounds (games → retrospect → train → deploy)."),
+    games: int = typer.Option(_S.games, help="Model-listener games per system per round."),
+    human_games: int = typer.Option(_S.human_games, help="Simulated human–human games in round 0 (held-out turns)."),
     system: Optional[list[str]] = typer.Option(
         None, "--system", help="Learning systems (repeatable; default B-SUP and the ORACLE control)."
     ),
@@ -27,21 +33,26 @@ def simulate_command(
     tangrams: Path = typer.Option(
         KILOGRAM, envvar="MULTIREF_SIM_TANGRAMS", help="KiloGram tangram SVG folder."
     ),
-    pool: int = typer.Option(20, help="Tangrams in play (each game shows 10 of them)."),
+    pool: int = typer.Option(_S.pool, help="Tangrams in play (each game shows 10 of them)."),
     base: Optional[str] = typer.Option(
         None, help="Base model (hub id or folder). Default: build and pre-train a small stand-in."
     ),
     device: str = typer.Option("cpu", help="cpu or cuda (the worker, retrospect and train)."),
     database_url: Optional[str] = typer.Option(None, help="Default: SQLite in the run folder."),
-    pretrain_steps: int = typer.Option(150, help="Stand-in base: pre-training steps on listener turns."),
-    feedback_steps: int = typer.Option(150, help="Stand-in base: pre-training steps on decoder examples."),
-    epochs: int = typer.Option(4, help="Training epochs per round."),
-    learning_rate: float = typer.Option(1e-3, help="Per-round LoRA learning rate."),
-    concurrency: int = typer.Option(6, help="Games played at once."),
-    noise_silent: float = typer.Option(0.2, help="Speaker reactions without a feedback word."),
-    noise_rephrase: float = typer.Option(0.5, help="After a miss, a new description instead of a repeat."),
-    noise_ambiguous: float = typer.Option(0.03, help="Non-committal feedback words (ok, hmm)."),
-    noise_wrong: float = typer.Option(0.01, help="Feedback of the opposite polarity."),
+    pretrain_steps: int = typer.Option(_P.policy_steps, help="Stand-in base: pre-training steps on listener turns."),
+    feedback_steps: int = typer.Option(_P.feedback_steps, help="Stand-in base: pre-training steps on decoder examples."),
+    pool_descriptions: int = typer.Option(
+        _P.pool_descriptions,
+        help="Stand-in base: descriptions of each pool tangram its pre-training sees (the rest of "
+        "its listener turns describe tangrams outside the pool; -1: all).",
+    ),
+    epochs: int = typer.Option(_T["epochs"], help="Training epochs per round."),
+    learning_rate: float = typer.Option(_T["learning_rate"], help="Per-round LoRA learning rate."),
+    concurrency: int = typer.Option(_S.concurrency, help="Games played at once."),
+    noise_silent: float = typer.Option(_N.silent, help="Speaker reactions without a feedback word."),
+    noise_rephrase: float = typer.Option(_N.rephrase, help="After a miss, a new description instead of a repeat."),
+    noise_ambiguous: float = typer.Option(_N.ambiguous, help="Non-committal feedback words (ok, hmm)."),
+    noise_wrong: float = typer.Option(_N.wrong, help="Feedback of the opposite polarity."),
     seed: int = typer.Option(0, help="Seed of the pool, the speakers and the stand-in."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     quiet: bool = typer.Option(False, help="Loop commands' output to OUT/loop.log."),
@@ -53,9 +64,7 @@ def simulate_command(
     which only the simulation knows. See bench/README.md, "Simulated study"."""
     from rich.console import Console
 
-    from sim.base import PretrainConfig
-    from sim.speakers import Noise
-    from sim.study import Study, StudyConfig
+    from sim.study import Study
 
     console = Console()
     for path, what in ((annotations, "--annotations"), (tangrams, "--tangrams")):
@@ -78,7 +87,10 @@ def simulate_command(
         device=device,
         database_url=database_url,
         noise=Noise(noise_silent, noise_rephrase, noise_ambiguous, noise_wrong),
-        pretrain=PretrainConfig(policy_steps=pretrain_steps, feedback_steps=feedback_steps, seed=seed),
+        pretrain=PretrainConfig(
+            policy_steps=pretrain_steps, feedback_steps=feedback_steps, seed=seed,
+            pool_descriptions=None if pool_descriptions < 0 else pool_descriptions,
+        ),
         quiet=quiet,
     )
     config.train.update({"epochs": epochs, "learning_rate": learning_rate})

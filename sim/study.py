@@ -28,12 +28,12 @@ class StudyConfig:
     annotations: Path  # KiloGram dense_annotations.json (or its folder)
     tangram_svgs: Path  # KiloGram tangrams-svg folder
     rounds: int = 4
-    games: int = 40  # model games per system per round
-    human_games: int = 12  # simulated human–human games in round 0 (held-out turns, reference)
+    games: int = 24  # model games per system per round
+    human_games: int = 8  # simulated human–human games in round 0 (seed task, held-out turns)
     systems: list[str] = field(default_factory=lambda: ["B-SUP", ORACLE])
     frozen: bool = False  # also deploy the base as a system that never trains
-    pool: int = 20  # tangrams in play (those with crowd descriptions)
-    concurrency: int = 6
+    pool: int = 12  # tangrams in play (those with crowd descriptions): each seen often
+    concurrency: int = 12  # games at once (the worker batches their turns)
     seed: int = 0
     base: str | None = None  # None: build and pre-train the stand-in base
     device: str = "cpu"
@@ -44,12 +44,13 @@ class StudyConfig:
     train: dict[str, Any] = field(
         default_factory=lambda: {
             "epochs": 4,
-            "learning_rate": 1e-3,
+            "learning_rate": 3e-3,
             "lr_scheduler": "cosine",
             "warmup_steps": 2,
             "effective_batch_size": 16,
             "micro_batch_size": 8,
-            "max_heldout_turns": 40,
+            "max_heldout_turns": 16,  # model selection only: few turns, little time
+            "eval_before_training": False,
             "eval_batch_size": 20,
             "lora_r": 16,
             "lora_alpha": 16,
@@ -123,6 +124,7 @@ class Study:
             folder.mkdir(parents=True)
             for t in pool:
                 shutil.copy(svgs / f"{t}.svg", folder / f"{t}.svg")
+        self.everything = Descriptions({t: everything.all[t] for t in usable})
         return Descriptions({t: everything.all[t] for t in pool}), folder
 
     def _base(self, descriptions: Descriptions, tangrams: Path, progress) -> str:
@@ -133,15 +135,25 @@ class Study:
             return str(done)
         from learning.retrospect import FeedbackTemplate
         from policy_worker.gamedata import TangramImages
-        from sim.base import build_small_idefics2, pretrain, pretraining_data
+        from sim.base import build_small_idefics2, pretrain, pretraining_data, pretraining_descriptions
 
-        corpus = descriptions.vocabulary_lines() * 3 + [FeedbackTemplate.load(None, "binary").text] * 30
+        every = self.everything
+        corpus = every.vocabulary_lines() * 3 + [FeedbackTemplate.load(None, "binary").text] * 30
         raw = build_small_idefics2(self.dir / "base-random", corpus, self.c.size)
-        turns, feedback = pretraining_data(descriptions, self.c.noise, self.c.pretrain.games, self.c.seed + 1)
-        info = pretrain(
-            raw, done, turns, feedback, TangramImages(tangrams).images, self.c.pretrain, progress,
-            self.c.device,
+        seen = pretraining_descriptions(every, descriptions.tangrams, self.c.pretrain.pool_descriptions, self.c.seed)
+        turns, feedback = pretraining_data(
+            seen, self.c.noise, self.c.pretrain.games, self.c.seed + 1,
+            context_sizes=tuple(self.c.pretrain.context_sizes),
         )
+        info = pretrain(
+            raw, done, turns, feedback, TangramImages(Path(self.c.tangram_svgs)).images, self.c.pretrain,
+            progress, self.c.device,
+        )
+        info["listener_tangrams"] = {
+            "outside_pool": len([t for t in seen.tangrams if t not in descriptions.all]),
+            "pool": len([t for t in seen.tangrams if t in descriptions.all]),
+            "descriptions_per_pool_tangram": self.c.pretrain.pool_descriptions,
+        }
         shutil.rmtree(self.dir / "base-random", ignore_errors=True)
         self.state["base_ready"] = True
         self.state["pretraining"] = info

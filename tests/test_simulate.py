@@ -89,6 +89,64 @@ def test_the_stand_in_keeps_its_small_images_and_a_large_checkpoint_gets_224(tmp
     assert load_processor(base).image_processor.size.longest_edge == IMAGE_SIZE
 
 
+def _connector_similarity(base: Path, tangrams: Path) -> float:
+    """Mean cosine similarity between the connector's outputs for 6 different tangrams."""
+    import torch
+
+    from policy_worker.gamedata import TangramImages
+    from policy_worker.model import load_policy
+
+    ids = sorted(p.stem for p in tangrams.glob("*.svg"))[:6]
+    policy = load_policy(base, dtype="float32", device="cpu")
+    pixels = policy.processor.image_processor(TangramImages(tangrams).images(ids), return_tensors="pt")
+    flat = pixels["pixel_values"].reshape(-1, 3, 32, 32)
+    inner = policy.model.model
+    with torch.no_grad():
+        seen = inner.vision_model(pixel_values=flat).last_hidden_state
+        out = inner.connector(seen, attention_mask=torch.ones(seen.shape[:2], dtype=torch.bool))
+    unit = torch.nn.functional.normalize(out.reshape(len(ids), -1), dim=-1)
+    sims = unit @ unit.T
+    return float(sims[~torch.eye(len(ids), dtype=torch.bool)].mean())
+
+
+def test_the_stand_in_sees_its_images_and_pre_training_keeps_them_apart(tmp_path, reference, descriptions):
+    """Idefics2's own initialisation made every tangram the same 4 tokens after the connector
+    (cosine 1.000): a blind listener. The stand-in's connector keeps them apart, and its
+    pre-training leaves the vision side as built (training it collapsed the images again)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sim.base import ModelSize, PretrainConfig, build_small_idefics2, pretrain, pretraining_data
+    from policy_worker.gamedata import TangramImages
+
+    svgs = reference / "kilogram" / "tangrams-svg"
+    raw = build_small_idefics2(tmp_path / "raw", descriptions.vocabulary_lines(), ModelSize(vocab_size=600))
+    assert _connector_similarity(raw, svgs) < 0.9
+    turns, feedback = pretraining_data(descriptions, Noise(), 12, seed=1, context_sizes=(2, 10))
+    assert {len(e.game.listener_order) for e in turns} == {2, 10}
+    pretrain(raw, tmp_path / "base", turns, feedback, TangramImages(svgs).images,
+             PretrainConfig(policy_steps=3, feedback_steps=1, batch_size=4))
+    before, after = load_file(raw / "model.safetensors"), load_file(tmp_path / "base" / "model.safetensors")
+    vision = [k for k in before if ".vision_model." in k or ".connector." in k]
+    text = [k for k in before if ".text_model." in k]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    assert any(not torch.equal(before[k], after[k]) for k in text)
+
+
+def test_pre_training_sees_the_pool_only_through_a_few_descriptions(descriptions):
+    from sim.base import pretraining_descriptions
+
+    pool = descriptions.tangrams[:12]
+    seen = pretraining_descriptions(descriptions, pool, 2, seed=0)
+    assert set(seen.tangrams) == set(descriptions.tangrams)
+    for t in descriptions.tangrams:
+        if t in pool:
+            assert len(seen.all[t]) == 2 and set(seen.all[t]) <= set(descriptions.distinctive[t])
+        else:
+            assert seen.all[t] == descriptions.all[t]
+    assert set(pretraining_descriptions(descriptions, pool, 0, seed=0).tangrams).isdisjoint(pool)
+
+
 def test_a_two_round_study_runs_the_real_loop(tmp_path, reference):
     from sim.base import ModelSize, PretrainConfig
     from sim.study import ORACLE, Study, StudyConfig
