@@ -288,7 +288,7 @@ def db_check(
         report = await check_games(db, [game] if game else None)
         await db.close()
         for m in report.mismatches[:50]:
-            console.print(f"[red]mismatch[/] {m}")
+            console.print(f"[red]mismatch[/] {m}", soft_wrap=True)
         console.print(f"checked {report.games} games, {len(report.mismatches)} mismatches")
         return 1 if report.mismatches else 0
 

@@ -117,7 +117,7 @@ def export_cmd(
         try:
             summary = _run(run())
         except ValueError as exc:
-            err.print(f"[red]cannot export:[/] {exc}")
+            err.print(f"[red]cannot export:[/] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
         console.print(
             f"{summary['games']} games: {summary['rows']['interaction']} interaction and "
@@ -165,7 +165,7 @@ def import_cmd(
 
     report = _run(run())
     for issue in report.bad:
-        err.print(f"[red]skipped[/] {issue}")
+        err.print(f"[red]skipped[/] {issue}", soft_wrap=True)
     console.print(
         f"{report.imported} games imported, {report.existing} already present, "
         f"{len(report.bad)} bad records skipped"
@@ -194,7 +194,7 @@ def _change(database_url: str | None, fn, *args) -> None:
     try:
         console.print(_run(run()))
     except RegistryError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
 
 
@@ -323,7 +323,7 @@ def round_start(
     try:
         console.print(f"round {_run(run())} started")
     except RegistryError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
 
 
@@ -382,6 +382,6 @@ def block_cmd(
 
     released = _run(run())
     if released is None:
-        err.print(f"[red]no participant {participant}[/]")
+        err.print(f"[red]no participant {participant}[/]", soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"blocked; {len(released)} waiting participant(s) released")

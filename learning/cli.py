@@ -250,7 +250,7 @@ def train_command(
         )
     except ValueError as error:
         if main:
-            console.print(f"[red]cannot train:[/] {error}")
+            console.print(f"[red]cannot train:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from None
     if not main:
         return
@@ -355,7 +355,7 @@ def rescore_command(
     try:
         result = asyncio.run(run())
     except ValueError as error:
-        say.print(f"[red]cannot rescore:[/] {error}")
+        say.print(f"[red]cannot rescore:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from None
     if not rt.is_main:
         return
@@ -448,7 +448,7 @@ def evaluate_command(
     try:  # the main process reads the database, the others get the turns from it
         path, examples, stats = main_loads(rt, lambda: asyncio.run(load()))
     except ValueError as error:
-        say.print(f"[red]cannot evaluate:[/] {error}")
+        say.print(f"[red]cannot evaluate:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from None
     if not examples:
         say.print(

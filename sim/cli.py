@@ -69,7 +69,7 @@ def simulate_command(
     console = Console()
     for path, what in ((annotations, "--annotations"), (tangrams, "--tangrams")):
         if not path.exists():
-            console.print(f"[red]{path} not found:[/] pass {what} (KiloGram's dataset: its SVGs and its crowd annotations)")
+            console.print(f"[red]{path} not found:[/] pass {what} (KiloGram's dataset: its SVGs and its crowd annotations)", soft_wrap=True)
             raise typer.Exit(2)
     config = StudyConfig(
         run_dir=out,

@@ -571,8 +571,10 @@ def test_cli_builtin_and_list(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "20 tangrams" in result.output and "builtin-0001" in result.output
     assert "split dev: 2 of 2 ids present" in result.output
-    result = runner.invoke(tangrams_app, ["list", str(tmp_path / "missing")])
-    assert result.exit_code == 1 and "does not exist" in result.output
+    missing = tmp_path / ("missing-" + "x" * 70)  # longer than a terminal line: still one line
+    result = runner.invoke(tangrams_app, ["list", str(missing)])
+    assert result.exit_code == 1
+    assert f"Tangram folder {missing} does not exist (or is not a folder)." in result.output
 
 
 @pytest.mark.parametrize("command", ["fetch", "builtin", "list"])

@@ -33,7 +33,7 @@ def fetch_command(
     try:
         report = fetch_kilogram(directory, progress=True, timeout=timeout, ref=ref)
     except KilogramFetchError as error:
-        console.print(f"[red]KiloGram download failed:[/red] {error}")
+        console.print(f"[red]KiloGram download failed:[/red] {error}", soft_wrap=True)
         raise typer.Exit(1) from error
     console.print(
         f"{report.svg_count} tangrams in {report.dest} ({report.downloaded} downloaded, "
@@ -70,7 +70,7 @@ def list_command(
         tangram_set = TangramSet(directory)
         split_ids = load_splits(splits) if splits is not None else None
     except TangramSetError as error:
-        console.print(f"[red]{error}[/red]")
+        console.print(f"[red]{error}[/red]", soft_wrap=True)
         raise typer.Exit(1) from error
     ids = tangram_set.ids()
     console.print(f"{len(ids)} tangrams in {directory}")
