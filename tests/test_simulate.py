@@ -147,6 +147,32 @@ def test_pre_training_sees_the_pool_only_through_a_few_descriptions(descriptions
     assert set(pretraining_descriptions(descriptions, pool, 0, seed=0).tangrams).isdisjoint(pool)
 
 
+def test_the_decoder_is_pre_trained_on_what_the_words_say_not_on_hidden_intent(descriptions):
+    """Pre-training labels come from the reaction's text alone. Labelled by the speaker's hidden
+    intent, a silent bare description was "positive" for a new target and "negative" for a
+    rephrased miss: the same words, both labels, and the stand-in decoder learned to call misses
+    good (7.2 % false positives offline against 1.7 % with text-only labels)."""
+    from sim.base import MOVING_ON, pretraining_data, wording_label
+    from sim.speakers import AMBIGUOUS, NEGATIVE, POSITIVE, Utterance
+
+    _, feedback = pretraining_data(descriptions, Noise(), 120, 5, listener_accuracy=0.5)
+    no_word = [
+        f for f in feedback
+        if not f.context.next_utterance.startswith((*POSITIVE, *NEGATIVE, *AMBIGUOUS, *MOVING_ON))
+    ]
+    assert len(no_word) > 30  # silent reactions that do not say "next": a reader cannot tell
+    assert {f.word for f in no_word} == {"negative"}
+    # a reader's table: a feedback word decides; without one, only an explicit move on is good
+    said = [("good. next bird", "positive", "positive"), ("no. the bird", "negative", "negative"),
+            ("ok. next bird", "ambiguous", "negative"), ("next bird", "none", "positive"),
+            ("now choose the bird", "none", "positive"), ("all done", "none", "positive"),
+            ("bird", "none", "negative"), ("the bird", "none", "negative"),
+            ("i mean the bird", "none", "negative"), ("deselect the bird", "none", "negative")]
+    for text, word, expected in said:
+        for intent in ([], ["t1"]):
+            assert wording_label(Utterance(text, intent, [], 1, 1, word)) == expected, text
+
+
 def test_a_two_round_study_runs_the_real_loop(tmp_path, reference):
     from sim.base import ModelSize, PretrainConfig
     from sim.study import ORACLE, Study, StudyConfig
