@@ -295,3 +295,16 @@ def start_server(tmp_path: Path, kilogram_dir: Path):
 @pytest.fixture
 def server(start_server, database_url) -> ServerProcess:
     return start_server(database_url)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's in-process model work: intra-op threads spin against each
+    other (and against the server and worker processes) on a small shared machine, up to 30x
+    slower here; launched processes get the same through OMP_NUM_THREADS=1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

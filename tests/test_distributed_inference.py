@@ -27,6 +27,7 @@ from tests.test_distributed_train import _one_process, _two_processes  # noqa: E
 from tests.test_learning_retrospect import make_database, run_db  # noqa: E402
 
 pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
     pytest.mark.model,
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -37,15 +38,6 @@ pytestmark = [
 # Labels, actions, token counts and predictions are discrete and must be identical.
 REL = 1e-5
 ROUNDED = 1.5e-5  # the decoder's log-probabilities are stored rounded to 5 decimals
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as each launched process has (OMP_NUM_THREADS=1); the CPUs are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -29,15 +29,11 @@ from policy_worker.gamedata import prompt_game  # noqa: E402
 from policy_worker.prompt import apply_action, build_chat, letter_map, render_prompt  # noqa: E402
 from tests.test_learning_retrospect import make_database, run_db  # noqa: E402
 
-pytestmark = [pytest.mark.model, pytest.mark.filterwarnings("ignore::FutureWarning")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.model,
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from learning import losses  # noqa: E402
 LN = math.log
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_token_logps_and_sup_loss_by_hand():

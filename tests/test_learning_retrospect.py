@@ -34,7 +34,11 @@ from learning.retrospect import (  # noqa: E402
     heuristic_label,
 )
 
-pytestmark = [pytest.mark.model, pytest.mark.filterwarnings("ignore::FutureWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.model,
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
 
 
 # ------------------------------------------------------- helpers shared by the learning tests
@@ -113,14 +117,6 @@ def run_db(url: str, fn):
             await db.close()
 
     return asyncio.run(run())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ from policy_worker.prompt import (  # noqa: E402
 from policy_worker.tiny import TINY_IMAGE_SEQ_LEN, build_tiny_idefics2, make_tiny_lora  # noqa: E402
 
 pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
     pytest.mark.model,
     pytest.mark.filterwarnings("ignore::FutureWarning"),
 ]
@@ -65,15 +66,6 @@ def first_reference_game() -> dict:
         pytest.skip(f"reference games not found at {path} (set MULTIREF_REFERENCE_DIR)")
     with path.open() as f:
         return json.loads(f.readline())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Intra-op threads spin against each other on a small shared machine (30x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,160 @@
+"""Can the stand-in listener learn to point? A probe of the simulated study's small Idefics2,
+outside the loop, on first turns only (one description, no dialogue history).
+
+    .venv/bin/python bench/pointer_probe.py --task describe      # the listener's real task
+    .venv/bin/python bench/pointer_probe.py --task text-only     # does it read the description?
+    .venv/bin/python bench/pointer_probe.py --task odd-one-out   # can it point at an image at all?
+
+``describe``: ``--images`` tangrams with crowd descriptions on screen, the speaker describes one
+of them; the right letter depends on the description AND on where that image is (the listener's
+whole task). ``text-only``: the same prompts, but the target's letter is fixed by its tangram
+(A for half of them, B for the other half), so the description alone decides and the images
+can be ignored. ``odd-one-out``: the other images are KiloGram tangrams no one described, so the
+images alone decide (point at the one that is a described tangram) and the description can be
+ignored. Each held-out accuracy is over new contexts with descriptions never trained on
+(``describe``, ``text-only``) or new contexts (``odd-one-out``); chance is 1/``--images``.
+
+The model, prompt builder, collator and loss are the study's own (``sim.base``,
+``policy_worker.prompt``, ``learning.datasets``): what fails here fails in the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+REFERENCE = ROOT.parent / "shared" / "reference" / "kilogram"
+TASKS = ("describe", "text-only", "odd-one-out")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=TASKS, default="describe")
+    ap.add_argument("--images", type=int, default=2, help="images per game (the study shows 10)")
+    ap.add_argument("--tangrams", type=int, default=74, help="described tangrams in play")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--annotations", type=Path, default=REFERENCE / "dense_annotations.json")
+    ap.add_argument("--svgs", type=Path, default=REFERENCE / "tangrams-svg")
+    ap.add_argument("--out", type=Path, default=ROOT / "var" / "pointer-probe", help="the random stand-in is built here")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    for path in (a.annotations, a.svgs):
+        if not path.exists():
+            ap.error(f"{path} does not exist: pass --annotations / --svgs (KiloGram, `multiref tangrams fetch`)")
+
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from learning.datasets import ActionCollator, Example, Sample, model_inputs
+    from learning.retrospect import FeedbackTemplate
+    from policy_worker.gamedata import TangramImages
+    from policy_worker.model import load_policy
+    from policy_worker.prompt import LETTERS, PromptGame, PromptTurn
+    from sim.base import ModelSize, build_small_idefics2
+    from sim.speakers import Descriptions
+
+    torch.manual_seed(a.seed)
+    everything = Descriptions.load(a.annotations)
+    described = [t for t in everything.tangrams if (a.svgs / f"{t}.svg").is_file()][: a.tangrams]
+    undescribed = sorted(p.stem for p in a.svgs.glob("*.svg") if p.stem not in everything.all)
+    if len(described) < a.images:
+        ap.error(f"only {len(described)} described tangrams: need --images or more")
+    corpus = [d for t in described for d in everything.all[t]] * 3 + [FeedbackTemplate.load(None, "binary").text] * 30
+    if not (a.out / "config.json").is_file():
+        build_small_idefics2(a.out, corpus, ModelSize(seed=a.seed))
+    policy = load_policy(a.out, dtype="float32", device="cpu")
+    model = policy.model
+    for frozen in (model.model.vision_model, model.model.connector):  # as the study's pre-training
+        frozen.requires_grad_(False)
+    collator = ActionCollator(policy, TangramImages(a.svgs).images, with_allowed=False)
+    letter_ids = [policy.tokenizer.encode(" " + x, add_special_tokens=False)[-1] for x in LETTERS[: a.images]]
+
+    train, test = {}, {}  # a fifth of each tangram's distinctive descriptions held out
+    for t in described:
+        ds = list(everything.distinctive[t])
+        random.Random(a.seed + 1).shuffle(ds)
+        k = max(1, len(ds) // 5)
+        test[t], train[t] = ds[:k], ds[k:]
+
+    def game(rng: random.Random, descriptions: dict[str, list[str]]) -> tuple[Sample, int]:
+        if a.task == "odd-one-out":
+            target = rng.choice(described)
+            context = [target, *rng.sample(undescribed, a.images - 1)]
+            rng.shuffle(context)
+        else:
+            context = rng.sample(described, a.images)
+            target = rng.choice(context)
+            if a.task == "text-only":  # the target's place is fixed by which half it belongs to
+                rest = [t for t in context if t != target]
+                context = [target, *rest] if described.index(target) % 2 == 0 else [*rest, target]
+        index = context.index(target)
+        prompt = PromptGame(context, [PromptTurn(f"choose the {rng.choice(descriptions[target])}", [], None)])
+        action = f"select {LETTERS[index]}"
+        return Sample(Example("probe", 1, prompt, action, 1, None), prompt, action), index
+
+    def letter_logits(samples: list[Sample]) -> tuple[torch.Tensor, dict]:
+        batch = collator(samples)
+        assert batch["targets"].shape[1] >= 2, "an action is 'select' then the letter"
+        logits = model(**model_inputs(batch, policy.device, policy.dtype), logits_to_keep=batch["targets"].shape[1] + 1).logits
+        return logits[:, 1], batch  # the position that predicts the letter, whole vocabulary
+
+    def accuracy(items: list[tuple[Sample, int]]) -> float:
+        model.eval()
+        right = 0
+        with torch.no_grad():
+            for k in range(0, len(items), 50):
+                chunk = items[k : k + 50]
+                scores, _ = letter_logits([s for s, _ in chunk])
+                right += sum(int(p) == i for p, (_, i) in zip(scores[:, letter_ids].argmax(-1).tolist(), chunk))
+        model.train()
+        return right / len(items)
+
+    held_out = [game(random.Random(10_000 + i), test if a.task != "odd-one-out" else train) for i in range(200)]
+    seen = [game(random.Random(20_000 + i), train) for i in range(200)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
+    rng = random.Random(a.seed)
+    table = Table(title=f"pointer probe: {a.task}, {a.images} images, {len(described)} tangrams, lr {a.lr:g}")
+    for col in ("step", "letter loss", "chance loss", "acc. trained", "acc. held out", "chance", "s"):
+        table.add_column(col, justify="right")
+    started, losses = time.perf_counter(), []
+    model.train()
+    with Progress(console=Console(stderr=True)) as progress:
+        task = progress.add_task(f"probe {a.task}", total=a.steps)
+        for step in range(1, a.steps + 1):
+            items = [game(rng, train) for _ in range(a.batch)]
+            scores, _ = letter_logits([s for s, _ in items])
+            loss = torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i in items]))  # as pre-training
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(loss.item())
+            progress.update(task, advance=1, description=f"probe {a.task} (letter loss {loss.item():.3f})")
+            if step % a.eval_every == 0 or step == a.steps:
+                recent = losses[-a.eval_every :]
+                table.add_row(
+                    str(step), f"{sum(recent) / len(recent):.3f}", f"{math.log(a.images):.3f}",
+                    f"{accuracy(seen):.0%}", f"{accuracy(held_out):.0%}", f"{1 / a.images:.0%}",
+                    f"{time.perf_counter() - started:.0f}",
+                )
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
