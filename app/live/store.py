@@ -196,8 +196,23 @@ async def _insert(ops: _Ops, table: str, row: dict) -> None:
 
 
 async def _create_game(ops: _Ops, new: NewGame) -> GameCreated:
-    """Game creation's statements, the same for every database."""
+    """Game creation's statements, the same for every database. The config queue's lock is
+    taken last, so that it is held (to the commit) for the fewest round trips."""
     round_ = await ops.value(CURRENT_ROUND)
+    checkpoint = None
+    if new.listener_kind is ListenerKind.MODEL:
+        checkpoint = await ops.value(ACTIVE_CHECKPOINT, new.system)
+    seat_of = {pid: seat for seat, pid in new.players.items()}
+    for row in new.new_participants:
+        seat = seat_of.pop(row["id"])
+        await _insert(ops, "participants", {
+            **row, "status": Status.IN_GAME, "game_id": new.game_id, "seat": seat.value, "waiting_since": None,
+        })
+    for pid, seat in seat_of.items():  # players who existed before the game
+        if await ops.execute(SEAT_PARTICIPANT, new.game_id, seat.value, pid) != 1:
+            raise LookupError(f"no participant {pid} to seat")
+    if new.audit is not None:
+        await _insert(ops, "audit_log", new.audit)
     index, config = None, new.config
     if config is None:
         await ops.lock_config_queue(config_lock_key(new.system, round_))
@@ -207,19 +222,10 @@ async def _create_game(ops: _Ops, new: NewGame) -> GameCreated:
             highest = await ops.value(HIGHEST_CONFIG, new.system, round_)
         index = 0 if highest is None else highest + 1
         config = new.next_config(index)
-    checkpoint = None
-    if new.listener_kind is ListenerKind.MODEL:
-        checkpoint = await ops.value(ACTIVE_CHECKPOINT, new.system)
     created = GameCreated(
         game_id=new.game_id, config=config, rules=new.rules, listener_kind=new.listener_kind, at=new.at
     )
     state = new_game(created)
-    seat_of = {pid: seat for seat, pid in new.players.items()}
-    for row in new.new_participants:
-        seat = seat_of.pop(row["id"])
-        await _insert(ops, "participants", {
-            **row, "status": Status.IN_GAME, "game_id": new.game_id, "seat": seat.value, "waiting_since": None,
-        })
     await _insert(ops, "games", {
         "id": new.game_id,
         "listener_kind": new.listener_kind.value,
@@ -241,11 +247,6 @@ async def _create_game(ops: _Ops, new: NewGame) -> GameCreated:
         "game_id": new.game_id, "seq": 1, "type": created.type, "at": created.at,
         "data": event_json(created), "actor": "server",
     })
-    for pid, seat in seat_of.items():  # players who existed before the game
-        if await ops.execute(SEAT_PARTICIPANT, new.game_id, seat.value, pid) != 1:
-            raise LookupError(f"no participant {pid} to seat")
-    if new.audit is not None:
-        await _insert(ops, "audit_log", new.audit)
     return created
 
 
@@ -405,9 +406,17 @@ class _PostgresOps(_Ops):
 
 
 class PostgresEventStore(EventStore):
+    def __init__(self, db: Database, bus: Bus) -> None:
+        super().__init__(db, bus)
+        self._creating = asyncio.Lock()
+
     async def _create_game(self, new: NewGame) -> GameCreated:
-        async with self.db.asyncpg_connection() as conn, conn.transaction():
-            return await _create_game(_PostgresOps(conn), new)
+        """One creation at a time in this process: creations wait for each other on the config
+        queue's lock (across processes too), and those waiting here hold no pool connection,
+        which the appends of every game need."""
+        async with self._creating:
+            async with self.db.asyncpg_connection() as conn, conn.transaction():
+                return await _create_game(_PostgresOps(conn), new)
 
     async def lock_config_queue(self, session, system: str, round_: int | None) -> None:
         from sqlalchemy import text
