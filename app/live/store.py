@@ -406,14 +406,17 @@ class _PostgresOps(_Ops):
 
 
 class PostgresEventStore(EventStore):
+    CREATORS = 3  # creations holding a pool connection at once
+
     def __init__(self, db: Database, bus: Bus) -> None:
         super().__init__(db, bus)
-        self._creating = asyncio.Lock()
+        self._creating = asyncio.Semaphore(self.CREATORS)
 
     async def _create_game(self, new: NewGame) -> GameCreated:
-        """One creation at a time in this process: creations wait for each other on the config
+        """A few creations at a time in this process: they wait for each other on the config
         queue's lock (across processes too), and those waiting here hold no pool connection,
-        which the appends of every game need."""
+        which the appends of every game need; a few, so that one can do the work before the
+        lock while another holds it."""
         async with self._creating:
             async with self.db.asyncpg_connection() as conn, conn.transaction():
                 return await _create_game(_PostgresOps(conn), new)
