@@ -22,10 +22,10 @@ over a real socket; a code no path can produce does not belong in the list).
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_core import to_json
 
 from app.game.rules import (
     EndReason,
@@ -285,7 +285,7 @@ def state_frame_json(
         "forfeited": forfeited,
         "cause": cause,
     }
-    return json.dumps({"type": "state", "view": view}, ensure_ascii=False, separators=(",", ":"))
+    return to_json({"type": "state", "view": view}).decode()  # compact, as the models' JSON
 
 
 class WelcomeFrame(_Frame):

@@ -13,6 +13,7 @@ import json
 import sqlite3
 from functools import lru_cache
 
+from pydantic_core import to_json
 from sqlalchemy import JSON, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -151,7 +152,10 @@ def _append_sql(dialect: str, game_cols: tuple[str, ...], turn_cols: tuple[str, 
 
 
 def _dump(value) -> str:
-    return json.dumps(value)  # what SQLAlchemy's JSON type stores (None becomes JSON null)
+    """A JSON column's text (None becomes JSON null, as with SQLAlchemy's JSON type).
+    pydantic-core's encoder: a tenth of ``json.dumps``'s time on these small values, which
+    every append writes several of."""
+    return to_json(value).decode()
 
 
 class AppendRows:

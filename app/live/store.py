@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+
+from pydantic_core import to_json
 
 from app.db.database import Database
 from app.db.gamelog import (
@@ -144,7 +145,7 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
 def insert_statement(table: str, row: dict) -> tuple[str, tuple]:
     """(INSERT with ``$n`` parameters, parameters) of one row; JSON columns as JSON text."""
     json_cols = _json_columns(table)
-    params = tuple(json.dumps(v) if c in json_cols else v for c, v in row.items())
+    params = tuple(to_json(v).decode() if c in json_cols else v for c, v in row.items())
     return _insert_sql(table, tuple(row)), params
 
 
