@@ -190,13 +190,18 @@ class _Ops:
     async def lock_config_queue(self, key: int) -> None:
         raise NotImplementedError
 
+    async def notify(self, message: dict) -> bool:
+        """Send ``message`` on the bus with this transaction, if the bus can; else False
+        (the caller flushes it after the commit)."""
+        return False
+
 
 async def _insert(ops: _Ops, table: str, row: dict) -> None:
     sql, params = insert_statement(table, row)
     await ops.execute(sql, *params)
 
 
-async def _create_game(ops: _Ops, new: NewGame) -> GameCreated:
+async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]]:
     """Game creation's statements, the same for every database. The config queue's lock is
     taken last, so that it is held (to the commit) for the fewest round trips."""
     round_ = await ops.value(CURRENT_ROUND)
@@ -209,9 +214,13 @@ async def _create_game(ops: _Ops, new: NewGame) -> GameCreated:
         await _insert(ops, "participants", {
             **row, "status": Status.IN_GAME, "game_id": new.game_id, "seat": seat.value, "waiting_since": None,
         })
-    for pid, seat in seat_of.items():  # players who existed before the game
+    after_commit: list[dict] = []
+    for pid, seat in seat_of.items():  # players who existed before the game: tell their pages
         if await ops.execute(SEAT_PARTICIPANT, new.game_id, seat.value, pid) != 1:
             raise LookupError(f"no participant {pid} to seat")
+        message = {"k": "p", "id": pid}
+        if not await ops.notify(message):
+            after_commit.append(message)
     if new.audit is not None:
         await _insert(ops, "audit_log", new.audit)
     index, config = None, new.config
@@ -248,7 +257,7 @@ async def _create_game(ops: _Ops, new: NewGame) -> GameCreated:
         "game_id": new.game_id, "seq": 1, "type": created.type, "at": created.at,
         "data": event_json(created), "actor": "server",
     })
-    return created
+    return created, after_commit
 
 
 class EventStore:
@@ -264,17 +273,14 @@ class EventStore:
 
     async def create_game(self, new: NewGame) -> GameCreated:
         """Create ``new`` in one transaction on the hot path's own connection (no ORM session:
-        it cost a game start more CPU than a dozen actions); then tell the pages of players
-        who existed before the game."""
-        created = await self._create_game(new)
-        await self.bus.flush([
-            self.bus.stage_after_commit({"k": "p", "id": pid})
-            for pid in new.players.values()
-            if all(row["id"] != pid for row in new.new_participants)
-        ])
+        it cost a game start more CPU than a dozen actions). The pages of players who existed
+        before the game (in any process, this one included) are told, with the transaction
+        where the bus can (PostgreSQL), else right after it."""
+        created, after_commit = await self._create_game(new)
+        await self.bus.flush(after_commit)
         return created
 
-    async def _create_game(self, new: NewGame) -> GameCreated:
+    async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
         raise NotImplementedError
 
     async def lock_config_queue(self, session, system: str, round_: int | None) -> None:
@@ -343,19 +349,19 @@ class SqliteEventStore(EventStore):
                 waited += delay
                 delay = min(delay * 2, 0.02)
 
-    async def _create_game(self, new: NewGame) -> GameCreated:
+    async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
         conn = self._writer()
         await self._begin(conn)
         try:
             # every statement runs on this thread without suspending: the lock is held for
             # the transaction's CPU time only
-            created = await _create_game(_SqliteOps(conn), new)
+            result = await _create_game(_SqliteOps(conn), new)
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
             raise
         self.db.sqlite_committed()
-        return created
+        return result
 
     async def commit(self, batch: Batch) -> Committed:
         conn = self._writer()
@@ -392,8 +398,9 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 class _PostgresOps(_Ops):
-    def __init__(self, conn) -> None:
+    def __init__(self, conn, bus: Bus) -> None:
         self.conn = conn
+        self.bus = bus
 
     async def value(self, sql: str, *args):
         return await self.conn.fetchval(sql, *args)
@@ -405,6 +412,13 @@ class _PostgresOps(_Ops):
     async def lock_config_queue(self, key: int) -> None:
         await self.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
 
+    async def notify(self, message: dict) -> bool:
+        notify = self.bus.in_transaction(message)
+        if notify is None:
+            return False
+        await self.conn.execute("SELECT pg_notify($1, $2)", *notify)
+        return True
+
 
 class PostgresEventStore(EventStore):
     CREATORS = 3  # creations holding a pool connection at once
@@ -413,14 +427,14 @@ class PostgresEventStore(EventStore):
         super().__init__(db, bus)
         self._creating = asyncio.Semaphore(self.CREATORS)
 
-    async def _create_game(self, new: NewGame) -> GameCreated:
+    async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
         """A few creations at a time in this process: they wait for each other on the config
         queue's lock (across processes too), and those waiting here hold no pool connection,
         which the appends of every game need; a few, so that one can do the work before the
         lock while another holds it."""
         async with self._creating:
             async with self.db.asyncpg_connection() as conn, conn.transaction():
-                return await _create_game(_PostgresOps(conn), new)
+                return await _create_game(_PostgresOps(conn, self.bus), new)
 
     async def lock_config_queue(self, session, system: str, round_: int | None) -> None:
         from sqlalchemy import text
