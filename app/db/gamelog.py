@@ -184,7 +184,8 @@ class AppendRows:
         json_game = _json_columns("games")
         self.game_cols = tuple(values)
         self.game = tuple(_dump(v) if c in json_game else v for c, v in values.items())
-        touched = [e.turn for e in events if hasattr(e, "turn")]
+        # (``model_fields``, not ``hasattr``: a missing attribute costs a pydantic exception)
+        touched = [e.turn for e in events if "turn" in type(e).model_fields]
         self.turn_cols: tuple[str, ...] = ()
         self.turns: list[tuple] = []
         if touched and after.turns:
