@@ -14,8 +14,11 @@ one it runs on:
 * PostgreSQL: the database's asyncpg pool; the append alone is one statement (one round trip),
   with reactions it is a transaction of a few.
 
-Reaction statements are written once, with ``$n`` parameters, each used once and in order, so
-SQLite runs them with ``?`` in their place.
+``create_game`` writes a new game (its players, the game row, its first event, an audit entry)
+in one transaction on the same connections, the config queue's lock included.
+
+Reaction and creation statements are written once, with ``$n`` parameters, each used once and
+in order, so SQLite runs them with ``?`` in their place.
 """
 
 from __future__ import annotations
