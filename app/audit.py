@@ -67,16 +67,23 @@ async def record(
     at: float | None = None,
 ) -> AuditEntry:
     """Add one audit entry to the session (the caller commits it with the action)."""
-    entry = AuditEntry(
-        at=time.time() if at is None else at,
-        actor=(actor or "unknown")[:64],
-        action=action[:64],
-        target=target[:200] if target else None,
-        details=_jsonable(details or {}),
-    )
+    entry = AuditEntry(**entry_row(actor, action, target, details, at))
     s.add(entry)
     await s.flush()
     return entry
+
+
+def entry_row(
+    actor: str, action: str, target: str | None = None, details: dict | None = None, at: float | None = None
+) -> dict:
+    """The ``audit_log`` columns of one entry (for writers without a session: the event store)."""
+    return {
+        "at": time.time() if at is None else at,
+        "actor": (actor or "unknown")[:64],
+        "action": action[:64],
+        "target": target[:200] if target else None,
+        "details": _jsonable(details or {}),
+    }
 
 
 async def recent(s: AsyncSession, limit: int = 50) -> list[AuditEntry]:

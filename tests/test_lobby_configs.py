@@ -28,8 +28,8 @@ async def _games(w: World) -> dict[str, tuple[str, int | None, int | None, list]
     return {gid: (system, round_, index, config["context"]) for gid, system, round_, index, config in rows}
 
 
-async def test_each_system_and_round_plays_the_config_queue_in_order(sqlite_url):
-    w = await World.make(sqlite_url)
+async def test_each_system_and_round_plays_the_config_queue_in_order(database_url):
+    w = await World.make(database_url)
     queue = ConfigQueue(POOL, 7, w.rules)  # the World's lobby queue: pool, seed 7
     first = [await _new_game(w, f"g{i}") for i in range(3)]
     games = await _games(w)

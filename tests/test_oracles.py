@@ -88,7 +88,8 @@ class World:
 
     @classmethod
     async def make(cls, url: str, rules: GameRules | None = None, policy: LobbyPolicy | None = None) -> "World":
-        await _copy_migrated_sqlite(url)
+        if url.startswith("sqlite"):
+            await _copy_migrated_sqlite(url)
         db = Database(url)
         await db.migrate()  # a no-op on the copy: the schema is at head
         return cls(db, FakeClock(), rules or GameRules(), policy or LobbyPolicy(role_assignment="arrival"))

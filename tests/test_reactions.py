@@ -177,3 +177,50 @@ async def test_store_writes_the_reactions_in_the_events_transaction(database_url
         assert [e.type for e in await store.load_events(game_id, 2)] == logged[1:]
     finally:
         await db.close()
+
+
+async def test_a_game_made_for_waiting_players_tells_every_process_including_this_one(database_url) -> None:
+    """Seating players who exist already (their lobby pages may be open on any server
+    process, this one included) sends each a participant message that this process's own
+    bus delivers too: on PostgreSQL in the creation's transaction (a notification sent after
+    the commit by this process's notifier is skipped by its own listener)."""
+    import asyncio
+
+    from app.db.database import Database
+    from app.db.models import Participant
+    from app.game.configs import ConfigQueue
+    from app.live.bus import Bus, PostgresBus, asyncpg_dsn
+    from app.live.store import NewGame, event_store
+
+    db = Database(database_url)
+    await db.migrate()
+    bus = PostgresBus(asyncpg_dsn(database_url)) if db.dialect == "postgresql" else Bus()
+    got: asyncio.Queue[dict] = asyncio.Queue()
+
+    async def handler(message: dict) -> None:
+        await got.put(message)
+
+    bus.subscribe(handler)
+    await bus.start()
+    try:
+        async with db.session() as s, s.begin():
+            for pid in ("spk", "lis"):
+                s.add(Participant(id=pid, platform="bot", worker_hash=pid.ljust(64, "0"), status="waiting",
+                                  created_at=T0, waiting_since=T0))
+        game_id = uuid.uuid4().hex
+        await event_store(db, bus).create_game(NewGame(
+            game_id=game_id, listener_kind=ListenerKind.HUMAN, system="human", rules=GameRules(), at=T0,
+            players={SPEAKER: "spk", LISTENER: "lis"}, next_config=ConfigQueue([f"t{i}" for i in range(40)], 1, GameRules()).config,
+        ))
+        seen = set()
+        while len(seen) < 2:
+            message = await asyncio.wait_for(got.get(), timeout=5)
+            if message.get("k") == "p":
+                seen.add(message["id"])
+        assert seen == {"spk", "lis"}
+        async with db.session() as s:
+            rows = [(p.status, p.game_id, p.seat, p.waiting_since) for p in [await s.get(Participant, x) for x in ("spk", "lis")]]
+        assert rows == [("in_game", game_id, "speaker", None), ("in_game", game_id, "listener", None)]
+    finally:
+        await bus.stop()
+        await db.close()

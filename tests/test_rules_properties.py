@@ -13,6 +13,7 @@ Example counts come from the hypothesis profile named by HYPOTHESIS_PROFILE: ``c
 from __future__ import annotations
 
 import collections
+import json
 import os
 import unicodedata
 from collections.abc import Iterator
@@ -61,7 +62,7 @@ from app.game.rules import (
     replay,
     step,
 )
-from app.protocol import GameView
+from app.protocol import GameView, StateFrame, state_frame_json
 
 
 def _visible(text: str) -> bool:
@@ -527,6 +528,11 @@ def check_views(state: GameState, now: float) -> None:
         else:
             assert {t.tangram_id for t in view.tiles if t.target} == state.targets
             assert all(t.target is not None for t in view.tiles)
+        # the hub's broadcasts build the frame as plain data: the same JSON as the models'
+        for kw in ({}, {"cause": "selection_toggled", "pay": game_pay(state), "completion_code": "C0DE",
+                        "redirect_url": "https://app.prolific.com/submissions/complete?cc=X"}):
+            fast = json.loads(state_frame_json(state, seat, now, **kw))
+            assert fast == json.loads(StateFrame(view=GameView.of(state, seat, now, **kw)).model_dump_json())
 
 
 # ---------------------------------------------------------------- properties

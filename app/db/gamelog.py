@@ -13,6 +13,7 @@ import json
 import sqlite3
 from functools import lru_cache
 
+from pydantic_core import to_json
 from sqlalchemy import JSON, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -151,7 +152,10 @@ def _append_sql(dialect: str, game_cols: tuple[str, ...], turn_cols: tuple[str, 
 
 
 def _dump(value) -> str:
-    return json.dumps(value)  # what SQLAlchemy's JSON type stores (None becomes JSON null)
+    """A JSON column's text (None becomes JSON null, as with SQLAlchemy's JSON type).
+    pydantic-core's encoder: a tenth of ``json.dumps``'s time on these small values, which
+    every append writes several of."""
+    return to_json(value).decode()
 
 
 class AppendRows:
@@ -180,7 +184,8 @@ class AppendRows:
         json_game = _json_columns("games")
         self.game_cols = tuple(values)
         self.game = tuple(_dump(v) if c in json_game else v for c, v in values.items())
-        touched = [e.turn for e in events if hasattr(e, "turn")]
+        # (``model_fields``, not ``hasattr``: a missing attribute costs a pydantic exception)
+        touched = [e.turn for e in events if "turn" in type(e).model_fields]
         self.turn_cols: tuple[str, ...] = ()
         self.turns: list[tuple] = []
         if touched and after.turns:

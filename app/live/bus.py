@@ -22,6 +22,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
+from pydantic_core import to_json
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -101,9 +102,9 @@ class _AfterCommit(dict):
 
 
 def _shrink(message: dict) -> str:
-    payload = json.dumps(message, separators=(",", ":"))
+    payload = to_json(message).decode()  # compact; pydantic-core's encoder is the fast one here
     if len(payload.encode()) > MAX_PAYLOAD and "e" in message:
-        payload = json.dumps({k: v for k, v in message.items() if k != "e"}, separators=(",", ":"))
+        payload = to_json({k: v for k, v in message.items() if k != "e"}).decode()
     return payload
 
 

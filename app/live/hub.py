@@ -41,7 +41,7 @@ from app.live.bus import Bus
 from app.live.participants import completion_redirect
 from app.live.reactions import react
 from app.live.store import Batch, event_store
-from app.protocol import ErrorFrame, GameView, StateFrame
+from app.protocol import ErrorFrame, state_frame_json
 
 log = logging.getLogger("multiref.hub")
 
@@ -300,14 +300,13 @@ class GameHub:
             )
             self.codes[game_id] = {Seat(seat): code for seat, code in rows if seat and code}
 
-    def view_frame(self, state: GameState, seat: Seat, cause: str | None) -> StateFrame:
+    def view_json(self, state: GameState, seat: Seat, cause: str | None) -> str:
+        """The state frame of ``seat`` (``StateFrame`` of ``GameView.of``, built as plain data)."""
         pay = game_pay(state) if state.ended else None
         code = self.codes.get(state.game_id, {}).get(seat) if state.ended else None
-        return StateFrame(
-            view=GameView.of(
-                state, seat, self.clock(), cause=cause, pay=pay, completion_code=code,
-                redirect_url=completion_redirect(self.prolific_code, code),
-            )
+        return state_frame_json(
+            state, seat, self.clock(), cause=cause, pay=pay, completion_code=code,
+            redirect_url=completion_redirect(self.prolific_code, code),
         )
 
     async def _send_if_behind(self, state: GameState) -> None:
@@ -328,13 +327,13 @@ class GameHub:
             if conn.seat is None or (behind_only and conn.view_version >= state.version):
                 continue
             if conn.seat not in payloads:
-                payloads[conn.seat] = self.view_frame(state, conn.seat, cause).model_dump_json()
+                payloads[conn.seat] = self.view_json(state, conn.seat, cause)
             conn.send(payloads[conn.seat])
             conn.view_version = max(conn.view_version, state.version)
 
     def send_view(self, conn: Connection, state: GameState, seat: Seat, cause: str | None = None) -> None:
         """Send one connection the view of ``state`` (a join that changed nothing, a refresh)."""
-        conn.send_frame(self.view_frame(state, seat, cause))
+        conn.send(self.view_json(state, seat, cause))
         conn.view_version = max(conn.view_version, state.version)
 
     def forget_idle(self) -> int:

@@ -46,6 +46,7 @@ from app.game.configs import ConfigQueue
 from app.game.rules import GameConfig, GameCreated, GameRules, ListenerKind, Seat, base_pay
 from app.live.bus import Bus
 from app.live.participants import Status, release
+from app.live.store import NewGame, event_store
 
 log = logging.getLogger("multiref.lobby")
 
@@ -103,11 +104,6 @@ def assignment_draw(seed: object, participant_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _lock_key(*parts: object) -> int:
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 class Lobby:
     def __init__(
         self,
@@ -123,6 +119,7 @@ class Lobby:
     ) -> None:
         self.db = db
         self.bus = bus
+        self.store = event_store(db, bus)
         self.rules = rules
         self.configs = configs
         self.policy = policy
@@ -276,10 +273,7 @@ class Lobby:
     async def _next_config(self, s, system: str, round_: int | None) -> tuple[int, GameConfig]:
         """Configs are replayed per system from one shuffled queue (fair comparison, docs/method.md):
         the system's n-th game of the round gets config n."""
-        if self.db.dialect == "postgresql":  # one creator per (system, round) at a time
-            await s.execute(
-                text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key("config", system, round_)}
-            )
+        await self.store.lock_config_queue(s, system, round_)  # one creator at a time
         highest = (
             await s.execute(
                 select(func.max(Game.config_index)).where(
@@ -340,27 +334,34 @@ class Lobby:
         system: str | None = None,
     ) -> str:
         """Create a game for given participants (admin and test use), bypassing the queue."""
-        staged: list[dict] = []
-        async with self.db.session() as s:
-            async with s.begin():
-                speaker = await s.get(Participant, speaker_id)
-                listener = await s.get(Participant, listener_id) if listener_id else None
-                game_id = await self.create_game_in(s, speaker, listener, staged, config=config, system=system)
-        await self.bus.flush(staged)
-        return game_id
+        players = {Seat.SPEAKER: speaker_id}
+        if listener_id:
+            players[Seat.LISTENER] = listener_id
+        return await self.create_game_with(players, config=config, system=system)
 
-    async def create_game_in(
+    async def create_game_with(
         self,
-        s,
-        speaker: Participant,
-        listener: Participant | None,
-        staged: list[dict],
+        players: dict[Seat, str],
+        new_participants: list[dict] = (),
         config: GameConfig | None = None,
         system: str | None = None,
+        audit_entry: dict | None = None,
+        game_id: str | None = None,
     ) -> str:
-        """:meth:`create_game_for` in the caller's transaction (which may have just added the
-        participants); the caller commits, then ``bus.flush(staged)``."""
-        return await self._create(s, speaker, listener, staged, config=config, system=system)
+        """Create a game in one transaction on the event store's connection, bypassing the
+        queue: its players (``new_participants``: rows made with it, the admin API's bots)
+        and an audit entry with it. No listener seat: a model listener."""
+        kind = ListenerKind.HUMAN if Seat.LISTENER in players else ListenerKind.MODEL
+        if system is None:
+            system = HUMAN if kind is ListenerKind.HUMAN else self.policy.system
+        game_id = game_id or uuid.uuid4().hex
+        await self.store.create_game(NewGame(
+            game_id=game_id, listener_kind=kind, system=system, rules=self.rules, at=self.clock(),
+            players=players, next_config=self.configs.config, config=config, split=self.split,
+            new_participants=list(new_participants), audit=audit_entry,
+        ))
+        log.info("game %s created (%s, %s listener)", game_id, system, kind.value)
+        return game_id
 
     async def mark_present(self) -> int:
         """Vouch for the waiting workers this process holds a lobby socket for, and take out of

@@ -14,27 +14,38 @@ one it runs on:
 * PostgreSQL: the database's asyncpg pool; the append alone is one statement (one round trip),
   with reactions it is a transaction of a few.
 
-Reaction statements are written once, with ``$n`` parameters, each used once and in order, so
-SQLite runs them with ``?`` in their place.
+``create_game`` writes a new game (its players, the game row, its first event, an audit entry)
+in one transaction on the same connections, the config queue's lock included.
+
+Reaction and creation statements are written once, with ``$n`` parameters, each used once and
+in order, so SQLite runs them with ``?`` in their place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from pydantic_core import to_json
 
 from app.db.database import Database
 from app.db.gamelog import (
     AppendRows,
     Conflict,
-    pg_append_statement,
     append_sqlite_in_transaction,
+    event_json,
+    game_row,
     load_events,
     load_events_direct,
+    pg_append_statement,
 )
-from app.game.rules import Event, GameState, Seat
+from app.db.models import AuditEntry, Game, GameEvent, Participant
+from app.game.rules import Event, GameConfig, GameCreated, GameRules, GameState, ListenerKind, Seat, new_game
 from app.live.bus import Bus
 from app.live.participants import Status
 from app.live.reactions import Reactions
@@ -103,6 +114,155 @@ def reaction_statements(game_id: str, reactions: Reactions) -> list[tuple[str, t
     return out
 
 
+# ---------------------------------------------------------------- game creation
+
+CURRENT_ROUND = 'SELECT number FROM rounds WHERE "current" ORDER BY number DESC LIMIT 1'
+ACTIVE_CHECKPOINT = (
+    "SELECT id FROM checkpoints WHERE system = $1 AND active ORDER BY created_at DESC LIMIT 1"
+)
+# read from ix_games_config_queue, not a count over every game
+HIGHEST_CONFIG = "SELECT max(config_index) FROM games WHERE system = $1 AND round = $2 AND source = 'live'"
+HIGHEST_CONFIG_NO_ROUND = (
+    "SELECT max(config_index) FROM games WHERE system = $1 AND round IS NULL AND source = 'live'"
+)
+SEAT_PARTICIPANT = (
+    f"UPDATE participants SET status = '{Status.IN_GAME}', game_id = $1, seat = $2, waiting_since = NULL "
+    "WHERE id = $3"
+)
+_TABLES = {t.name: t for t in (Game.__table__, GameEvent.__table__, Participant.__table__, AuditEntry.__table__)}
+
+
+@lru_cache(maxsize=None)
+def _json_columns(table: str) -> frozenset[str]:
+    from sqlalchemy import JSON
+
+    return frozenset(c.name for c in _TABLES[table].columns if isinstance(c.type, JSON))
+
+
+@lru_cache(maxsize=None)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    values = ", ".join(f"${i + 1}" for i in range(len(columns)))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"
+
+
+def insert_statement(table: str, row: dict) -> tuple[str, tuple]:
+    """(INSERT with ``$n`` parameters, parameters) of one row; JSON columns as JSON text."""
+    json_cols = _json_columns(table)
+    params = tuple(to_json(v).decode() if c in json_cols else v for c, v in row.items())
+    return _insert_sql(table, tuple(row)), params
+
+
+def config_lock_key(system: str, round_: int | None) -> int:
+    """The advisory lock that makes one creator at a time pick the next config of a queue."""
+    digest = hashlib.sha256(f"config:{system}:{round_}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass
+class NewGame:
+    """A game to create with its first event, in one transaction with its players' rows.
+
+    ``config`` None: the system's next config of the current round, ``next_config(n)`` for the
+    n-th live game of (system, round) (the fair comparison, docs/method.md). ``players``: the
+    participant id of each seat; ``new_participants``: rows inserted with the game (the admin
+    API's bots); the other players exist and are seated. ``audit``: an ``audit_log`` row."""
+
+    game_id: str
+    listener_kind: ListenerKind
+    system: str
+    rules: GameRules
+    at: float
+    players: dict[Seat, str]
+    next_config: Callable[[int], GameConfig]
+    config: GameConfig | None = None
+    split: str | None = None
+    new_participants: list[dict] = field(default_factory=list)
+    audit: dict | None = None
+
+
+class _Ops:
+    """The three things game creation asks of a connection (``$n`` statements)."""
+
+    async def value(self, sql: str, *args):
+        raise NotImplementedError
+
+    async def execute(self, sql: str, *args) -> int:
+        """Rows changed."""
+        raise NotImplementedError
+
+    async def lock_config_queue(self, key: int) -> None:
+        raise NotImplementedError
+
+    async def notify(self, message: dict) -> bool:
+        """Send ``message`` on the bus with this transaction, if the bus can; else False
+        (the caller flushes it after the commit)."""
+        return False
+
+
+async def _insert(ops: _Ops, table: str, row: dict) -> None:
+    sql, params = insert_statement(table, row)
+    await ops.execute(sql, *params)
+
+
+async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]]:
+    """Game creation's statements, the same for every database. The config queue's lock is
+    taken last, so that it is held (to the commit) for the fewest round trips."""
+    round_ = await ops.value(CURRENT_ROUND)
+    checkpoint = None
+    if new.listener_kind is ListenerKind.MODEL:
+        checkpoint = await ops.value(ACTIVE_CHECKPOINT, new.system)
+    seat_of = {pid: seat for seat, pid in new.players.items()}
+    for row in new.new_participants:
+        seat = seat_of.pop(row["id"])
+        await _insert(ops, "participants", {
+            **row, "status": Status.IN_GAME, "game_id": new.game_id, "seat": seat.value, "waiting_since": None,
+        })
+    after_commit: list[dict] = []
+    for pid, seat in seat_of.items():  # players who existed before the game: tell their pages
+        if await ops.execute(SEAT_PARTICIPANT, new.game_id, seat.value, pid) != 1:
+            raise LookupError(f"no participant {pid} to seat")
+        message = {"k": "p", "id": pid}
+        if not await ops.notify(message):
+            after_commit.append(message)
+    if new.audit is not None:
+        await _insert(ops, "audit_log", new.audit)
+    index, config = None, new.config
+    if config is None:
+        await ops.lock_config_queue(config_lock_key(new.system, round_))
+        if round_ is None:
+            highest = await ops.value(HIGHEST_CONFIG_NO_ROUND, new.system)
+        else:
+            highest = await ops.value(HIGHEST_CONFIG, new.system, round_)
+        index = 0 if highest is None else highest + 1
+        config = new.next_config(index)
+    created = GameCreated(
+        game_id=new.game_id, config=config, rules=new.rules, listener_kind=new.listener_kind, at=new.at
+    )
+    state = new_game(created)
+    await _insert(ops, "games", {
+        "id": new.game_id,
+        "listener_kind": new.listener_kind.value,
+        "config": config.model_dump(mode="json"),
+        "rules": new.rules.model_dump(mode="json"),
+        "created_at": new.at,
+        "speaker_draft": "",
+        **game_row(state),
+        "system": new.system,
+        "round": round_,
+        "checkpoint": checkpoint,
+        "split": new.split,
+        "config_index": index,
+        "speaker_id": new.players.get(Seat.SPEAKER),
+        "listener_id": new.players.get(Seat.LISTENER),
+        "source": "live",
+    })
+    await _insert(ops, "game_events", {
+        "game_id": new.game_id, "seq": 1, "type": created.type, "at": created.at,
+        "data": event_json(created), "actor": "server",
+    })
+    return created, after_commit
+
+
 class EventStore:
     """The interface (and what both databases share)."""
 
@@ -113,6 +273,22 @@ class EventStore:
 
     async def commit(self, batch: Batch) -> Committed:
         raise NotImplementedError
+
+    async def create_game(self, new: NewGame) -> GameCreated:
+        """Create ``new`` in one transaction on the hot path's own connection (no ORM session:
+        it cost a game start more CPU than a dozen actions). The pages of players who existed
+        before the game (in any process, this one included) are told, with the transaction
+        where the bus can (PostgreSQL), else right after it."""
+        created, after_commit = await self._create_game(new)
+        await self.bus.flush(after_commit)
+        return created
+
+    async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
+        raise NotImplementedError
+
+    async def lock_config_queue(self, session, system: str, round_: int | None) -> None:
+        """In ``session``'s transaction: be the only creator picking the next config of
+        (system, round) until it commits (the lobby's pairing, through the ORM)."""
 
     async def load_events(self, game_id: str, after_seq: int = 0) -> list[Event]:
         """The game's events after ``after_seq`` (read on the hot path's own connections)."""
@@ -136,35 +312,70 @@ class EventStore:
         self.stats[key] = self.stats.get(key, 0) + 1
 
 
+class _SqliteOps(_Ops):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def value(self, sql: str, *args):
+        row = self.conn.execute(_DOLLAR_PARAM.sub("?", sql), args).fetchone()
+        return None if row is None else row[0]
+
+    async def execute(self, sql: str, *args) -> int:
+        return self.conn.execute(_DOLLAR_PARAM.sub("?", sql), args).rowcount
+
+    async def lock_config_queue(self, key: int) -> None:
+        return None  # BEGIN IMMEDIATE: this transaction is the only writer already
+
+
 class SqliteEventStore(EventStore):
-    async def commit(self, batch: Batch) -> Committed:
+    def _writer(self) -> sqlite3.Connection:
         conn = self.db.sqlite_writer()
         if conn is None:
             raise RuntimeError(
                 f"the live server needs its SQLite database in a file ({self.db.describe()} is not one)"
             )
-        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
+        return conn
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE: take the write lock now, waiting with short sleeps while another
+        connection holds it (never blocking the loop)."""
         delay, waited = 0.0005, 0.0
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError:  # another connection writes: never block the loop
+                return
+            except sqlite3.OperationalError:
                 if waited > SQLITE_LOCK_PATIENCE:
                     raise
                 self._count("sqlite_waits")
                 await asyncio.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 0.02)
+
+    async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
+        conn = self._writer()
+        await self._begin(conn)
+        try:
+            # every statement runs on this thread without suspending: the lock is held for
+            # the transaction's CPU time only
+            result = await _create_game(_SqliteOps(conn), new)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.db.sqlite_committed()
+        return result
+
+    async def commit(self, batch: Batch) -> Committed:
+        conn = self._writer()
+        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
+        await self._begin(conn)
         try:
             append_sqlite_in_transaction(conn, rows)
             codes = self._react(conn, rows.game_id, batch.reactions)
             conn.execute("COMMIT")
         except BaseException:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:  # SQLite may have rolled back already
-                pass
+            _rollback(conn)
             raise
         self.db.sqlite_committed()
         return Committed(codes, self._staged(batch))
@@ -182,7 +393,59 @@ class SqliteEventStore(EventStore):
         return codes if reactions.settlements else None
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:  # SQLite may have rolled back already
+        pass
+
+
+class _PostgresOps(_Ops):
+    def __init__(self, conn, bus: Bus) -> None:
+        self.conn = conn
+        self.bus = bus
+
+    async def value(self, sql: str, *args):
+        return await self.conn.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args) -> int:
+        status = await self.conn.execute(sql, *args)  # "UPDATE 1", "INSERT 0 1"
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def lock_config_queue(self, key: int) -> None:
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+
+    async def notify(self, message: dict) -> bool:
+        notify = self.bus.in_transaction(message)
+        if notify is None:
+            return False
+        await self.conn.execute("SELECT pg_notify($1, $2)", *notify)
+        return True
+
+
 class PostgresEventStore(EventStore):
+    CREATORS = 3  # creations holding a pool connection at once
+
+    def __init__(self, db: Database, bus: Bus) -> None:
+        super().__init__(db, bus)
+        self._creating = asyncio.Semaphore(self.CREATORS)
+
+    async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
+        """A few creations at a time in this process: they wait for each other on the config
+        queue's lock (across processes too), and those waiting here hold no pool connection,
+        which the appends of every game need; a few, so that one can do the work before the
+        lock while another holds it."""
+        async with self._creating:
+            async with self.db.asyncpg_connection() as conn, conn.transaction():
+                return await _create_game(_PostgresOps(conn, self.bus), new)
+
+    async def lock_config_queue(self, session, system: str, round_: int | None) -> None:
+        from sqlalchemy import text
+
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:k)"), {"k": config_lock_key(system, round_)}
+        )
+
     async def commit(self, batch: Batch) -> Committed:
         """The append as one statement; with reactions, in a transaction with their rows and
         the workers' wake-up (``pg_notify`` is transactional: sent only if this commits).

@@ -334,17 +334,23 @@ class Block(BaseModel):
     reason: str = Field(default="", max_length=500)
 
 
-def _bot_participant(services, label: str) -> Participant:
-    """A consented bot participant for a game made through the admin API (caller adds it)."""
+def _bot_participant(services, label: str) -> dict:
+    """The ``participants`` row of a bot made with a game through the admin API (consented;
+    the event store seats it)."""
     pid = uuid.uuid4().hex
-    return Participant(
-        id=pid,
-        platform="bot",
-        worker_hash=worker_hash(services.hash_key, "bot", f"{label}-{pid}"),
-        status=Status.CONSENTED,
-        created_at=time.time(),
-        consented_at=time.time(),
-    )
+    now = time.time()
+    return {
+        "id": pid,
+        "platform": "bot",
+        "worker_hash": worker_hash(services.hash_key, "bot", f"{label}-{pid}"),
+        "status": Status.CONSENTED,
+        "created_at": now,
+        "consented_at": now,
+        "quiz_attempts": 0,
+        "pay_base_cents": 0,
+        "pay_bonus_cents": 0,
+        "pay_success_cents": 0,
+    }
 
 
 @router.get("/overview")
@@ -393,20 +399,25 @@ async def create_game(body: CreateGame, request: Request, actor: str = Depends(a
     if body.system is not None and body.listener == "human" and body.system != "human":
         raise HTTPException(422, "a human listener plays the system 'human'")
     system = body.system if body.listener == "model" else None
-    staged: list[dict] = []
     # one transaction: the bot participants, the game and its audit entry
-    async with services.db.session() as s, s.begin():
-        speaker = _bot_participant(services, "speaker")
-        listener = _bot_participant(services, "listener") if body.listener == "human" else None
-        s.add_all([p for p in (speaker, listener) if p is not None])
-        await s.flush()
-        game_id = await services.lobby.create_game_in(s, speaker, listener, staged, body.config, system=system)
-        await audit.record(s, actor, audit.CREATE_GAME, game_id, {"listener": body.listener, "system": system})
-    await services.bus.flush(staged)
+    speaker = _bot_participant(services, "speaker")
+    listener = _bot_participant(services, "listener") if body.listener == "human" else None
+    players = {Seat.SPEAKER: speaker["id"]}
+    if listener is not None:
+        players[Seat.LISTENER] = listener["id"]
+    game_id = uuid.uuid4().hex
+    await services.lobby.create_game_with(
+        players,
+        [p for p in (speaker, listener) if p is not None],
+        body.config,
+        system=system,
+        audit_entry=audit.entry_row(actor, audit.CREATE_GAME, game_id, {"listener": body.listener, "system": system}),
+        game_id=game_id,
+    )
     return CreatedGame(
         game_id=game_id,
-        speaker_token=services.tokens.issue(speaker.id),
-        listener_token=services.tokens.issue(listener.id) if listener else None,
+        speaker_token=services.tokens.issue(speaker["id"]),
+        listener_token=services.tokens.issue(listener["id"]) if listener else None,
     )
 
 
