@@ -4,6 +4,7 @@ outside the loop, on first turns only (one description, no dialogue history).
     .venv/bin/python bench/pointer_probe.py --task describe      # the listener's real task
     .venv/bin/python bench/pointer_probe.py --task text-only     # does it read the description?
     .venv/bin/python bench/pointer_probe.py --task odd-one-out   # can it point at an image at all?
+    .venv/bin/python bench/pointer_probe.py --task describe+caption --steps 7000   # with captions
 
 ``describe``: ``--images`` tangrams with crowd descriptions on screen, the speaker describes one
 of them; the right letter depends on the description AND on where that image is (the listener's
@@ -11,7 +12,9 @@ whole task). ``text-only``: the same prompts, but the target's letter is fixed b
 (A for half of them, B for the other half), so the description alone decides and the images
 can be ignored. ``odd-one-out``: the other images are KiloGram tangrams no one described, so the
 images alone decide (point at the one that is a described tangram) and the description can be
-ignored. Each held-out accuracy is over new contexts with descriptions never trained on
+ignored. ``describe+caption``: every other batch is a caption task instead ("describe C" →
+one of that tangram's crowd descriptions, the token loss over the whole caption), the others
+``describe``; the accuracies are ``describe``'s. Each held-out accuracy is over new contexts with descriptions never trained on
 (``describe``, ``text-only``) or new contexts (``odd-one-out``); chance is 1/``--images``.
 
 The model, prompt builder, collator and loss are the study's own (``sim.base``,
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REFERENCE = ROOT.parent / "shared" / "reference" / "kilogram"
-TASKS = ("describe", "text-only", "odd-one-out")
+TASKS = ("describe", "text-only", "odd-one-out", "describe+caption")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from policy_worker.gamedata import TangramImages
     from policy_worker.model import load_policy
     from policy_worker.prompt import LETTERS, PromptGame, PromptTurn
-    from sim.base import ModelSize, build_small_idefics2
+    from sim.base import ModelSize, _token_loss, build_small_idefics2
     from sim.speakers import Descriptions
 
     torch.manual_seed(a.seed)
@@ -89,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         random.Random(a.seed + 1).shuffle(ds)
         k = max(1, len(ds) // 5)
         test[t], train[t] = ds[:k], ds[k:]
+
+    def caption(rng: random.Random) -> Sample:
+        """An image-caption pair in the policy prompt: which image, then what it looks like."""
+        context = rng.sample(described, a.images)
+        i = rng.randrange(a.images)
+        prompt = PromptGame(context, [PromptTurn(f"describe {LETTERS[i]}", [], None)])
+        text = rng.choice(train[context[i]])
+        return Sample(Example("probe", 1, prompt, text, 1, None), prompt, text)
 
     def game(rng: random.Random, descriptions: dict[str, list[str]]) -> tuple[Sample, int]:
         if a.task == "odd-one-out":
@@ -129,16 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     rng = random.Random(a.seed)
     table = Table(title=f"pointer probe: {a.task}, {a.images} images, {len(described)} tangrams, lr {a.lr:g}")
-    for col in ("step", "letter loss", "chance loss", "acc. trained", "acc. held out", "chance", "s"):
+    for col in ("step", "loss" if a.task == "describe+caption" else "letter loss", "chance loss", "acc. trained", "acc. held out", "chance", "s"):
         table.add_column(col, justify="right")
     started, losses = time.perf_counter(), []
     model.train()
     with Progress(console=Console(stderr=True)) as progress:
         task = progress.add_task(f"probe {a.task}", total=a.steps)
         for step in range(1, a.steps + 1):
-            items = [game(rng, train) for _ in range(a.batch)]
-            scores, _ = letter_logits([s for s, _ in items])
-            loss = torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i in items]))  # as pre-training
+            if a.task == "describe+caption" and step % 2 == 0:
+                batch = collator([caption(rng) for _ in range(a.batch)])
+                width = batch["targets"].shape[1]
+                logits = model(**model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1).logits
+                loss = _token_loss(logits[:, :-1], batch["targets"], batch["target_mask"].float())
+            else:
+                items = [game(rng, train) for _ in range(a.batch)]
+                scores, _ = letter_logits([s for s, _ in items])
+                loss = torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i in items]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
