@@ -22,7 +22,7 @@ over a real socket; a code no path can produce does not belong in the list).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_core import to_json
@@ -176,55 +176,15 @@ class GameView(BaseModel):
         completion_code: str | None = None,
         redirect_url: str | None = None,
     ) -> "GameView":
-        order = state.config.speaker_order if seat is Seat.SPEAKER else state.config.listener_order
-        show_targets = seat is Seat.SPEAKER or state.ended
-        targets = state.targets
-        tiles = [
-            TileView(
-                tangram_id=t,
-                selected=t in state.selection,
-                target=(t in targets) if show_targets else None,
+        return cls.model_validate(
+            view_data(
+                state, seat, now, cause=cause, pay=pay,
+                completion_code=completion_code, redirect_url=redirect_url,
             )
-            for t in order
-        ]
-        current = state.current_turn
-        submitted = [t.selection_after for t in state.turns if t.selection_after is not None]
-        return cls(
-            game_id=state.game_id,
-            seat=seat,
-            version=state.version,
-            phase=state.phase,
-            turn=state.turn,
-            max_turns=state.rules.max_turns,
-            tiles=tiles,
-            messages=[MessageView(turn=m.turn, text=m.text, auto=m.auto) for m in state.messages],
-            last_submitted=list(submitted[-1]) if submitted else None,
-            turn_submitted=current is not None and current.selection_after is not None,
-            deadline=state.phase_deadline,
-            speaker_deadline=(
-                current.started_at + state.rules.speaker_seconds if current is not None else None
-            ),
-            server_time=now,
-            idle_warning=state.warned_this_turn(seat) and not state.ended,
-            partner_connected=state.seat_is_present(seat.partner),
-            listener_kind=state.listener_kind.value,
-            max_utterance_chars=state.rules.max_utterance_chars,
-            end_reason=state.end_reason,
-            outcome=state.outcome,
-            # Pay counts correct selections: the listener sees it only once targets are shown.
-            pay=(
-                PayView.of(pay)
-                if pay is not None and show_targets and not (state.ended and seat in forfeits(state))
-                else None
-            ),
-            completion_code=completion_code,
-            redirect_url=redirect_url if completion_code else None,
-            forfeited=state.ended and seat in forfeits(state),
-            cause=cause,
         )
 
 
-def state_frame_json(
+def view_data(
     state: GameState,
     seat: Seat,
     now: float,
@@ -233,10 +193,9 @@ def state_frame_json(
     pay: Pay | None = None,
     completion_code: str | None = None,
     redirect_url: str | None = None,
-) -> str:
-    """``StateFrame(view=GameView.of(...)).model_dump_json()``, built as plain data: every
-    committed action sends one per seat, and validating a dozen models for each was a tenth
-    of the server's CPU at 500 games. tests/test_rules_properties.py holds the two equal."""
+) -> dict:
+    """What ``seat`` may see of ``state``, as plain data: the one definition of a seat's view
+    (``GameView.of`` validates it; ``state_frame_json`` sends it without validating)."""
     order = state.config.speaker_order if seat is Seat.SPEAKER else state.config.listener_order
     show_targets = seat is Seat.SPEAKER or state.ended
     selection = state.selection
@@ -259,7 +218,7 @@ def state_frame_json(
             "success_cents": pay.success_cents, "total_cents": pay.total_cents,
             "correct": pay.correct, "wrong": pay.wrong,
         }
-    view = {
+    return {
         "game_id": state.game_id,
         "seat": seat.value,
         "version": state.version,
@@ -285,7 +244,14 @@ def state_frame_json(
         "forfeited": forfeited,
         "cause": cause,
     }
-    return to_json({"type": "state", "view": view}).decode()  # compact, as the models' JSON
+
+
+def state_frame_json(state: GameState, seat: Seat, now: float, **view: Any) -> str:
+    """``StateFrame(view=GameView.of(...)).model_dump_json()`` without the models: every
+    committed action sends one per seat, and validating a dozen models for each was a tenth
+    of the server's CPU at 500 games. tests/test_rules_properties.py holds the two equal."""
+    frame = {"type": "state", "view": view_data(state, seat, now, **view)}
+    return to_json(frame).decode()  # compact, as the models' JSON
 
 
 class WelcomeFrame(_Frame):
