@@ -5,6 +5,7 @@ outside the loop, on first turns only (one description, no dialogue history).
     .venv/bin/python bench/pointer_probe.py --task text-only     # does it read the description?
     .venv/bin/python bench/pointer_probe.py --task odd-one-out   # can it point at an image at all?
     .venv/bin/python bench/pointer_probe.py --task describe+caption --steps 7000   # with captions
+    .venv/bin/python bench/pointer_probe.py --align-steps 1500 --recall-steps 1000 --steps 1500
 
 ``describe``: ``--images`` tangrams with crowd descriptions on screen, the speaker describes one
 of them; the right letter depends on the description AND on where that image is (the listener's
@@ -14,8 +15,17 @@ can be ignored. ``odd-one-out``: the other images are KiloGram tangrams no one d
 images alone decide (point at the one that is a described tangram) and the description can be
 ignored. ``describe+caption``: every other batch is a caption task instead ("describe C" →
 one of that tangram's crowd descriptions, the token loss over the whole caption), the others
-``describe``; the accuracies are ``describe``'s. Each held-out accuracy is over new contexts with descriptions never trained on
+``describe``; the accuracies are ``describe``'s (``describe+odd``, ``describe+recall``: the
+same with odd-one-out or recall batches, in turn). Each held-out accuracy is over new contexts with descriptions never trained on
 (``describe``, ``text-only``) or new contexts (``odd-one-out``); chance is 1/``--images``.
+
+Two optional stages run first. ``--align-steps``: the vision encoder and connector are trained
+alone (MSE, lr 1e-2 decaying to 1e-4) to turn each described tangram's image into the input
+embeddings of its 4 most distinctive description words (TF-IDF over its trained descriptions),
+and keep one such step after every later step: images the text model can read like words.
+``--recall-steps``: associative recall in the listener's layout, words instead of images (each
+image's slots hold 4 random vocabulary words, the speaker says one image's words shuffled, the
+answer is that image's letter): the match-and-copy circuit a pretrained language model has.
 
 The model, prompt builder, collator and loss are the study's own (``sim.base``,
 ``policy_worker.prompt``, ``learning.datasets``): what fails here fails in the study.
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 import os
 import random
 import sys
@@ -36,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REFERENCE = ROOT.parent / "shared" / "reference" / "kilogram"
-TASKS = ("describe", "text-only", "odd-one-out", "describe+caption")
+TASKS = ("describe", "text-only", "odd-one-out", "describe+caption", "describe+odd", "describe+odd+caption", "describe+recall", "describe+recall+caption")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--annotations", type=Path, default=REFERENCE / "dense_annotations.json")
     ap.add_argument("--svgs", type=Path, default=REFERENCE / "tangrams-svg")
     ap.add_argument("--out", type=Path, default=ROOT / "var" / "pointer-probe", help="the random stand-in is built here")
+    ap.add_argument("--recall-steps", type=int, default=0, help="first train this many steps of word recall (4 words in each image's slots; the speaker says them)")
+    ap.add_argument("--align-steps", type=int, default=0, help="first align the connector: each tangram's image tokens -> the embeddings of its 4 most distinctive description words (then one align step after every step)")
+    ap.add_argument("--text-layers", type=int, default=None, help="the stand-in's text layers (default: the study's)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     for path in (a.annotations, a.svgs):
@@ -78,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"only {len(described)} described tangrams: need --images or more")
     corpus = [d for t in described for d in everything.all[t]] * 3 + [FeedbackTemplate.load(None, "binary").text] * 30
     if not (a.out / "config.json").is_file():
-        build_small_idefics2(a.out, corpus, ModelSize(seed=a.seed))
+        size = ModelSize(seed=a.seed)
+        if a.text_layers:
+            size.text_layers = a.text_layers
+        build_small_idefics2(a.out, corpus, size)
     policy = load_policy(a.out, dtype="float32", device="cpu")
     model = policy.model
     for frozen in (model.model.vision_model, model.model.connector):  # as the study's pre-training
@@ -93,6 +110,62 @@ def main(argv: list[str] | None = None) -> int:
         k = max(1, len(ds) // 5)
         test[t], train[t] = ds[:k], ds[k:]
 
+    tok = policy.tokenizer
+    image_id = model.config.image_token_id
+    words = sorted(w for w in tok.get_vocab() if w.startswith("▁") and w[1:].isalpha() and len(w) >= 4)
+    word_id = {w: tok.convert_tokens_to_ids(w) for w in words}
+
+    def recall(rng: random.Random) -> tuple[Sample, int, list[list[str]]]:
+        """Associative recall in the listener's layout: each image's slots hold 4 words; the
+        speaker says one image's words (shuffled); the answer is the letter after them."""
+        context = rng.sample(described, a.images)
+        index = rng.randrange(a.images)
+        items = [rng.sample(words, 4) for _ in context]
+        said = rng.sample(items[index], 4)
+        prompt = PromptGame(context, [PromptTurn("choose the " + " ".join(w[1:] for w in said), [], None)])
+        action = f"select {LETTERS[index]}"
+        return Sample(Example("probe", 1, prompt, action, 1, None), prompt, action), index, items
+
+    def recall_batch(items: list) -> dict:
+        batch = collator([s for s, _, _ in items])
+        ids = batch["input_ids"]
+        for row, (_, _, slots) in enumerate(items):
+            where = (ids[row] == image_id).nonzero().flatten()
+            per = len(where) // len(slots)
+            fill = [word_id[w] for item in slots for w in (item * per)[:per]]
+            ids[row, where] = torch.tensor(fill)
+        batch.pop("pixel_values", None)
+        batch.pop("pixel_attention_mask", None)
+        return batch
+
+    connector = model.model.connector
+    emb = model.get_input_embeddings()
+    df: Counter = Counter()
+    tf: dict[str, Counter] = {}
+    for t in described:
+        c = Counter(i for d in train[t] for i in tok.encode(" " + d, add_special_tokens=False) if tok.convert_ids_to_tokens(i) in word_id and len(tok.convert_ids_to_tokens(i)) >= 4)
+        tf[t] = c
+        df.update(set(c))
+    n_tok = model.config.perceiver_config.resampler_n_latents
+    salient = {t: [i for i, _ in sorted(tf[t].items(), key=lambda kv: -kv[1] * math.log(len(described) / df[kv[0]]))[:n_tok]] for t in described}
+    salient = {t: (v * n_tok)[:n_tok] for t, v in salient.items()}
+    align_ids = torch.tensor([salient[t] for t in described])
+    align_pixels = collator.pixels([described])
+    align_opt = torch.optim.AdamW([*connector.parameters(), *model.model.vision_model.parameters()], lr=1e-2, weight_decay=0.0)
+
+    def align_step() -> float:
+        connector.requires_grad_(True)
+        model.model.vision_model.requires_grad_(True)
+        feats = model.model.get_image_features(align_pixels["pixel_values"], align_pixels["pixel_attention_mask"]).pooler_output[0]
+        target = emb(align_ids).detach().reshape(-1, feats.shape[-1])
+        loss = torch.nn.functional.mse_loss(feats, target) / target.pow(2).mean()
+        align_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        align_opt.step()
+        connector.requires_grad_(False)
+        model.model.vision_model.requires_grad_(False)
+        return loss.item()
+
     def caption(rng: random.Random) -> Sample:
         """An image-caption pair in the policy prompt: which image, then what it looks like."""
         context = rng.sample(described, a.images)
@@ -101,15 +174,16 @@ def main(argv: list[str] | None = None) -> int:
         text = rng.choice(train[context[i]])
         return Sample(Example("probe", 1, prompt, text, 1, None), prompt, text)
 
-    def game(rng: random.Random, descriptions: dict[str, list[str]]) -> tuple[Sample, int]:
-        if a.task == "odd-one-out":
+    def game(rng: random.Random, descriptions: dict[str, list[str]], kind: str | None = None) -> tuple[Sample, int]:
+        kind = kind or ("describe" if a.task.startswith("describe") else a.task)
+        if kind == "odd-one-out":
             target = rng.choice(described)
             context = [target, *rng.sample(undescribed, a.images - 1)]
             rng.shuffle(context)
         else:
             context = rng.sample(described, a.images)
             target = rng.choice(context)
-            if a.task == "text-only":  # the target's place is fixed by which half it belongs to
+            if kind == "text-only":  # the target's place is fixed by which half it belongs to
                 rest = [t for t in context if t != target]
                 context = [target, *rest] if described.index(target) % 2 == 0 else [*rest, target]
         index = context.index(target)
@@ -117,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         action = f"select {LETTERS[index]}"
         return Sample(Example("probe", 1, prompt, action, 1, None), prompt, action), index
 
-    def letter_logits(samples: list[Sample]) -> tuple[torch.Tensor, dict]:
-        batch = collator(samples)
+    def letter_logits(samples: list[Sample], batch: dict | None = None) -> tuple[torch.Tensor, dict]:
+        batch = batch if batch is not None else collator(samples)
         assert batch["targets"].shape[1] >= 2, "an action is 'select' then the letter"
         logits = model(**model_inputs(batch, policy.device, policy.dtype), logits_to_keep=batch["targets"].shape[1] + 1).logits
         return logits[:, 1], batch  # the position that predicts the letter, whole vocabulary
@@ -140,26 +214,61 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     rng = random.Random(a.seed)
     table = Table(title=f"pointer probe: {a.task}, {a.images} images, {len(described)} tangrams, lr {a.lr:g}")
-    for col in ("step", "loss" if a.task == "describe+caption" else "letter loss", "chance loss", "acc. trained", "acc. held out", "chance", "s"):
+    for col in ("step", "loss" if "+" in a.task else "letter loss", "chance loss", "acc. trained", "acc. held out", "chance", "s"):
         table.add_column(col, justify="right")
     started, losses = time.perf_counter(), []
     model.train()
     with Progress(console=Console(stderr=True)) as progress:
         task = progress.add_task(f"probe {a.task}", total=a.steps)
+        if a.align_steps:
+            print("salient words:", {t: tok.convert_ids_to_tokens(salient[t]) for t in described[:4]})
+            decay = torch.optim.lr_scheduler.CosineAnnealingLR(align_opt, a.align_steps, eta_min=1e-4)
+            for step in range(1, a.align_steps + 1):
+                x = align_step()
+                decay.step()
+                if step % 100 == 0:
+                    print(f"align step {step}: relative mse {x:.3f}", flush=True)
+        if a.recall_steps:
+            recall_test = [recall(random.Random(30_000 + i)) for i in range(100)]
+            for step in range(1, a.recall_steps + 1):
+                items = [recall(rng) for _ in range(a.batch)]
+                scores, _ = letter_logits([], recall_batch(items))
+                loss = torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i, _ in items]))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                if a.align_steps:
+                    align_step()
+                if step % a.eval_every == 0 or step == a.recall_steps:
+                    model.eval()
+                    with torch.no_grad():
+                        sc, _ = letter_logits([], recall_batch(recall_test))
+                    model.train()
+                    acc = sum(int(p) == i for p, (_, i, _) in zip(sc[:, letter_ids].argmax(-1).tolist(), recall_test)) / len(recall_test)
+                    print(f"recall step {step}: loss {loss.item():.3f}, held-out recall accuracy {acc:.0%}, describe {accuracy(held_out):.0%}", flush=True)
         for step in range(1, a.steps + 1):
-            if a.task == "describe+caption" and step % 2 == 0:
+            mix = a.task.split("+")[1:]  # the helper tasks, one batch each in turn with describe
+            helper = mix[step % (len(mix) + 1) - 1] if mix and step % (len(mix) + 1) else None
+            if helper == "caption":
                 batch = collator([caption(rng) for _ in range(a.batch)])
                 width = batch["targets"].shape[1]
                 logits = model(**model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1).logits
                 loss = _token_loss(logits[:, :-1], batch["targets"], batch["target_mask"].float())
+            elif helper == "recall":
+                items3 = [recall(rng) for _ in range(a.batch)]
+                scores, _ = letter_logits([], recall_batch(items3))
+                loss = torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i, _ in items3]))
             else:
-                items = [game(rng, train) for _ in range(a.batch)]
+                items = [game(rng, train, "odd-one-out" if helper == "odd" else None) for _ in range(a.batch)]
                 scores, _ = letter_logits([s for s, _ in items])
                 loss = torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i in items]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if a.align_steps:
+                align_step()
             losses.append(loss.item())
             progress.update(task, advance=1, description=f"probe {a.task} (letter loss {loss.item():.3f})")
             if step % a.eval_every == 0 or step == a.steps:
@@ -169,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{accuracy(seen):.0%}", f"{accuracy(held_out):.0%}", f"{1 / a.images:.0%}",
                     f"{time.perf_counter() - started:.0f}",
                 )
+                print(" | ".join(c._cells[-1] for c in table.columns), flush=True)
     Console().print(table)
     return 0
 
