@@ -147,11 +147,14 @@ def serve(
 
 
 def tune_gc(settings) -> None:
-    """Before serving: keep the cyclic collector's full (generation 2) collections short.
-    Each one stops the event loop for as long as it takes to scan every tracked object, and at
-    500 games they were the server's longest stalls (bench/loop_probe.py: 13 a minute, 230-550
-    ms each). What exists now (modules, classes, the app, schemas: ~150,000 objects) lives
-    until exit, so ``gc.freeze`` takes it out of every later scan."""
+    """Before serving: keep the cyclic collector's full (generation-2) collections short.
+    Each one stops the event loop while it scans every tracked object; at 500 games
+    (bench/loop_probe.py, SQLite) they ran 12-13 times a minute for 290-310 ms each (up to
+    555 ms), the server's longest stalls and most of its p99 (bench/README.md, issue 14 third
+    pass). What exists now (modules, classes, the app, schemas: ~150,000 objects) lives until
+    exit, so ``gc.freeze`` takes it out of every later scan: 230 ms each, 277 at most.
+    Raising the third threshold makes them rarer but longer and the memory higher (the sockets'
+    cyclic garbage waits for them), so the default stays."""
     import gc
 
     gc.collect()

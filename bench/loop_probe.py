@@ -11,6 +11,8 @@ window (SIGUSR1 opens it, SIGUSR2 closes it and writes ``LOOP_PROBE_OUT`` as JSO
   callback running long, or many in one iteration);
 * optionally (``LOOP_PROBE_GC``: ``freeze``, ``T0,T1,T2`` or ``freeze;T0,T1,T2``) the
   collector tuned two seconds after startup, to compare settings without changing the server;
+* how long the event store's commits and game creations take, and on PostgreSQL the wait for
+  a pool connection (p50, p99, max);
 * a watchdog thread that, while the lag task has not run for over ``LOOP_PROBE_STALL_MS``
   (default 20), takes the main thread's stack every few milliseconds: what the loop is doing
   during its stalls (a stack per sample, counted by its innermost frames from the app).
@@ -50,6 +52,7 @@ class Probe:
         self.main_id = threading.get_ident()
         self.in_gc = False
         self.tuned = ""
+        self.timings: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
 
     # ---------------------------------------------------------------- gc
     def gc_callback(self, phase: str, info: dict) -> None:
@@ -131,6 +134,7 @@ class Probe:
         del garbage
 
     def start(self, *_) -> None:
+        self.timings.clear()
         if os.environ.get("LOOP_PROBE_GARBAGE"):
             threading.Timer(15, lambda: threading.Thread(target=self.census, daemon=True).start()).start()
         self.gcs.clear()
@@ -173,6 +177,11 @@ class Probe:
                        "total_ms": sum(d for _, d in self.stalls) * 1000,
                        "with_gc": stall_gc,
                        "longest_ms": sorted((d * 1000 for _, d in self.stalls), reverse=True)[:20]},
+            "timings_ms": {
+                k: {"n": len(v), "p50": sorted(v)[len(v) // 2] * 1000, "p99": sorted(v)[int(len(v) * 0.99)] * 1000,
+                    "max": max(v) * 1000}
+                for k, v in self.timings.items() if v
+            },
             "stall_stacks": self.stacks.most_common(40),
             "garbage": getattr(self, "garbage", None),
             "live_types": collections.Counter(
@@ -189,6 +198,38 @@ def main() -> None:
     signal.signal(signal.SIGUSR1, probe.start)
     signal.signal(signal.SIGUSR2, probe.stop)
     threading.Thread(target=probe.watchdog, daemon=True).start()
+
+    # how long the event store's commits take (all of it, and the wait for a pool connection
+    # on PostgreSQL): where an action's time goes when the loop is not the one stalling
+    import contextlib
+
+    from app.db import database
+    from app.live import store
+
+    def timed(kind, fn):
+        async def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return await fn(*a, **kw)
+            finally:
+                if probe.on:
+                    probe.timings[kind].append(time.perf_counter() - t)
+        return wrapper
+
+    for cls in (store.SqliteEventStore, store.PostgresEventStore):
+        cls.commit = timed("commit", cls.commit)
+        cls._create_game = timed("create_game", cls._create_game)
+    acquire = database.Database.asyncpg_connection
+
+    @contextlib.asynccontextmanager
+    async def asyncpg_connection(self):
+        t = time.perf_counter()
+        async with acquire(self) as conn:
+            if probe.on:
+                probe.timings["pool_acquire"].append(time.perf_counter() - t)
+            yield conn
+
+    database.Database.asyncpg_connection = asyncpg_connection
 
     # the lag task starts with uvicorn's server, on its loop
     import uvicorn.server
