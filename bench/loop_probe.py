@@ -11,6 +11,7 @@ window (SIGUSR1 opens it, SIGUSR2 closes it and writes ``LOOP_PROBE_OUT`` as JSO
   callback running long, or many in one iteration);
 * optionally (``LOOP_PROBE_GC``: ``freeze``, ``T0,T1,T2`` or ``freeze;T0,T1,T2``) the
   collector tuned two seconds after startup, to compare settings without changing the server;
+* ``LOOP_PROBE_CREATORS``: PostgreSQL game creations holding a pool connection at once;
 * how long the event store's commits and game creations take, and on PostgreSQL the wait for
   a pool connection (p50, p99, max);
 * a watchdog thread that, while the lag task has not run for over ``LOOP_PROBE_STALL_MS``
@@ -216,6 +217,8 @@ def main() -> None:
                     probe.timings[kind].append(time.perf_counter() - t)
         return wrapper
 
+    if os.environ.get("LOOP_PROBE_CREATORS"):  # creations holding a pool connection at once
+        store.PostgresEventStore.CREATORS = int(os.environ["LOOP_PROBE_CREATORS"])
     for cls in (store.SqliteEventStore, store.PostgresEventStore):
         cls.commit = timed("commit", cls.commit)
         cls._create_game = timed("create_game", cls._create_game)
