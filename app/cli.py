@@ -134,6 +134,7 @@ def serve(
 
         background.append(worker_factory(_worker_options(settings, [settings.model_system], base, device)))
     application = create_app(settings, background)
+    tune_gc(settings)
     uvicorn.run(
         application,
         log_config=None,  # uvicorn's loggers go through app.logs: one format
@@ -143,6 +144,23 @@ def serve(
         ws_max_size=settings.max_frame_bytes * 2,
         timeout_graceful_shutdown=5,
     )
+
+
+def tune_gc(settings) -> None:
+    """Before serving: keep the cyclic collector's full (generation-2) collections short.
+    Each one stops the event loop while it scans every tracked object; at 500 games
+    (bench/loop_probe.py, SQLite) they ran 12-13 times a minute for 290-310 ms each (up to
+    555 ms), the server's longest stalls and most of its p99 (bench/README.md, issue 14 third
+    pass). What exists now (modules, classes, the app, schemas: ~150,000 objects) lives until
+    exit, so ``gc.freeze`` takes it out of every later scan: 230 ms each, 277 at most.
+    Raising the third threshold makes them rarer but longer and the memory higher (the sockets'
+    cyclic garbage waits for them), so the default stays."""
+    import gc
+
+    gc.collect()
+    if settings.gc_freeze:
+        gc.freeze()
+    gc.set_threshold(*settings.gc_thresholds)
 
 
 def _worker_options(settings, systems, base, device, **extra):

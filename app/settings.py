@@ -49,6 +49,17 @@ class Settings(BaseSettings):
         default_factory=list, description="SHA-256 hex digests of further admin tokens."
     )
     max_frame_bytes: int = 8192
+    gc_freeze: bool = Field(
+        default=True,
+        description="`serve`: move the objects made at startup out of the cyclic collector's "
+        "reach (gc.freeze) before serving, so its full collections, which stop the server, "
+        "scan only what serving made (bench/README.md, issue 14 third pass).",
+    )
+    gc_thresholds: list[int] = Field(
+        default_factory=lambda: [700, 10, 10],
+        description="`serve`: the cyclic collector's thresholds (gc.set_threshold); the third "
+        "sets how rarely a full collection may run.",
+    )
     max_body_bytes: int = Field(
         default=1_048_576, description="Largest HTTP request body accepted (413 beyond it)."
     )

@@ -37,6 +37,12 @@ Measured, per run:
   must be 1..n), or an action event in the log (message, click, submit not made by the server)
   that no sent action accounts for: every sent click appears exactly once.
 
+The generator's own cyclic garbage collector is off during the measurement window (one
+collection just before it; ``--gen-gc`` keeps it on): with 1,000 sockets its full collections
+stopped its loop for up to ~400 ms several times a minute, and every frame arriving meanwhile
+counted that pause as latency, in the floor's run and the server's alike. The Diagnostics table
+shows the generator's full collections in the window (count, longest and total ms).
+
 With ``--floor`` each size is first played against ``bench/floor_relay.py``, the least a durable
 relay on this stack must do per action (parse the JSON, append one row to SQLite in WAL mode, send
 a small state frame to each seat), and a last table gives the server's CPU per action and p99 as
@@ -50,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -114,6 +121,7 @@ class GenConfig:
     action_timeout: float
     seed: int
     http_connections: int = 16
+    gc_in_window: bool = False  # let the generator's own cyclic collector run while measuring
 
     @property
     def measure_start(self) -> float:
@@ -191,6 +199,8 @@ class Generator:
         self.errors: Counter[str] = Counter()
         self.start_latencies: list[float] = []
         self.loop_lags: list[float] = []
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) in the window
+        self._gc_t = 0.0
         self.games_done = 0
         self.actions_by_game: dict[str, list[ActionRecord]] = {}
 
@@ -204,9 +214,21 @@ class Generator:
         self.http = self.httpx.AsyncClient(base_url=cfg.url, timeout=60, limits=limits)
         # httpcore's pool scans every queued request on each change: keep its queue empty
         self.http_slots = asyncio.Semaphore(cfg.http_connections)
+        gc.callbacks.append(self._gc_callback)
         lag = asyncio.create_task(self._lag_monitor())
         slots = [asyncio.create_task(self._slot(i)) for i in range(cfg.slots)]
+        if not cfg.gc_in_window:
+            # The generator's full collections stopped its loop for up to ~400 ms several times
+            # a minute (1,000 sockets, every action's record kept): frames arriving meanwhile
+            # were timestamped late, the same in the floor's run and the server's, and that
+            # was a large part of both p99s. So it does not collect cycles while measuring
+            # (their garbage, ~100 MB a minute, is collected after the window). The last
+            # collection before it runs in the settling time, before any measured action.
+            await _sleep_until(cfg.measure_start - min(2.0, cfg.settle_seconds / 2))
+            gc.collect()
+            gc.disable()
         await _sleep_until(cfg.measure_end)
+        gc.enable()
         self.stopping = True
         for c in list(self.clients):
             c.wake()
@@ -236,8 +258,17 @@ class Generator:
             "errors": dict(self.errors),
             "start_latencies": self.start_latencies,
             "loop_lags": self.loop_lags,
+            "gc_pauses": self.gc_pauses,
             "games_done": self.games_done,
         }
+
+    def _gc_callback(self, phase: str, info: dict) -> None:
+        """The generator's own cyclic collections in the window: they stop its loop, and a
+        frame that arrives meanwhile is timestamped late (it counts in every latency)."""
+        if phase == "start":
+            self._gc_t = time.perf_counter()
+        elif self.cfg.measure_start <= time.time() < self.cfg.measure_end:
+            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_t))
 
     async def _lag_monitor(self) -> None:
         interval = 0.05
@@ -895,6 +926,7 @@ class RunResult:
     loop_lag_p99_ms: float
     load: float
     db_checked: bool
+    gen_gc2: tuple[int, float, float] = (0, 0.0, 0.0)  # generator's full collections: n, max ms, total ms
 
 
 def quantiles(values: list[float], qs=(0.5, 0.95, 0.99)) -> dict[str, float]:
@@ -945,6 +977,7 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
                 speak_delay=tuple(args.speak_delay), click_gap=tuple(args.click_gap),
                 targets_per_turn=args.targets_per_turn, wrong_click_rate=args.wrong_click_rate,
                 action_timeout=args.action_timeout, seed=args.seed * 1000 + i,
+                gc_in_window=args.gen_gc,
             )
             offset += n
             p = ctx.Process(target=generator_main, args=(cfg, queue), daemon=True)
@@ -1011,6 +1044,7 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
             games_done=sum(r["games_done"] for r in results),
             start_p99_ms=quantiles([x for r in results for x in r["start_latencies"]])["p99"],
             loop_lag_p99_ms=quantiles([x for r in results for x in r["loop_lags"]])["p99"],
+            gen_gc2=_gc2([p for r in results for p in r.get("gc_pauses", [])]),
             load=sampler.load_during(t0, t1),
             db_checked=verdict.db_checked,
         )
@@ -1024,6 +1058,11 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
 
 
 # =========================================================================== report
+
+
+def _gc2(pauses: list) -> tuple[int, float, float]:
+    full = [d * 1000 for g, d in pauses if g == 2]
+    return (len(full), max(full, default=0.0), sum(full))
 
 
 def fmt(x: float, nd: int = 1) -> str:
@@ -1057,7 +1096,7 @@ def report(runs: list[RunResult], baselines: dict[str, RunResult]) -> None:
     console.print(t)
     d = Table(title="Diagnostics")
     for col in ("db", "games", "actions/s", "games done", "srv CPU ms/action", "ack p99 ms", "start p99 ms",
-                "gen loop lag p99 ms", "gen CPU%", "pg CPU% (all)", "load avg (1m, max)",
+                "gen loop lag p99 ms", "gen full GCs (max, total ms)", "gen CPU%", "pg CPU% (all)", "load avg (1m, max)",
                 "log checked", "error kinds", "lost/dup details"):
         d.add_column(col, justify="left" if col in ("db", "error kinds", "lost/dup details") else "right")
     for r in runs:
@@ -1065,7 +1104,8 @@ def report(runs: list[RunResult], baselines: dict[str, RunResult]) -> None:
             r.db, str(r.games), fmt(r.actions_per_s), str(r.games_done),
             fmt(cpu_per_action(r), 2),
             fmt(r.ack_ms["p99"]),
-            fmt(r.start_p99_ms), fmt(r.loop_lag_p99_ms), fmt(r.gen_cpu, 0), fmt(r.pg_cpu, 0),
+            fmt(r.start_p99_ms), fmt(r.loop_lag_p99_ms),
+            f"{r.gen_gc2[0]} ({r.gen_gc2[1]:.0f}, {r.gen_gc2[2]:.0f})", fmt(r.gen_cpu, 0), fmt(r.pg_cpu, 0),
             fmt(r.load, 2), "yes" if r.db_checked else "no",
             ", ".join(f"{k}={v}" for k, v in sorted(r.error_kinds.items())) or "-",
             ", ".join(f"{k}={v}" for k, v in sorted(r.details.items()) if v) or "-",
@@ -1120,6 +1160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--action-timeout", type=float, default=15.0)
     p.add_argument("--procs", type=int, default=1, help="load generator processes")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--gen-gc", action="store_true",
+                   help="let the generator's cyclic garbage collector run in the measurement window "
+                   "(its pauses then count as latency; before issue 14's third pass it always ran)")
     p.add_argument("--url", default=None, help="target a running server instead of starting one")
     p.add_argument("--database-url", default=None, help="with --url: its database, to verify the log")
     p.add_argument("--server-pid", type=int, default=None, help="with --url: pid to sample")

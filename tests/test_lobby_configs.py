@@ -2,9 +2,9 @@
 of a round plays config n of one shuffled queue), against indexes written down by hand.
 
 In process, on a real SQLite file, with a fake clock (tests/test_oracles.py's World). Written for
-the gaps `make mutate` found in ``Lobby._next_config``: no fast test made a second game, so a
-queue that never advanced, started at 1, skipped by two, counted imported games or other systems'
-or other rounds' games all passed.
+the gaps `make mutate` found in the config pick (``Lobby._next_config`` then, the event store's
+``_create_game`` now): no fast test made a second game, so a queue that never advanced, started
+at 1, skipped by two, counted imported games or other systems' or other rounds' games all passed.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The lobby: who plays with whom. Traffic shares, quotas and pauses of listener systems, FIFO
 pairing of waiting workers, model listeners, timeouts, game creation, blocking workers.
 
-Pairing runs in one transaction that locks the waiting rows (``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL, so two server processes never pair the same worker twice; SQLite has one writer).
+Pairing reads the queue, then creates the game through the event store (``EventStore.create_game``,
+the one way games are created), seating the workers only if they are still waiting: of two
+server processes pairing the same worker, one creates the game and the other creates nothing
+and reads the queue again.
 A worker is never paired with themself (same worker hash).
 
 **Which system an arriving speaker gets** (docs/method.md). Each waiting participant draws one
@@ -39,14 +41,13 @@ from sqlalchemy import func, or_, select, text, update
 
 from app import audit
 from app.db.database import Database
-from app.db.gamelog import create_game
 from app.db.models import BlockedWorker, Game, Participant, System
-from app.deploy import HUMAN, active_checkpoint, current_round
+from app.deploy import HUMAN, current_round
 from app.game.configs import ConfigQueue
-from app.game.rules import GameConfig, GameCreated, GameRules, ListenerKind, Seat, base_pay
+from app.game.rules import GameConfig, GameRules, ListenerKind, Seat, base_pay
 from app.live.bus import Bus
 from app.live.participants import Status, release
-from app.live.store import NewGame, event_store
+from app.live.store import NewGame, NotWaiting, event_store
 
 log = logging.getLogger("multiref.lobby")
 
@@ -56,7 +57,7 @@ COMPLETED_OUTCOMES = ("successful", "unsuccessful")
 # waiting row nobody marked for this long (its server was killed) leaves the queue unpaid;
 # a socket that still holds them puts them back at the next sweep, their waiting time kept.
 PRESENCE_SECONDS = 5.0
-_UNSET = object()
+MATCH_RETRIES = 5  # reads of the queue per pairing when other processes keep pairing first
 
 
 @dataclass
@@ -224,107 +225,57 @@ class Lobby:
                 created.append(game_id)
 
     async def _match_one(self) -> str | None:
-        staged: list[dict] = []
-        async with self.db.session() as s:
-            async with s.begin():
-                q = (
-                    select(Participant)
-                    .where(
-                        Participant.status == Status.WAITING,
-                        Participant.present_at >= self.clock() - PRESENCE_SECONDS,
-                    )
-                    .order_by(Participant.waiting_since, Participant.id)
-                    .limit(100)
-                )
-                if self.db.dialect == "postgresql":
-                    q = q.with_for_update(skip_locked=True)
-                waiting = list((await s.execute(q)).scalars())
-                if not waiting:
-                    return None
-                routing = await self.routing(s)
-                humans: list[Participant] = []  # waiting for a human partner, in arrival order
-                for p in waiting:
-                    route = routing.pick(self.draw(p.id))
-                    if route is None:
-                        continue  # nothing open for this worker now (paused, quotas reached)
-                    if route.kind == "model":
-                        game_id = await self._create(
-                            s, p, None, staged, system=route.system, round_=routing.round
-                        )
-                        break
-                    partner = next((h for h in humans if h.worker_hash != p.worker_hash), None)
-                    if partner is None:
-                        humans.append(p)
-                        continue
-                    pair = [partner, p]
-                    if self.policy.role_assignment == "random":
-                        self.rng.shuffle(pair)
-                    game_id = await self._create(
-                        s, pair[0], pair[1], staged, system=route.system, round_=routing.round
-                    )
-                    break
-                else:
-                    return None
-        await self.bus.flush(staged)
-        return game_id
-
-    # ------------------------------------------------------------ games
-
-    async def _next_config(self, s, system: str, round_: int | None) -> tuple[int, GameConfig]:
-        """Configs are replayed per system from one shuffled queue (fair comparison, docs/method.md):
-        the system's n-th game of the round gets config n."""
-        await self.store.lock_config_queue(s, system, round_)  # one creator at a time
-        highest = (
-            await s.execute(
-                select(func.max(Game.config_index)).where(
-                    Game.system == system,
-                    Game.round.is_(None) if round_ is None else Game.round == round_,
-                    Game.source == "live",
-                )
-            )
-        ).scalar()  # read from ix_games_config_queue, not a count over every game
-        index = 0 if highest is None else highest + 1
-        return index, self.configs.config(index)
-
-    async def _create(
-        self,
-        s,
-        speaker: Participant,
-        listener: Participant | None,
-        staged: list[dict],
-        config: GameConfig | None = None,
-        system: str | None = None,
-        round_: object = _UNSET,
-    ) -> str:
-        game_id = uuid.uuid4().hex
-        kind = ListenerKind.HUMAN if listener is not None else ListenerKind.MODEL
-        if system is None:
-            system = HUMAN if listener is not None else self.policy.system
-        if round_ is _UNSET:
-            round_ = await current_round(s)
-        index = None
-        if config is None:
-            index, config = await self._next_config(s, system, round_)
-        checkpoint = await active_checkpoint(s, system) if kind is ListenerKind.MODEL else None
-        now = self.clock()
-        await create_game(
-            s,
-            GameCreated(game_id=game_id, config=config, rules=self.rules, listener_kind=kind, at=now),
-            system=system,
-            round=round_,
-            checkpoint=checkpoint,
-            split=self.split,
-            config_index=index,
-            speaker_id=speaker.id,
-            listener_id=listener.id if listener else None,
-        )
-        for p, seat in ((speaker, Seat.SPEAKER), (listener, Seat.LISTENER)):
-            if p is None:
+        """Pick a pair (or a worker for a model listener) from a read of the queue and create
+        their game through the event store, seating them only if they still wait: when another
+        server process paired one of them first (or they left) nothing is created, and the
+        queue is read again. (There is one way to create a game, ``EventStore.create_game``;
+        the rows are claimed by that conditional update, not by locks held across the read.)"""
+        for _ in range(MATCH_RETRIES):
+            picked = await self._pick()
+            if picked is None:
+                return None
+            players, system = picked
+            try:
+                return await self.create_game_with(players, system=system, waiting=True)
+            except NotWaiting:
                 continue
-            p.status, p.game_id, p.seat, p.waiting_since = Status.IN_GAME, game_id, seat.value, None
-            staged.append(await self.bus.stage(s, {"k": "p", "id": p.id}))
-        log.info("game %s created (%s, %s listener)", game_id, system, kind.value)
-        return game_id
+        return None  # the queue keeps moving under us: the next arrival or sweep tries again
+
+    async def _pick(self) -> tuple[dict[Seat, str], str] | None:
+        """The next game to make from the waiting workers: (seats, system), or None."""
+        async with self.db.session() as s:
+            waiting = list(
+                (
+                    await s.execute(
+                        select(Participant.id, Participant.worker_hash)
+                        .where(
+                            Participant.status == Status.WAITING,
+                            Participant.present_at >= self.clock() - PRESENCE_SECONDS,
+                        )
+                        .order_by(Participant.waiting_since, Participant.id)
+                        .limit(100)
+                    )
+                ).all()
+            )
+            if not waiting:
+                return None
+            routing = await self.routing(s)
+        humans: list = []  # waiting for a human partner, in arrival order
+        for p in waiting:
+            route = routing.pick(self.draw(p.id))
+            if route is None:
+                continue  # nothing open for this worker now (paused, quotas reached)
+            if route.kind == "model":
+                return {Seat.SPEAKER: p.id}, route.system
+            partner = next((h for h in humans if h.worker_hash != p.worker_hash), None)
+            if partner is None:
+                humans.append(p)
+                continue
+            pair = [partner.id, p.id]
+            if self.policy.role_assignment == "random":
+                self.rng.shuffle(pair)
+            return {Seat.SPEAKER: pair[0], Seat.LISTENER: pair[1]}, route.system
+        return None
 
     async def create_game_for(
         self,
@@ -347,10 +298,12 @@ class Lobby:
         system: str | None = None,
         audit_entry: dict | None = None,
         game_id: str | None = None,
+        waiting: bool = False,
     ) -> str:
-        """Create a game in one transaction on the event store's connection, bypassing the
-        queue: its players (``new_participants``: rows made with it, the admin API's bots)
-        and an audit entry with it. No listener seat: a model listener."""
+        """Create a game in one transaction on the event store's connection: its players
+        (``new_participants``: rows made with it, the admin API's bots) and an audit entry
+        with it. No listener seat: a model listener. ``waiting``: the players come from the
+        queue and must still wait there (else :class:`NotWaiting`, nothing created)."""
         kind = ListenerKind.HUMAN if Seat.LISTENER in players else ListenerKind.MODEL
         if system is None:
             system = HUMAN if kind is ListenerKind.HUMAN else self.policy.system
@@ -358,7 +311,7 @@ class Lobby:
         await self.store.create_game(NewGame(
             game_id=game_id, listener_kind=kind, system=system, rules=self.rules, at=self.clock(),
             players=players, next_config=self.configs.config, config=config, split=self.split,
-            new_participants=list(new_participants), audit=audit_entry,
+            new_participants=list(new_participants), audit=audit_entry, waiting=waiting,
         ))
         log.info("game %s created (%s, %s listener)", game_id, system, kind.value)
         return game_id
@@ -431,24 +384,16 @@ class Lobby:
             )
         for pid, since in due:
             if self.policy.fallback == "model":
-                staged: list[dict] = []
-                created = False
                 async with self.db.session() as s:
-                    async with s.begin():
-                        p = await s.get(Participant, pid, with_for_update=self.db.dialect == "postgresql")
-                        if p is None or p.status != Status.WAITING:
-                            continue
-                        routing = await self.routing(s)
-                        route = routing.pick(self.draw(pid), kinds=("model",))
-                        if route is None and not routing.configured:
-                            route = Route(self.policy.system, "model", 1.0)
-                        if route is not None:
-                            await self._create(
-                                s, p, None, staged, system=route.system, round_=routing.round
-                            )
-                            created = True
-                if created:
-                    await self.bus.flush(staged)
+                    routing = await self.routing(s)
+                route = routing.pick(self.draw(pid), kinds=("model",))
+                if route is None and not routing.configured:
+                    route = Route(self.policy.system, "model", 1.0)
+                if route is not None:
+                    try:
+                        await self.create_game_with({Seat.SPEAKER: pid}, system=route.system, waiting=True)
+                    except NotWaiting:
+                        pass  # paired or gone meanwhile
                     continue
             async with self.db.session() as s:
                 async with s.begin():

@@ -15,7 +15,9 @@ one it runs on:
   with reactions it is a transaction of a few.
 
 ``create_game`` writes a new game (its players, the game row, its first event, an audit entry)
-in one transaction on the same connections, the config queue's lock included.
+in one transaction on the same connections, the config queue's lock included. It is the only
+way games are created live: the lobby's pairing and lobby-timeout fallback (``waiting``: seat
+the players only if they still wait) and the admin API.
 
 Reaction and creation statements are written once, with ``$n`` parameters, each used once and
 in order, so SQLite runs them with ``?`` in their place.
@@ -129,6 +131,8 @@ SEAT_PARTICIPANT = (
     f"UPDATE participants SET status = '{Status.IN_GAME}', game_id = $1, seat = $2, waiting_since = NULL "
     "WHERE id = $3"
 )
+# the lobby's pairing: seat them only if they still wait (not paired by another process, not gone)
+SEAT_WAITING_PARTICIPANT = SEAT_PARTICIPANT + f" AND status = '{Status.WAITING}'"
 _TABLES = {t.name: t for t in (Game.__table__, GameEvent.__table__, Participant.__table__, AuditEntry.__table__)}
 
 
@@ -165,7 +169,10 @@ class NewGame:
     ``config`` None: the system's next config of the current round, ``next_config(n)`` for the
     n-th live game of (system, round) (the fair comparison, docs/method.md). ``players``: the
     participant id of each seat; ``new_participants``: rows inserted with the game (the admin
-    API's bots); the other players exist and are seated. ``audit``: an ``audit_log`` row."""
+    API's bots); the other players exist and are seated. ``audit``: an ``audit_log`` row.
+    ``waiting``: the existing players must still be waiting in the lobby's queue, else the
+    creation rolls back with :class:`NotWaiting` (the lobby's pairing: another process paired
+    one of them first, or they left)."""
 
     game_id: str
     listener_kind: ListenerKind
@@ -178,6 +185,11 @@ class NewGame:
     split: str | None = None
     new_participants: list[dict] = field(default_factory=list)
     audit: dict | None = None
+    waiting: bool = False
+
+
+class NotWaiting(LookupError):
+    """A player the lobby paired is no longer waiting: nothing was created; pair again."""
 
 
 class _Ops:
@@ -218,8 +230,14 @@ async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]
             **row, "status": Status.IN_GAME, "game_id": new.game_id, "seat": seat.value, "waiting_since": None,
         })
     after_commit: list[dict] = []
-    for pid, seat in seat_of.items():  # players who existed before the game: tell their pages
-        if await ops.execute(SEAT_PARTICIPANT, new.game_id, seat.value, pid) != 1:
+    seat_sql = SEAT_WAITING_PARTICIPANT if new.waiting else SEAT_PARTICIPANT
+    # players who existed before the game: seat them (in id order, so that two processes
+    # pairing overlapping players lock their rows in the same order: no deadlock) and tell
+    # their pages
+    for pid, seat in sorted(seat_of.items()):
+        if await ops.execute(seat_sql, new.game_id, seat.value, pid) != 1:
+            if new.waiting:
+                raise NotWaiting(pid)
             raise LookupError(f"no participant {pid} to seat")
         message = {"k": "p", "id": pid}
         if not await ops.notify(message):
@@ -285,10 +303,6 @@ class EventStore:
 
     async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
         raise NotImplementedError
-
-    async def lock_config_queue(self, session, system: str, round_: int | None) -> None:
-        """In ``session``'s transaction: be the only creator picking the next config of
-        (system, round) until it commits (the lobby's pairing, through the ORM)."""
 
     async def load_events(self, game_id: str, after_seq: int = 0) -> list[Event]:
         """The game's events after ``after_seq`` (read on the hot path's own connections)."""
@@ -438,13 +452,6 @@ class PostgresEventStore(EventStore):
         async with self._creating:
             async with self.db.asyncpg_connection() as conn, conn.transaction():
                 return await _create_game(_PostgresOps(conn, self.bus), new)
-
-    async def lock_config_queue(self, session, system: str, round_: int | None) -> None:
-        from sqlalchemy import text
-
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(:k)"), {"k": config_lock_key(system, round_)}
-        )
 
     async def commit(self, batch: Batch) -> Committed:
         """The append as one statement; with reactions, in a transaction with their rows and
