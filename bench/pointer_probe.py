@@ -278,7 +278,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{accuracy(seen):.0%}", f"{accuracy(held_out):.0%}", f"{1 / a.images:.0%}",
                     f"{time.perf_counter() - started:.0f}",
                 )
-                print(" | ".join(c._cells[-1] for c in table.columns), flush=True)
+                line = " | ".join(c._cells[-1] for c in table.columns)
+                if a.recall_steps:  # does the recall circuit survive describe?
+                    model.eval()
+                    with torch.no_grad():
+                        sc, _ = letter_logits([], recall_batch(recall_test))
+                    model.train()
+                    line += f" | recall {sum(int(p) == i for p, (_, i, _) in zip(sc[:, letter_ids].argmax(-1).tolist(), recall_test)) / len(recall_test):.0%}"
+                print(line, flush=True)
     Console().print(table)
     return 0
 
