@@ -273,12 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             progress.update(task, advance=1, description=f"probe {a.task} (letter loss {loss.item():.3f})")
             if step % a.eval_every == 0 or step == a.steps:
                 recent = losses[-a.eval_every :]
-                table.add_row(
+                row = [
                     str(step), f"{sum(recent) / len(recent):.3f}", f"{math.log(a.images):.3f}",
                     f"{accuracy(seen):.0%}", f"{accuracy(held_out):.0%}", f"{1 / a.images:.0%}",
                     f"{time.perf_counter() - started:.0f}",
-                )
-                line = " | ".join(c._cells[-1] for c in table.columns)
+                ]
+                table.add_row(*row)
+                line = " | ".join(row)
                 if a.recall_steps:  # does the recall circuit survive describe?
                     model.eval()
                     with torch.no_grad():
