@@ -212,6 +212,26 @@ def main(argv: list[str] | None = None) -> int:
     seen = [game(random.Random(20_000 + i), train) for i in range(200)]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
+
+    def recall_loss(rng: random.Random) -> torch.Tensor:
+        items = [recall(rng) for _ in range(a.batch)]
+        scores, _ = letter_logits([], recall_batch(items))
+        return torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i, _ in items]))
+
+    def recall_accuracy(tests: list) -> float:
+        model.eval()
+        with torch.no_grad():
+            scores, _ = letter_logits([], recall_batch(tests))
+        model.train()
+        return sum(int(p) == i for p, (_, i, _) in zip(scores[:, letter_ids].argmax(-1).tolist(), tests)) / len(tests)
+
+    def train_step(loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if a.align_steps:
+            align_step()
     rng = random.Random(a.seed)
     table = Table(title=f"pointer probe: {a.task}, {a.images} images, {len(described)} tangrams, lr {a.lr:g}")
     for col in ("step", "loss" if "+" in a.task else "letter loss", "chance loss", "acc. trained", "acc. held out", "chance", "s"):
@@ -231,21 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.recall_steps:
             recall_test = [recall(random.Random(30_000 + i)) for i in range(100)]
             for step in range(1, a.recall_steps + 1):
-                items = [recall(rng) for _ in range(a.batch)]
-                scores, _ = letter_logits([], recall_batch(items))
-                loss = torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i, _ in items]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                if a.align_steps:
-                    align_step()
+                loss = recall_loss(rng)
+                train_step(loss)
                 if step % a.eval_every == 0 or step == a.recall_steps:
-                    model.eval()
-                    with torch.no_grad():
-                        sc, _ = letter_logits([], recall_batch(recall_test))
-                    model.train()
-                    acc = sum(int(p) == i for p, (_, i, _) in zip(sc[:, letter_ids].argmax(-1).tolist(), recall_test)) / len(recall_test)
+                    acc = recall_accuracy(recall_test)
                     print(f"recall step {step}: loss {loss.item():.3f}, held-out recall accuracy {acc:.0%}, describe {accuracy(held_out):.0%}", flush=True)
         for step in range(1, a.steps + 1):
             mix = a.task.split("+")[1:]  # the helper tasks, one batch each in turn with describe
@@ -256,19 +265,12 @@ def main(argv: list[str] | None = None) -> int:
                 logits = model(**model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1).logits
                 loss = _token_loss(logits[:, :-1], batch["targets"], batch["target_mask"].float())
             elif helper == "recall":
-                items3 = [recall(rng) for _ in range(a.batch)]
-                scores, _ = letter_logits([], recall_batch(items3))
-                loss = torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i, _ in items3]))
+                loss = recall_loss(rng)
             else:
                 items = [game(rng, train, "odd-one-out" if helper == "odd" else None) for _ in range(a.batch)]
                 scores, _ = letter_logits([s for s, _ in items])
                 loss = torch.nn.functional.cross_entropy(scores, torch.tensor([letter_ids[i] for _, i in items]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            if a.align_steps:
-                align_step()
+            train_step(loss)
             losses.append(loss.item())
             progress.update(task, advance=1, description=f"probe {a.task} (letter loss {loss.item():.3f})")
             if step % a.eval_every == 0 or step == a.steps:
@@ -281,11 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 table.add_row(*row)
                 line = " | ".join(row)
                 if a.recall_steps:  # does the recall circuit survive describe?
-                    model.eval()
-                    with torch.no_grad():
-                        sc, _ = letter_logits([], recall_batch(recall_test))
-                    model.train()
-                    line += f" | recall {sum(int(p) == i for p, (_, i, _) in zip(sc[:, letter_ids].argmax(-1).tolist(), recall_test)) / len(recall_test):.0%}"
+                    line += f" | recall {recall_accuracy(recall_test):.0%}"
                 print(line, flush=True)
     Console().print(table)
     return 0
