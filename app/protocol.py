@@ -165,23 +165,9 @@ class GameView(BaseModel):
     cause: str | None = None  # type of the event that produced this view
 
     @classmethod
-    def of(
-        cls,
-        state: GameState,
-        seat: Seat,
-        now: float,
-        *,
-        cause: str | None = None,
-        pay: Pay | None = None,
-        completion_code: str | None = None,
-        redirect_url: str | None = None,
-    ) -> "GameView":
-        return cls.model_validate(
-            view_data(
-                state, seat, now, cause=cause, pay=pay,
-                completion_code=completion_code, redirect_url=redirect_url,
-            )
-        )
+    def of(cls, state: GameState, seat: Seat, now: float, **extra: Any) -> "GameView":
+        """``view_data`` validated (its keyword arguments: cause, pay, completion_code, redirect_url)."""
+        return cls.model_validate(view_data(state, seat, now, **extra))
 
 
 def view_data(
