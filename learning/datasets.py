@@ -289,19 +289,100 @@ def good_move(before: Sequence[str], after: Sequence[str], targets: Sequence[str
     return selected <= goal and not (deselected & goal)
 
 
-async def _human_games(
-    s: Any, max_round: int | None, include_unrounded: bool
-) -> list[tuple[str, int | None, str | None]]:
+async def _human_games(s: Any, *where: Any) -> list[tuple[str, int | None, str | None]]:
+    """Ended human–human games by id, narrowed by SQL conditions on ``Game`` in ``where``."""
     from sqlalchemy import select
 
     from app.db.models import Game
 
-    q = (
-        select(Game.id, Game.round, Game.system)
-        .where(Game.listener_kind == HUMAN, Game.status == "ended")
-        .where(_round_filter(Game.round, max_round, include_unrounded))
+    q = select(Game.id, Game.round, Game.system).where(
+        Game.listener_kind == HUMAN, Game.status == "ended", *where
     )
     return list(await s.execute(q.order_by(Game.id)))
+
+
+def _rounds_up_to(max_round: int | None, include_unrounded: bool) -> Any:
+    from app.db.models import Game
+
+    return _round_filter(Game.round, max_round, include_unrounded)
+
+
+async def human_turns(
+    db: Any,
+    *where: Any,
+    max_round: int | None = None,
+    include_unrounded: bool = True,
+    any_round: bool = False,
+    heldout_fraction: float | None = None,
+    changed_only: bool = False,
+    good_only: bool = False,
+    limit: int | None = None,
+    seed: int = 0,
+) -> tuple[list[Example], dict[str, int]]:
+    """Human listeners' submitted turns of ended human–human games, as undecided examples.
+
+    The one loader behind the model-selection set (:func:`load_heldout`) and the evaluation set
+    (``learning.evaluate.load_heldout_turns``). Games: rounds ≤ ``max_round`` (``any_round``:
+    every round), narrowed by SQL conditions on ``Game`` in ``where``; with ``heldout_fraction``
+    only those :func:`human_game_side` puts on the held-out side. Turns: ``changed_only`` drops
+    those that left the selection as it was, ``good_only`` keeps good selects or deselects
+    (``learning.retrospect.is_good_move``). Above ``limit`` a fixed sample is kept (by a hash of
+    seed and turn id, so it does not change as games are added). Returns the examples and how
+    many turns each filter dropped.
+    """
+    from app.db.gamelog import load_state
+    from learning.retrospect import is_good_move
+    from policy_worker.gamedata import prompt_game
+
+    if not any_round:
+        where = (*where, _rounds_up_to(max_round, include_unrounded))
+    examples: list[Example] = []
+    dropped = {"not_good": 0, "nothing": 0}
+    async with db.session() as s:
+        for gid, rnd, system in await _human_games(s, *where):
+            if heldout_fraction is not None and (
+                human_game_side(gid, seed, heldout_fraction) != "heldout"
+            ):
+                continue
+            state = await load_state(s, gid)
+            if state is None:
+                continue
+            for record in state.turns:
+                if record.utterance is None or record.selection_after is None:
+                    continue
+                changed = set(record.selection_before) != set(record.selection_after)
+                if changed_only and not changed:
+                    dropped["nothing"] += 1
+                    continue
+                if good_only and not (
+                    changed
+                    and is_good_move(
+                        record.selection_before, record.selection_after, state.config.targets
+                    )
+                ):
+                    dropped["not_good"] += 1
+                    continue
+                full = prompt_game(state, record.turn, include_action=True)
+                examples.append(
+                    Example(
+                        game_id=gid,
+                        turn=record.turn,
+                        game=PromptGame(
+                            full.listener_order, [*full.turns[:-1], _undecided(full.turns[-1])]
+                        ),
+                        action=str(full.turns[-1].action),
+                        system=system or HUMAN,
+                        round=rnd,
+                        listener_kind=HUMAN,
+                    )
+                )
+    if limit is not None and len(examples) > limit:
+
+        def rank(e: Example) -> str:
+            return hashlib.sha256(f"{seed}:{e.key()}".encode()).hexdigest()
+
+        examples = sorted(sorted(examples, key=rank)[:limit], key=lambda e: (e.game_id, e.turn))
+    return examples, dropped
 
 
 async def load_heldout(
@@ -316,58 +397,19 @@ async def load_heldout(
     """Turns of human–human games (round ≤ ``max_round``): the model-selection set.
 
     ``good_only`` (the paper profile): only turns that changed the selection with a good
-    select or deselect (``learning.retrospect.is_good_move``), as the reference's held-out set.
-
-    Every submitted turn counts (no label needed). Above ``limit`` turns, a fixed sample is
-    kept (by a hash of seed and turn id, so it does not change as games are added). With
-    ``heldout_fraction`` (the seed task is on), only the games :func:`human_game_side` puts on
-    the held-out side count; the others are the seed task's.
+    select or deselect, as the reference's held-out set. Every submitted turn counts otherwise
+    (no label needed). With ``heldout_fraction`` (the seed task is on), only the games
+    :func:`human_game_side` puts on the held-out side count; the others are the seed task's.
     """
-    from app.db.gamelog import load_state
-    from learning.retrospect import is_good_move
-    from policy_worker.gamedata import prompt_game
-
-    examples: list[Example] = []
-    async with db.session() as s:
-        for gid, rnd, system in await _human_games(s, max_round, include_unrounded):
-            if heldout_fraction is not None and (
-                human_game_side(gid, seed, heldout_fraction) != "heldout"
-            ):
-                continue
-            state = await load_state(s, gid)
-            if state is None:
-                continue
-            for record in state.turns:
-                if record.utterance is None or record.selection_after is None:
-                    continue
-                if good_only and not (
-                    set(record.selection_before) != set(record.selection_after)
-                    and is_good_move(
-                        record.selection_before, record.selection_after, state.config.targets
-                    )
-                ):
-                    continue
-                full = prompt_game(state, record.turn, include_action=True)
-                game = PromptGame(
-                    full.listener_order, [*full.turns[:-1], _undecided(full.turns[-1])]
-                )
-                examples.append(
-                    Example(
-                        game_id=gid,
-                        turn=record.turn,
-                        game=game,
-                        action=str(full.turns[-1].action),
-                        system=system or HUMAN,
-                        round=rnd,
-                        listener_kind=HUMAN,
-                    )
-                )
-    if limit is not None and len(examples) > limit:
-
-        def rank(e: Example) -> str:
-            return hashlib.sha256(f"{seed}:{e.key()}".encode()).hexdigest()
-
-        examples = sorted(sorted(examples, key=rank)[:limit], key=lambda e: (e.game_id, e.turn))
+    examples, _ = await human_turns(
+        db,
+        max_round=max_round,
+        include_unrounded=include_unrounded,
+        heldout_fraction=heldout_fraction,
+        good_only=good_only,
+        limit=limit,
+        seed=seed,
+    )
     return examples, _stats(examples)
 
 
@@ -434,7 +476,7 @@ async def load_seed_examples(
 
     examples: list[Example] = []
     async with db.session() as s:
-        for gid, _rnd, _system in await _human_games(s, max_round, include_unrounded):
+        for gid, _rnd, _system in await _human_games(s, _rounds_up_to(max_round, include_unrounded)):
             if heldout_fraction is not None and (
                 human_game_side(gid, seed, heldout_fraction) != "seed"
             ):

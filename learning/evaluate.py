@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learning.datasets import HUMAN, Example, _stats, _undecided
+from learning.datasets import Example, _stats, human_turns
 from learning.distributed import Runtime
-from policy_worker.prompt import PromptGame, parse_action
+from policy_worker.prompt import parse_action
 
 MODES = ("sample", "greedy")
 MODE_ALIASES = {"exact_match": "greedy", "greedy_exact_match": "greedy", "paper": "sample"}
@@ -194,64 +194,26 @@ async def load_heldout_turns(
     and to turns where the listener did something; optionally only a named ``split`` of games,
     a ``source`` (live, imported), some ``rounds`` or rounds ≤ ``max_round``. Above ``limit``
     a fixed sample is kept (a hash of seed and turn id). Returns the examples and their stats."""
-    from sqlalchemy import or_, select
-
-    from app.db.gamelog import load_state
     from app.db.models import Game
-    from learning.retrospect import is_good_move
-    from policy_worker.gamedata import prompt_game
 
-    q = select(Game.id, Game.round, Game.system).where(
-        Game.listener_kind == HUMAN, Game.status == "ended"
-    )
+    where = []
     if split is not None:
-        q = q.where(Game.split == split)
+        where.append(Game.split == split)
     if source is not None:
-        q = q.where(Game.source == source)
+        where.append(Game.source == source)
     if rounds is not None:
-        q = q.where(Game.round.in_(list(rounds)))
-    if max_round is not None:
-        cond = Game.round <= max_round
-        q = q.where(or_(cond, Game.round.is_(None)) if include_unrounded else cond)
-    examples: list[Example] = []
-    dropped = {"not_good": 0, "nothing": 0}
-    async with db.session() as s:
-        for gid, rnd, system in list(await s.execute(q.order_by(Game.id))):
-            state = await load_state(s, gid)
-            if state is None:
-                continue
-            for record in state.turns:
-                if record.utterance is None or record.selection_after is None:
-                    continue
-                if set(record.selection_before) == set(record.selection_after):
-                    dropped["nothing"] += 1
-                    continue
-                good = is_good_move(
-                    record.selection_before, record.selection_after, state.config.targets
-                )
-                if good_only and not good:
-                    dropped["not_good"] += 1
-                    continue
-                full = prompt_game(state, record.turn, include_action=True)
-                examples.append(
-                    Example(
-                        game_id=gid,
-                        turn=record.turn,
-                        game=PromptGame(
-                            full.listener_order, [*full.turns[:-1], _undecided(full.turns[-1])]
-                        ),
-                        action=str(full.turns[-1].action),
-                        system=system or HUMAN,
-                        round=rnd,
-                        listener_kind=HUMAN,
-                    )
-                )
-    if limit is not None and len(examples) > limit:
-
-        def rank(e: Example) -> str:
-            return hashlib.sha256(f"{seed}:{e.key()}".encode()).hexdigest()
-
-        examples = sorted(sorted(examples, key=rank)[:limit], key=lambda e: (e.game_id, e.turn))
+        where.append(Game.round.in_(list(rounds)))
+    examples, dropped = await human_turns(
+        db,
+        *where,
+        max_round=max_round,
+        include_unrounded=include_unrounded,
+        any_round=max_round is None,
+        changed_only=True,
+        good_only=good_only,
+        limit=limit,
+        seed=seed,
+    )
     stats = _stats(examples).json()
     stats.update({"good_only": good_only, "dropped": dropped})
     return examples, stats
