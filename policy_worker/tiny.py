@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import string
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 logger = logging.getLogger("multiref.policy")
 
@@ -62,7 +64,7 @@ _CORPUS_LINES = [
 ]
 
 
-def _train_tokenizer() -> "object":
+def train_tokenizer(lines: list[str], vocab_size: int, min_frequency: int) -> "object":
     """Train a small Llama-style (Metaspace BPE) tokenizer: word boundaries act like the real's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -71,14 +73,13 @@ def _train_tokenizer() -> "object":
     tok.pre_tokenizer = pre_tokenizers.Metaspace(**metaspace)
     tok.decoder = decoders.Metaspace(**metaspace)
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=_SPECIAL_TOKENS,
         initial_alphabet=list(string.printable.strip()) + ["▁", "\n", "\t"],
-        min_frequency=1,
+        min_frequency=min_frequency,
         show_progress=False,
     )
-    corpus = [line for line in _CORPUS_LINES for _ in range(3)]
-    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.train_from_iterator(lines, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
@@ -86,8 +87,33 @@ def _train_tokenizer() -> "object":
     return tok
 
 
-def build_tiny_idefics2(out_dir: str | Path, seed: int = 0) -> Path:
-    """Build and save a tiny random Idefics2 (model + processor) loadable with `load_policy`."""
+@dataclass
+class Idefics2Sizes:
+    """What a small Idefics2 built here is made of: the tests' tiny model and the simulated
+    study's stand-in differ only in these numbers (and in the stand-in's connector re-init)."""
+
+    image_size: int = IMAGE_SIZE
+    patch_size: int = 28  # 8x8 patches per 224-px image: cheap, at the real resolution
+    vision_hidden: int = 32
+    vision_layers: int = 1
+    image_tokens: int = TINY_IMAGE_SEQ_LEN
+    resampler_head_dim: int = 16
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    tie_embeddings: bool = False
+
+
+def build_idefics2(
+    out_dir: str | Path,
+    tokenizer_object: "object",
+    sizes: Idefics2Sizes,
+    seed: int = 0,
+    prepare: Callable[[Any], None] | None = None,
+) -> Path:
+    """Build a random Idefics2 of ``sizes`` around a trained tokenizer and save it like a hub
+    checkpoint (model, tokenizer, processor with the chat template); ``prepare`` may change the
+    model's weights before it is saved."""
     import torch
     from transformers import (
         Idefics2Config,
@@ -99,9 +125,8 @@ def build_tiny_idefics2(out_dir: str | Path, seed: int = 0) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(),
+        tokenizer_object=tokenizer_object,
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
@@ -110,43 +135,41 @@ def build_tiny_idefics2(out_dir: str | Path, seed: int = 0) -> Path:
         chat_template=IDEFICS2_CHAT_TEMPLATE,
         padding_side="left",
     )
-    image_processor = Idefics2ImageProcessorPil(
-        do_image_splitting=False,
-        size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE},
-    )
     processor = Idefics2Processor(
-        image_processor=image_processor,
+        image_processor=Idefics2ImageProcessorPil(
+            do_image_splitting=False,
+            size={"shortest_edge": sizes.image_size, "longest_edge": sizes.image_size},
+        ),
         tokenizer=tokenizer,
-        image_seq_len=TINY_IMAGE_SEQ_LEN,
+        image_seq_len=sizes.image_tokens,
         chat_template=IDEFICS2_CHAT_TEMPLATE,
     )
-
     config = Idefics2Config(
         vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
+            "hidden_size": sizes.vision_hidden,
+            "intermediate_size": sizes.vision_hidden * 2,
+            "num_hidden_layers": sizes.vision_layers,
             "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": 28,  # 8x8 patches per 224-px image: cheap, at the real resolution
+            "image_size": sizes.image_size,
+            "patch_size": sizes.patch_size,
         },
         perceiver_config={
-            "hidden_size": 64,
+            "hidden_size": sizes.text_hidden,
             "rms_norm_eps": 1e-5,
-            "resampler_n_latents": TINY_IMAGE_SEQ_LEN,
+            "resampler_n_latents": sizes.image_tokens,
             "resampler_depth": 1,
             "resampler_n_heads": 2,
-            "resampler_head_dim": 16,
+            "resampler_head_dim": sizes.resampler_head_dim,
             "num_key_value_heads": 1,
         },
         text_config={
             "model_type": "mistral",
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "hidden_size": sizes.text_hidden,
+            "intermediate_size": sizes.text_hidden * 2,
+            "num_hidden_layers": sizes.text_layers,
+            "num_attention_heads": sizes.text_heads,
+            "num_key_value_heads": max(1, sizes.text_heads // 2),
             "max_position_embeddings": 4096,
             "rms_norm_eps": 1e-5,
             "sliding_window": None,
@@ -155,18 +178,26 @@ def build_tiny_idefics2(out_dir: str | Path, seed: int = 0) -> Path:
             "eos_token_id": tokenizer.eos_token_id,
         },
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        tie_word_embeddings=False,
+        tie_word_embeddings=sizes.tie_embeddings,
     )
     torch.manual_seed(seed)
     model = Idefics2ForConditionalGeneration(config)
+    if prepare is not None:
+        prepare(model)
     model.generation_config.eos_token_id = [
         tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
         tokenizer.eos_token_id,
     ]
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    logger.info("tiny idefics2 saved to %s (%d parameters)", out, model.num_parameters())
+    logger.info("idefics2 saved to %s (%d parameters)", out, model.num_parameters())
     return out
+
+
+def build_tiny_idefics2(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny random Idefics2 (model + processor) loadable with `load_policy`."""
+    lines = [line for line in _CORPUS_LINES for _ in range(3)]
+    return build_idefics2(out_dir, train_tokenizer(lines, 400, 1), Idefics2Sizes(), seed)
 
 
 def make_tiny_lora(model_dir: str | Path, out_dir: str | Path, seed: int) -> Path:

@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import random
-import string
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +58,9 @@ class ModelSize:
     text_layers: int = 3
     text_heads: int = 4
     vocab_size: int = 1200
+    # One matrix for reading words in and writing them out (as GPT-2 and Gemma do). Idefics2-8b
+    # unties them; see bench/README.md, "Simulated study", for what tying changes here.
+    tie_embeddings: bool = False
     seed: int = 0
 
 
@@ -88,112 +90,24 @@ class PretrainConfig:
     seed: int = 0
 
 
-def _train_tokenizer(lines: list[str], vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    from policy_worker.tiny import _SPECIAL_TOKENS  # the same special tokens, same order
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    metaspace = {"replacement": "▁", "prepend_scheme": "first", "split": True}
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(**metaspace)
-    tok.decoder = decoders.Metaspace(**metaspace)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=_SPECIAL_TOKENS,
-        initial_alphabet=list(string.printable.strip()) + ["▁", "\n", "\t"],
-        min_frequency=2,
-        show_progress=False,
-    )
-    tok.train_from_iterator(lines, trainer=trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
-    return tok
-
-
 def build_small_idefics2(out_dir: str | Path, corpus: list[str], size: ModelSize) -> Path:
     """A random small Idefics2 saved like a hub checkpoint (``load_policy`` loads it)."""
-    import torch
-    from transformers import (
-        Idefics2Config,
-        Idefics2ForConditionalGeneration,
-        Idefics2ImageProcessorPil,
-        Idefics2Processor,
-        PreTrainedTokenizerFast,
-    )
+    from policy_worker.tiny import _CORPUS_LINES, Idefics2Sizes, build_idefics2, train_tokenizer
 
-    from policy_worker.tiny import IDEFICS2_CHAT_TEMPLATE, _CORPUS_LINES
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [*(_CORPUS_LINES * 20), *corpus]
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(lines, size.vocab_size),
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<unk>",
-        additional_special_tokens=["<fake_token_around_image>", "<image>", "<end_of_utterance>"],
-        chat_template=IDEFICS2_CHAT_TEMPLATE,
-        padding_side="left",
+    tokenizer = train_tokenizer([*(_CORPUS_LINES * 20), *corpus], size.vocab_size, 2)
+    sizes = Idefics2Sizes(
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+        vision_hidden=size.vision_hidden,
+        vision_layers=size.vision_layers,
+        image_tokens=size.image_tokens,
+        resampler_head_dim=32,
+        text_hidden=size.text_hidden,
+        text_layers=size.text_layers,
+        text_heads=size.text_heads,
+        tie_embeddings=size.tie_embeddings,
     )
-    processor = Idefics2Processor(
-        image_processor=Idefics2ImageProcessorPil(
-            do_image_splitting=False,
-            size={"shortest_edge": size.image_size, "longest_edge": size.image_size},
-        ),
-        tokenizer=tokenizer,
-        image_seq_len=size.image_tokens,
-        chat_template=IDEFICS2_CHAT_TEMPLATE,
-    )
-    heads = size.text_heads
-    config = Idefics2Config(
-        vision_config={
-            "hidden_size": size.vision_hidden,
-            "intermediate_size": size.vision_hidden * 2,
-            "num_hidden_layers": size.vision_layers,
-            "num_attention_heads": 2,
-            "image_size": size.image_size,
-            "patch_size": size.patch_size,
-        },
-        perceiver_config={
-            "hidden_size": size.text_hidden,
-            "rms_norm_eps": 1e-5,
-            "resampler_n_latents": size.image_tokens,
-            "resampler_depth": 1,
-            "resampler_n_heads": 2,
-            "resampler_head_dim": 32,
-            "num_key_value_heads": 1,
-        },
-        text_config={
-            "model_type": "mistral",
-            "vocab_size": len(tokenizer),
-            "hidden_size": size.text_hidden,
-            "intermediate_size": size.text_hidden * 2,
-            "num_hidden_layers": size.text_layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": max(1, heads // 2),
-            "max_position_embeddings": 4096,
-            "rms_norm_eps": 1e-5,
-            "sliding_window": None,
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(size.seed)
-    model = Idefics2ForConditionalGeneration(config)
-    _let_images_through(model)
-    model.generation_config.eos_token_id = [
-        tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
-        tokenizer.eos_token_id,
-    ]
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return build_idefics2(out_dir, tokenizer, sizes, size.seed, prepare=_let_images_through)
 
 
 def _let_images_through(model: Any) -> None:
