@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recall-steps", type=int, default=0, help="first train this many steps of word recall (4 words in each image's slots; the speaker says them)")
     ap.add_argument("--align-steps", type=int, default=0, help="first align the connector: each tangram's image tokens -> the embeddings of its 4 most distinctive description words (then one align step after every step)")
     ap.add_argument("--text-layers", type=int, default=None, help="the stand-in's text layers (default: the study's)")
+    ap.add_argument("--image-words", action="store_true", help="replace each tangram's image by 4 fixed random vocabulary words of its own (trainable embeddings): can the text model bind a description to a discrete key at all?")
+    ap.add_argument("--tie", action="store_true", help="build the stand-in with tied input and output word embeddings")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     for path in (a.annotations, a.svgs):
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         size = ModelSize(seed=a.seed)
         if a.text_layers:
             size.text_layers = a.text_layers
+        size.tie_embeddings = a.tie
         build_small_idefics2(a.out, corpus, size)
     policy = load_policy(a.out, dtype="float32", device="cpu")
     model = policy.model
@@ -126,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         action = f"select {LETTERS[index]}"
         return Sample(Example("probe", 1, prompt, action, 1, None), prompt, action), index, items
 
-    def recall_batch(items: list) -> dict:
-        batch = collator([s for s, _, _ in items])
+    def recall_batch(items: list, batch: dict | None = None) -> dict:
+        batch = batch if batch is not None else collator([s for s, _, _ in items])
         ids = batch["input_ids"]
         for row, (_, _, slots) in enumerate(items):
             where = (ids[row] == image_id).nonzero().flatten()
@@ -191,8 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         action = f"select {LETTERS[index]}"
         return Sample(Example("probe", 1, prompt, action, 1, None), prompt, action), index
 
+    key_words = {t: random.Random(f"{a.seed}-{t}").sample(words, 4) for t in described}
+
+    def batch_of(samples: list[Sample]) -> dict:
+        """The collated batch; with --image-words, each image's slots hold its tangram's 4 words."""
+        if not a.image_words:
+            return collator(samples)
+        return recall_batch([(s, 0, [key_words.get(t) or key_words[described[0]] for t in s.game.listener_order]) for s in samples])
+
     def letter_logits(samples: list[Sample], batch: dict | None = None) -> tuple[torch.Tensor, dict]:
-        batch = batch if batch is not None else collator(samples)
+        batch = batch if batch is not None else batch_of(samples)
         assert batch["targets"].shape[1] >= 2, "an action is 'select' then the letter"
         logits = model(**model_inputs(batch, policy.device, policy.dtype), logits_to_keep=batch["targets"].shape[1] + 1).logits
         return logits[:, 1], batch  # the position that predicts the letter, whole vocabulary
@@ -260,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             mix = a.task.split("+")[1:]  # the helper tasks, one batch each in turn with describe
             helper = mix[step % (len(mix) + 1) - 1] if mix and step % (len(mix) + 1) else None
             if helper == "caption":
-                batch = collator([caption(rng) for _ in range(a.batch)])
+                batch = batch_of([caption(rng) for _ in range(a.batch)])
                 width = batch["targets"].shape[1]
                 logits = model(**model_inputs(batch, policy.device, policy.dtype), logits_to_keep=width + 1).logits
                 loss = _token_loss(logits[:, :-1], batch["targets"], batch["target_mask"].float())
