@@ -346,6 +346,20 @@ def _effective_temperature(t: float) -> float:
     return t if t > 0 else 1.0
 
 
+def _sampling(
+    requests: Sequence[DecodeRequest], device: Any
+) -> tuple[list[int | None], list[torch.Generator | None], list[float], torch.Tensor]:
+    """Each request's seed (a fresh one when it samples without one, so the log can replay it),
+    generator and temperature, and the temperatures as a column for the logits."""
+    seeds = [
+        r.seed if r.seed is not None else (secrets.randbits(63) if r.temperature > 0 else None)
+        for r in requests
+    ]
+    gens = [torch.Generator().manual_seed(x) if x is not None else None for x in seeds]
+    temps = [_effective_temperature(r.temperature) for r in requests]
+    return seeds, gens, temps, torch.tensor(temps, dtype=torch.float32, device=device)[:, None]
+
+
 def _decode_group(
     policy: LoadedPolicy, requests: Sequence[DecodeRequest], started: float
 ) -> list[DecodeResult]:
@@ -356,12 +370,7 @@ def _decode_group(
     tries = [
         action_trie(policy, r.selected, r.letters_in_play(), r.max_new_tokens) for r in requests
     ]
-    seeds = [
-        r.seed if r.seed is not None else (secrets.randbits(63) if r.temperature > 0 else None)
-        for r in requests
-    ]
-    gens = [torch.Generator().manual_seed(s) if s is not None else None for s in seeds]
-    temps = [_effective_temperature(r.temperature) for r in requests]
+    seeds, gens, temps, temp_t = _sampling(requests, device)
     n = len(requests)
 
     inputs, prompts = _encode(policy, requests)
@@ -369,7 +378,6 @@ def _decode_group(
     pos = inputs["position_ids"][:, -1:]
     num_prompt = attn.sum(-1).tolist()
     cache_kw = _cache_kwarg(policy)
-    temp_t = torch.tensor(temps, dtype=torch.float32, device=device)[:, None]
 
     nodes = [t.root for t in tries]
     logp_c = [0.0] * n
@@ -510,12 +518,7 @@ def _decode_paper_group(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else policy.stop_token_id
     vocab = [action_vocabulary(policy, r.letters_in_play()) for r in requests]
     vocab_t = {v: torch.tensor(v, dtype=torch.long, device=device) for v in set(vocab)}
-    seeds = [
-        r.seed if r.seed is not None else (secrets.randbits(63) if r.temperature > 0 else None)
-        for r in requests
-    ]
-    gens = [torch.Generator().manual_seed(x) if x is not None else None for x in seeds]
-    temps = [_effective_temperature(r.temperature) for r in requests]
+    seeds, gens, temps, temp_t = _sampling(requests, device)
     n = len(requests)
 
     inputs, prompts = _encode(policy, requests)
@@ -523,7 +526,6 @@ def _decode_paper_group(
     pos = inputs["position_ids"][:, -1:]
     num_prompt = attn.sum(-1).tolist()
     cache_kw = _cache_kwarg(policy)
-    temp_t = torch.tensor(temps, dtype=torch.float32, device=device)[:, None]
     tokens: list[list[int]] = [[] for _ in range(n)]
     latency = [0.0] * n
     done = [r.max_new_tokens < 1 for r in requests]
