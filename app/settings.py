@@ -60,6 +60,15 @@ class Settings(BaseSettings):
         description="`serve`: the cyclic collector's thresholds (gc.set_threshold); the third "
         "sets how rarely a full collection may run.",
     )
+    malloc_trim: bool = Field(
+        default=True,
+        description="`serve`: after each full cyclic collection, return the memory glibc keeps "
+        "free inside its heap to the kernel (malloc_trim), so that resident memory follows "
+        "what the server holds, not the most it ever held (bench/README.md, issue 14 fourth pass).",
+    )
+    malloc_trim_seconds: float = Field(
+        default=60.0, description="`serve`: the least time between two heap trims (each stops the loop ~10-40 ms)."
+    )
     max_body_bytes: int = Field(
         default=1_048_576, description="Largest HTTP request body accepted (413 beyond it)."
     )
