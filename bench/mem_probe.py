@@ -9,10 +9,11 @@ Runs ``app.cli.main()`` (the server). A thread writes one JSON line to ``MEM_PRO
 
 * RSS split as the kernel counts it (``/proc/self/status``: anonymous, file-backed, shared);
 * SQLite's own allocator counters (``sqlite3_status64``: memory used, page-cache memory) and,
-  per open SQLite connection, its page cache (``sqlite3_db_status`` CACHE_USED), schema and
-  statement memory; the connections are registered (held until closed) by wrapping ``sqlite3.connect``;
+  with ``MEM_PROBE_CONNECTIONS=1`` (racy: see ``PER_CONNECTION``), per open SQLite connection
+  its page cache (``sqlite3_db_status`` CACHE_USED), schema and statement memory; the
+  connections are registered (held until closed) by wrapping ``sqlite3.connect``;
 * glibc's heap (``mallinfo2``: bytes in use, bytes free inside the heap, mmapped blocks,
-  the arenas' total) and the number of malloc arenas (threads);
+  the arenas' total) and the number of threads;
 * CPython's object arenas (``sys._debugmallocstats``: arenas, bytes in blocks, free bytes);
 * Python: ``sys.getallocatedblocks()`` and, with ``MEM_PROBE_TRACEMALLOC=N`` (frames), the
   traced total, and every 12 samples ``MEM_PROBE_OUT.tracemalloc.txt``: the 25 allocation sites
@@ -38,6 +39,10 @@ import time
 OUT = os.environ.get("MEM_PROBE_OUT", "mem_probe.jsonl")
 EVERY = float(os.environ.get("MEM_PROBE_EVERY", "10"))
 TRACE = int(os.environ.get("MEM_PROBE_TRACEMALLOC", "0"))
+# per-connection counters read another thread's connection without its lock: a connection
+# closed meanwhile (the WAL checkpoints' own, opened and closed in a worker thread) is a
+# use-after-free, which crashed one probed server after 9 minutes. Off unless asked for.
+PER_CONNECTION = os.environ.get("MEM_PROBE_CONNECTIONS") == "1"
 
 # ---------------------------------------------------------------- SQLite through ctypes
 
@@ -85,7 +90,7 @@ def sqlite_counters() -> dict:
         LIB.sqlite3_status64(op, ctypes.byref(cur), ctypes.byref(hi), 0)
         out[name] = cur.value
     conns = []
-    for conn in list(CONNECTIONS):
+    for conn in list(CONNECTIONS) if PER_CONNECTION else ():
         db = _db_pointer(conn)
         if not db:  # closed
             CONNECTIONS.remove(conn)
