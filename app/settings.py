@@ -31,6 +31,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: SQLite by default, postgresql+asyncpg://… in production.",
     )
     db_pool_size: int = 10
+    db_commit_pool_size: int | None = Field(
+        default=None,
+        description="PostgreSQL: connections of the live tier's own asyncpg pool (every action's "
+        "commit and game creation); default: db_pool_size. Apart from the ORM's pool so that "
+        "it can grow alone (bench/README.md, issue 14 fourth pass: 20 against 10 measured "
+        "better in one back-to-back pair and worse in another on a loaded machine).",
+    )
     auto_migrate: bool = True  # migrate the database on start, or refuse if it is behind
 
     # --- web

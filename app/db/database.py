@@ -74,11 +74,12 @@ _DOLLAR_PARAM = re.compile(r"\$\d+")
 
 
 class Database:
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(self, url: str, pool_size: int = 10, commit_pool_size: int | None = None) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         self.pool_size = pool_size
+        self.commit_pool_size = commit_pool_size or pool_size  # the asyncpg pool's
         self._sqlite_writer: sqlite3.Connection | None = None
         self._direct_commits = 0
         self._checkpointing = False
@@ -152,7 +153,7 @@ class Database:
                         "postgresql+asyncpg://", "postgresql://", 1
                     )
                     self._pg_pool = await asyncpg.create_pool(
-                        dsn, min_size=0, max_size=max(2, self.pool_size), reset=no_reset
+                        dsn, min_size=0, max_size=max(2, self.commit_pool_size), reset=no_reset
                     )
         return self._pg_pool
 
