@@ -8,7 +8,9 @@ package into one line that says what to install.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -157,10 +159,45 @@ def tune_gc(settings) -> None:
     cyclic garbage waits for them), so the default stays."""
     import gc
 
+    _last_trim[:] = [time.monotonic(), settings.malloc_trim_seconds]
     gc.collect()
     if settings.gc_freeze:
         gc.freeze()
     gc.set_threshold(*settings.gc_thresholds)
+    if settings.malloc_trim and _trim_after_full_collections not in gc.callbacks and _malloc_trim() is not None:
+        gc.callbacks.append(_trim_after_full_collections)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_last_trim = [0.0, 60.0]  # monotonic time of the last trim, seconds between two
+
+
+def _trim_after_full_collections(phase: str, info: dict) -> None:
+    """After a full collection (at most once a minute: a trim stops the loop for ~10-40 ms),
+    give the pages glibc keeps free inside its heap back to the kernel. Without it the
+    server's resident memory followed the highest heap it had ever needed (live objects plus
+    the sockets' cyclic garbage waiting for a full collection) and crept up while live objects
+    did not (bench/mem_probe.py; bench/README.md, issue 14 fourth pass)."""
+    if phase != "stop" or info.get("generation") != 2:
+        return
+    now = time.monotonic()
+    if now - _last_trim[0] < _last_trim[1]:
+        return
+    _last_trim[0] = now
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _worker_options(settings, systems, base, device, **extra):

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: SQLite by default, postgresql+asyncpg://… in production.",
     )
     db_pool_size: int = 10
+    db_commit_pool_size: int | None = Field(
+        default=None,
+        description="PostgreSQL: connections of the live tier's own asyncpg pool (every action's "
+        "commit and game creation); default: db_pool_size. Apart from the ORM's pool so that "
+        "it can grow alone (bench/README.md, issue 14 fourth pass: 20 against 10 measured "
+        "better in one back-to-back pair and worse in another on a loaded machine).",
+    )
     auto_migrate: bool = True  # migrate the database on start, or refuse if it is behind
 
     # --- web
@@ -59,6 +66,15 @@ class Settings(BaseSettings):
         default_factory=lambda: [700, 10, 10],
         description="`serve`: the cyclic collector's thresholds (gc.set_threshold); the third "
         "sets how rarely a full collection may run.",
+    )
+    malloc_trim: bool = Field(
+        default=True,
+        description="`serve`: after each full cyclic collection, return the memory glibc keeps "
+        "free inside its heap to the kernel (malloc_trim), so that resident memory follows "
+        "what the server holds, not the most it ever held (bench/README.md, issue 14 fourth pass).",
+    )
+    malloc_trim_seconds: float = Field(
+        default=60.0, description="`serve`: the least time between two heap trims (each stops the loop ~10-40 ms)."
     )
     max_body_bytes: int = Field(
         default=1_048_576, description="Largest HTTP request body accepted (413 beyond it)."

@@ -69,15 +69,20 @@ RESERVOIR = 50_000
 # ---------------------------------------------------------------- servers and database
 
 
-def start_server(database_url: str, tangrams: Path | None, log_dir: Path) -> ServerProcess:
+def start_server(
+    database_url: str, tangrams: Path | None, log_dir: Path,
+    extra_env: dict[str, str] | None = None, wrapper: str | None = None,
+) -> ServerProcess:
     env = {
         "MULTIREF_ADMIN_TOKEN": ADMIN_TOKEN,
         "MULTIREF_MAX_CONNECTIONS_PER_ADDRESS": "0",
         **({"MULTIREF_TANGRAMS": str(tangrams)} if tangrams else {}),
         **STRETCHED_RULES,
+        **(extra_env or {}),
     }
+    command = [sys.executable, wrapper] if wrapper else None
     try:
-        return ServerProcess(database_url, log_dir, env=env).start(timeout=90)
+        return ServerProcess(database_url, log_dir, env=env, command=command).start(timeout=90)
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -363,7 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-growth", type=float, default=0.05, help="allowed RSS growth after warm-up (default 0.05)")
     ap.add_argument("--tangrams", type=Path, default=REFERENCE_TANGRAMS if REFERENCE_TANGRAMS.is_dir() else None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the server process(es), repeatable")
+    ap.add_argument("--server-wrapper", default=None, metavar="SCRIPT",
+                    help="run the server as `python SCRIPT` (a probe such as bench/mem_probe.py)")
     args = ap.parse_args(argv)
+    extra_env = dict(kv.split("=", 1) for kv in args.server_env)
     if args.long:
         args.minutes = 30.0
     warmup = args.warmup if args.warmup is not None else min(300.0, max(60.0, 0.25 * args.minutes * 60))
@@ -384,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[ServerProcess] = []
     try:
         for _ in range(args.servers):
-            servers.append(start_server(url, args.tangrams, workdir))
+            servers.append(start_server(url, args.tangrams, workdir, extra_env, args.server_wrapper))
         kind = url.split(":", 1)[0].split("+")[0]
         print(
             f"soak: {args.games} games, {args.minutes:g} min, {len(servers)} server(s) on {kind}, "

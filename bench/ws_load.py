@@ -198,6 +198,7 @@ class Generator:
         self.open_games: dict[str, tuple[GameRecord, "Client", "Client"]] = {}
         self.errors: Counter[str] = Counter()
         self.start_latencies: list[float] = []
+        self.start_phases: list[tuple[float, float, float, float]] = []  # t0, POST, sockets, first views
         self.loop_lags: list[float] = []
         self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) in the window
         self._gc_t = 0.0
@@ -257,6 +258,7 @@ class Generator:
             ],
             "errors": dict(self.errors),
             "start_latencies": self.start_latencies,
+            "start_phases": self.start_phases,
             "loop_lags": self.loop_lags,
             "gc_pauses": self.gc_pauses,
             "games_done": self.games_done,
@@ -308,6 +310,7 @@ class Generator:
         if r.status_code != 200:
             self.errors[f"http_{r.status_code}"] += 1
             raise RuntimeError(f"create game: {r.status_code}")
+        t_post = time.time()
         created = r.json()
         rec = GameRecord(game_id=created["game_id"], t_created=t0)
         self.games.append(rec)
@@ -317,9 +320,12 @@ class Generator:
         finished = False
         try:
             await asyncio.gather(sp.connect(), li.connect())
+            t_conn = time.time()
             for c in (sp, li):
                 await c.wait(lambda c: c.view is not None and c.view.phase != "waiting", 60)
-            self.start_latencies.append(time.time() - t0)
+            t_start = time.time()
+            self.start_latencies.append(t_start - t0)
+            self.start_phases.append((t0, t_post - t0, t_conn - t_post, t_start - t_conn))
             tasks = [
                 asyncio.create_task(self._speaker(rec, sp, li)),
                 asyncio.create_task(self._listener(rec, li, sp)),
@@ -927,6 +933,7 @@ class RunResult:
     load: float
     db_checked: bool
     gen_gc2: tuple[int, float, float] = (0, 0.0, 0.0)  # generator's full collections: n, max ms, total ms
+    start_phases: dict = field(default_factory=dict)  # "ramp"/"window" -> phase -> quantiles
 
 
 def quantiles(values: list[float], qs=(0.5, 0.95, 0.99)) -> dict[str, float]:
@@ -1045,6 +1052,7 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
             start_p99_ms=quantiles([x for r in results for x in r["start_latencies"]])["p99"],
             loop_lag_p99_ms=quantiles([x for r in results for x in r["loop_lags"]])["p99"],
             gen_gc2=_gc2([p for r in results for p in r.get("gc_pauses", [])]),
+            start_phases=_start_phases([p for r in results for p in r.get("start_phases", [])], t0, t1),
             load=sampler.load_during(t0, t1),
             db_checked=verdict.db_checked,
         )
@@ -1058,6 +1066,20 @@ def run_once(args, db_kind: str, games: int, duration: float, workdir: Path) -> 
 
 
 # =========================================================================== report
+
+
+def _start_phases(phases: list, t0: float, t1: float) -> dict:
+    """Where a game start's time goes, for games asked for during the ramp and in the window:
+    the admin POST (creation), the two sockets' connect (upgrade, hello, join), the first
+    views out of the waiting phase."""
+    out = {}
+    for part, keep in (("ramp", lambda t: t < t0), ("window", lambda t: t0 <= t < t1)):
+        rows = [p for p in phases if keep(p[0])]
+        out[part] = {"n": len(rows)} | {
+            name: quantiles([p[i] for p in rows]) if i else quantiles([p[1] + p[2] + p[3] for p in rows])
+            for i, name in ((0, "total"), (1, "post"), (2, "sockets"), (3, "views"))
+        }
+    return out
 
 
 def _gc2(pauses: list) -> tuple[int, float, float]:
@@ -1111,6 +1133,15 @@ def report(runs: list[RunResult], baselines: dict[str, RunResult]) -> None:
             ", ".join(f"{k}={v}" for k, v in sorted(r.details.items()) if v) or "-",
         )
     console.print(d)
+    g = Table(title="Game starts: where the time goes, p50 / p99 ms (POST: the admin route creates the "
+              "game; sockets: both connect, hello, join; views: both leave 'waiting')")
+    for col in ("db", "games", "asked", "n", "total", "POST", "sockets", "views"):
+        g.add_column(col, justify="left" if col == "db" else "right")
+    for r in runs:
+        for part, q in r.start_phases.items():
+            cells = [f"{fmt(q[k]['p50'])} / {fmt(q[k]['p99'])}" for k in ("total", "post", "sockets", "views")]
+            g.add_row(r.db, str(r.games), part, str(q["n"]), *cells)
+    console.print(g)
     floors = {r.games: r for r in runs if r.db == FLOOR}
     if floors:
         f = Table(title="Against the floor (bench/floor_relay.py: parse, one SQLite row, a small frame "

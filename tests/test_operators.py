@@ -424,6 +424,27 @@ def _protected_routes():
     return out
 
 
+def test_admin_and_operator_token_checks_run_on_the_event_loop():
+    """FastAPI runs a plain ``def`` dependency in a worker thread: the token check then cost
+    every game created through the admin API a thread hop (and the server a stream of new
+    threads). Every dependency of the bearer-token routes is a coroutine function."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from app.web import admin, operator
+
+    def calls(dependant):
+        for dep in dependant.dependencies:
+            yield dep.call
+            yield from calls(dep)
+
+    routes = [r for router in (admin.router, operator.router) for r in router.routes if isinstance(r, APIRoute)]
+    assert any(r.path.endswith("/games") and "POST" in r.methods for r in routes)
+    sync = {(r.path, c.__name__) for r in routes for c in calls(r.dependant) if not inspect.iscoroutinefunction(c)}
+    assert not sync
+
+
 async def test_every_admin_operator_and_dashboard_route_refuses_a_missing_or_wrong_token(start_server, sqlite_url):
     server = start_server(sqlite_url)
     routes = _protected_routes()

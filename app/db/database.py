@@ -66,15 +66,20 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
 # thread hop, never waits for a lock), on PostgreSQL through a small asyncpg pool of its own
 # (prepared statements, no pre-ping round trips). See ``app.live.store``.
 CHECKPOINT_EVERY = 200  # direct SQLite commits between two WAL checkpoints (run off the loop)
+# WAL frames (pages) after which a checkpoint also starts the log over: a passive checkpoint
+# never does while commits keep coming, so under steady load the WAL grew without end (2.3 GB in
+# a 15-minute soak, its index mapped into the server's memory: bench/README.md, issue 14 fourth pass)
+WAL_RESTART_FRAMES = 8192
 _DOLLAR_PARAM = re.compile(r"\$\d+")
 
 
 class Database:
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(self, url: str, pool_size: int = 10, commit_pool_size: int | None = None) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         self.pool_size = pool_size
+        self.commit_pool_size = commit_pool_size or pool_size  # the asyncpg pool's
         self._sqlite_writer: sqlite3.Connection | None = None
         self._direct_commits = 0
         self._checkpointing = False
@@ -122,9 +127,16 @@ class Database:
             log.warning("WAL checkpoint failed: %s", future.exception())
 
     def _checkpoint(self) -> None:
+        """Copy the WAL into the database without stopping the writer (PASSIVE). Commits made
+        meanwhile stay in the log, so the writer never finds it fully copied and never starts
+        it over: once it holds ``WAL_RESTART_FRAMES`` frames, copy the rest and truncate it
+        (TRUNCATE: the writer waits, with short sleeps, for the few frames written since the
+        passive copy; readers are not stopped)."""
         conn = sqlite3.connect(self._sqlite_file(), timeout=30)
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames >= WAL_RESTART_FRAMES:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             conn.close()
 
@@ -141,7 +153,7 @@ class Database:
                         "postgresql+asyncpg://", "postgresql://", 1
                     )
                     self._pg_pool = await asyncpg.create_pool(
-                        dsn, min_size=0, max_size=max(2, self.pool_size), reset=no_reset
+                        dsn, min_size=0, max_size=max(2, self.commit_pool_size), reset=no_reset
                     )
         return self._pg_pool
 

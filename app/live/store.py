@@ -193,7 +193,7 @@ class NotWaiting(LookupError):
 
 
 class _Ops:
-    """The three things game creation asks of a connection (``$n`` statements)."""
+    """What game creation asks of a connection (``$n`` statements)."""
 
     async def value(self, sql: str, *args):
         raise NotImplementedError
@@ -205,30 +205,33 @@ class _Ops:
     async def lock_config_queue(self, key: int) -> None:
         raise NotImplementedError
 
+    async def insert(self, rows: list[tuple[str, dict]]) -> None:
+        """Insert (table, row) pairs, in this order; a store may send them as one statement."""
+        for table, row in rows:
+            sql, params = insert_statement(table, row)
+            await self.execute(sql, *params)
+
     async def notify(self, message: dict) -> bool:
         """Send ``message`` on the bus with this transaction, if the bus can; else False
         (the caller flushes it after the commit)."""
         return False
 
 
-async def _insert(ops: _Ops, table: str, row: dict) -> None:
-    sql, params = insert_statement(table, row)
-    await ops.execute(sql, *params)
-
-
 async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]]:
     """Game creation's statements, the same for every database. The config queue's lock is
-    taken last, so that it is held (to the commit) for the fewest round trips."""
+    taken last, so that it is held (to the commit) for the fewest round trips: the lock, the
+    queue's highest index, the rows (one statement on PostgreSQL), the commit."""
     round_ = await ops.value(CURRENT_ROUND)
     checkpoint = None
     if new.listener_kind is ListenerKind.MODEL:
         checkpoint = await ops.value(ACTIVE_CHECKPOINT, new.system)
     seat_of = {pid: seat for seat, pid in new.players.items()}
+    rows: list[tuple[str, dict]] = []
     for row in new.new_participants:
         seat = seat_of.pop(row["id"])
-        await _insert(ops, "participants", {
+        rows.append(("participants", {
             **row, "status": Status.IN_GAME, "game_id": new.game_id, "seat": seat.value, "waiting_since": None,
-        })
+        }))
     after_commit: list[dict] = []
     seat_sql = SEAT_WAITING_PARTICIPANT if new.waiting else SEAT_PARTICIPANT
     # players who existed before the game: seat them (in id order, so that two processes
@@ -243,7 +246,7 @@ async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]
         if not await ops.notify(message):
             after_commit.append(message)
     if new.audit is not None:
-        await _insert(ops, "audit_log", new.audit)
+        rows.append(("audit_log", new.audit))
     index, config = None, new.config
     if config is None:
         await ops.lock_config_queue(config_lock_key(new.system, round_))
@@ -257,7 +260,7 @@ async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]
         game_id=new.game_id, config=config, rules=new.rules, listener_kind=new.listener_kind, at=new.at
     )
     state = new_game(created)
-    await _insert(ops, "games", {
+    rows.append(("games", {
         "id": new.game_id,
         "listener_kind": new.listener_kind.value,
         "config": config.model_dump(mode="json"),
@@ -273,11 +276,12 @@ async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]
         "speaker_id": new.players.get(Seat.SPEAKER),
         "listener_id": new.players.get(Seat.LISTENER),
         "source": "live",
-    })
-    await _insert(ops, "game_events", {
+    }))
+    rows.append(("game_events", {
         "game_id": new.game_id, "seq": 1, "type": created.type, "at": created.at,
         "data": event_json(created), "actor": "server",
-    })
+    }))
+    await ops.insert(rows)
     return created, after_commit
 
 
@@ -428,6 +432,20 @@ class _PostgresOps(_Ops):
 
     async def lock_config_queue(self, key: int) -> None:
         await self.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+
+    async def insert(self, rows: list[tuple[str, dict]]) -> None:
+        """One statement (one round trip) for every row: the first ones as data-modifying
+        ``WITH`` clauses; foreign keys are checked at the statement's end."""
+        if len(rows) == 1:
+            return await super().insert(rows)
+        statements, params = [], []
+        for table, row in rows:
+            sql, values = insert_statement(table, row)
+            offset = len(params)
+            statements.append(_DOLLAR_PARAM.sub(lambda m: f"${int(m.group()[1:]) + offset}", sql))
+            params += values
+        head = ", ".join(f"i{i} AS ({sql})" for i, sql in enumerate(statements[:-1]))
+        await self.conn.execute(f"WITH {head} {statements[-1]}", *params)
 
     async def notify(self, message: dict) -> bool:
         notify = self.bus.in_transaction(message)

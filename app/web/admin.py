@@ -52,8 +52,9 @@ ADMIN_END_REASONS = (EndReason.ADMIN_ENDED,) + tuple(
 )
 
 
-def admin_actor(fingerprint: str = Depends(require_admin)) -> str:
-    """The audit name of the caller: the fingerprint of the token it authenticated with."""
+async def admin_actor(fingerprint: str = Depends(require_admin)) -> str:
+    """The audit name of the caller: the fingerprint of the token it authenticated with
+    (``async``: no worker thread, see ``require_admin``)."""
     return audit.digest_fingerprint(fingerprint)
 
 

@@ -49,8 +49,10 @@ def bearer(authorization: str | None) -> str | None:
     return authorization[7:].strip() or None
 
 
-def require_admin(request: Request, authorization: str | None = Header(default=None)) -> str:
-    """FastAPI dependency: the request carries a valid admin bearer token."""
+async def require_admin(request: Request, authorization: str | None = Header(default=None)) -> str:
+    """FastAPI dependency: the request carries a valid admin bearer token. ``async`` although
+    it never waits: FastAPI runs a plain ``def`` dependency in a worker thread, a hop that cost
+    every game creation through the admin API time on a busy loop, and a stream of new threads."""
     services = request.app.state.services
     token = bearer(authorization)
     if token is None or not services.admin_digests or not token_matches(token, services.admin_digests):

@@ -131,7 +131,7 @@ def tangram_pool(tangrams: TangramSet, settings: Settings) -> list[str]:
 
 
 async def build_services(settings: Settings) -> Services:
-    db = Database(settings.database_url, settings.db_pool_size)
+    db = Database(settings.database_url, settings.db_pool_size, settings.db_commit_pool_size)
     await db.migrate(auto=settings.auto_migrate)
     hash_key = settings.secret_key or await db.secret("worker_hash_key")
     token_key = settings.secret_key or await db.secret("token_key")

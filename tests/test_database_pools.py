@@ -1,0 +1,26 @@
+"""PostgreSQL: the live tier's asyncpg pool (every action's commit, game creation) can have its
+own size, ``db_commit_pool_size``, apart from the ORM's ``db_pool_size`` (by default the same),
+so that it can grow without the ORM's pool and its overflow growing with it."""
+
+from __future__ import annotations
+
+from app.db.database import Database
+
+
+async def test_the_commit_pool_has_its_own_size(pg_url):
+    db = Database(pg_url, 3, commit_pool_size=7)
+    try:
+        async with db.asyncpg_connection() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        assert (await db._asyncpg_pool()).get_max_size() == 7
+        assert db.engine.pool.size() == 3
+    finally:
+        await db.close()
+
+
+async def test_without_its_own_size_the_commit_pool_follows_the_orm_pool(pg_url):
+    db = Database(pg_url, 4)
+    try:
+        assert (await db._asyncpg_pool()).get_max_size() == 4
+    finally:
+        await db.close()
