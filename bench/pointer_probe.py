@@ -26,6 +26,9 @@ and keep one such step after every later step: images the text model can read li
 ``--recall-steps``: associative recall in the listener's layout, words instead of images (each
 image's slots hold 4 random vocabulary words, the speaker says one image's words shuffled, the
 answer is that image's letter): the match-and-copy circuit a pretrained language model has.
+``--image-words`` replaces each tangram's image by 4 fixed vocabulary words of its own (a
+discrete, trainable key instead of vision features); ``--tie`` builds the stand-in with tied
+input and output word embeddings (it needs its own ``--out``).
 
 The model, prompt builder, collator and loss are the study's own (``sim.base``,
 ``policy_worker.prompt``, ``learning.datasets``): what fails here fails in the study.
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         build_small_idefics2(a.out, corpus, size)
     policy = load_policy(a.out, dtype="float32", device="cpu")
     model = policy.model
+    if bool(model.config.tie_word_embeddings) != a.tie:
+        ap.error(f"{a.out} holds a stand-in built {'without' if a.tie else 'with'} --tie: pass another --out")
     for frozen in (model.model.vision_model, model.model.connector):  # as the study's pre-training
         frozen.requires_grad_(False)
     collator = ActionCollator(policy, TangramImages(a.svgs).images, with_allowed=False)
