@@ -39,11 +39,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from policy_worker.tiny import Idefics2Sizes
+
 logger = logging.getLogger("multiref.sim")
 
 
 @dataclass
-class ModelSize:
+class ModelSize(Idefics2Sizes):
     """Sizes of the stand-in Idefics2 (the defaults train a round in minutes on 2 cores)."""
 
     # A tangram silhouette at 32 px, one patch per image: the vision encoder costs almost
@@ -54,6 +56,7 @@ class ModelSize:
     vision_hidden: int = 64
     vision_layers: int = 2
     image_tokens: int = 4  # perceiver latents per image (64 in idefics2-8b)
+    resampler_head_dim: int = 32
     text_hidden: int = 128
     text_layers: int = 3
     text_heads: int = 4
@@ -92,22 +95,10 @@ class PretrainConfig:
 
 def build_small_idefics2(out_dir: str | Path, corpus: list[str], size: ModelSize) -> Path:
     """A random small Idefics2 saved like a hub checkpoint (``load_policy`` loads it)."""
-    from policy_worker.tiny import _CORPUS_LINES, Idefics2Sizes, build_idefics2, train_tokenizer
+    from policy_worker.tiny import _CORPUS_LINES, build_idefics2, train_tokenizer
 
     tokenizer = train_tokenizer([*(_CORPUS_LINES * 20), *corpus], size.vocab_size, 2)
-    sizes = Idefics2Sizes(
-        image_size=size.image_size,
-        patch_size=size.patch_size,
-        vision_hidden=size.vision_hidden,
-        vision_layers=size.vision_layers,
-        image_tokens=size.image_tokens,
-        resampler_head_dim=32,
-        text_hidden=size.text_hidden,
-        text_layers=size.text_layers,
-        text_heads=size.text_heads,
-        tie_embeddings=size.tie_embeddings,
-    )
-    return build_idefics2(out_dir, tokenizer, sizes, size.seed, prepare=_let_images_through)
+    return build_idefics2(out_dir, tokenizer, size, size.seed, prepare=_let_images_through)
 
 
 def _let_images_through(model: Any) -> None:
