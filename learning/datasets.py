@@ -301,7 +301,8 @@ async def _human_games(s: Any, *where: Any) -> list[tuple[str, int | None, str |
     return list(await s.execute(q.order_by(Game.id)))
 
 
-def _rounds_up_to(max_round: int | None, include_unrounded: bool) -> Any:
+def rounds_up_to(max_round: int | None, include_unrounded: bool) -> Any:
+    """The SQL condition on ``Game.round`` of the training data: rounds ≤ ``max_round``."""
     from app.db.models import Game
 
     return _round_filter(Game.round, max_round, include_unrounded)
@@ -310,9 +311,6 @@ def _rounds_up_to(max_round: int | None, include_unrounded: bool) -> Any:
 async def human_turns(
     db: Any,
     *where: Any,
-    max_round: int | None = None,
-    include_unrounded: bool = True,
-    any_round: bool = False,
     heldout_fraction: float | None = None,
     changed_only: bool = False,
     good_only: bool = False,
@@ -322,8 +320,8 @@ async def human_turns(
     """Human listeners' submitted turns of ended human–human games, as undecided examples.
 
     The one loader behind the model-selection set (:func:`load_heldout`) and the evaluation set
-    (``learning.evaluate.load_heldout_turns``). Games: rounds ≤ ``max_round`` (``any_round``:
-    every round), narrowed by SQL conditions on ``Game`` in ``where``; with ``heldout_fraction``
+    (``learning.evaluate.load_heldout_turns``). Games: those the SQL conditions on ``Game`` in
+    ``where`` select (e.g. :func:`rounds_up_to`); with ``heldout_fraction``
     only those :func:`human_game_side` puts on the held-out side. Turns: ``changed_only`` drops
     those that left the selection as it was, ``good_only`` keeps good selects or deselects
     (``learning.retrospect.is_good_move``). Above ``limit`` a fixed sample is kept (by a hash of
@@ -334,8 +332,6 @@ async def human_turns(
     from learning.retrospect import is_good_move
     from policy_worker.gamedata import prompt_game
 
-    if not any_round:
-        where = (*where, _rounds_up_to(max_round, include_unrounded))
     examples: list[Example] = []
     dropped = {"not_good": 0, "nothing": 0}
     async with db.session() as s:
@@ -403,8 +399,7 @@ async def load_heldout(
     """
     examples, _ = await human_turns(
         db,
-        max_round=max_round,
-        include_unrounded=include_unrounded,
+        rounds_up_to(max_round, include_unrounded),
         heldout_fraction=heldout_fraction,
         good_only=good_only,
         limit=limit,
@@ -476,7 +471,8 @@ async def load_seed_examples(
 
     examples: list[Example] = []
     async with db.session() as s:
-        for gid, _rnd, _system in await _human_games(s, _rounds_up_to(max_round, include_unrounded)):
+        games = await _human_games(s, rounds_up_to(max_round, include_unrounded))
+        for gid, _rnd, _system in games:
             if heldout_fraction is not None and (
                 human_game_side(gid, seed, heldout_fraction) != "seed"
             ):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learning.datasets import Example, _stats, human_turns
+from learning.datasets import Example, _stats, human_turns, rounds_up_to
 from learning.distributed import Runtime
 from policy_worker.prompt import parse_action
 
@@ -203,12 +203,11 @@ async def load_heldout_turns(
         where.append(Game.source == source)
     if rounds is not None:
         where.append(Game.round.in_(list(rounds)))
+    if max_round is not None:
+        where.append(rounds_up_to(max_round, include_unrounded))
     examples, dropped = await human_turns(
         db,
         *where,
-        max_round=max_round,
-        include_unrounded=include_unrounded,
-        any_round=max_round is None,
         changed_only=True,
         good_only=good_only,
         limit=limit,
