@@ -24,3 +24,18 @@ async def test_without_its_own_size_the_commit_pool_follows_the_orm_pool(pg_url)
         assert (await db._asyncpg_pool()).get_max_size() == 4
     finally:
         await db.close()
+
+
+async def test_expiring_the_commit_pool_replaces_its_connections(pg_url):
+    """After a connection error the store expires the pool so that no connection to a restarted
+    server is reused; asyncpg's expire_connections is a coroutine that was called unawaited."""
+    db = Database(pg_url, 2)
+    try:
+        async with db.asyncpg_connection() as conn:
+            before = await conn.fetchval("SELECT pg_backend_pid()")
+        await db.expire_asyncpg_connections()
+        async with db.asyncpg_connection() as conn:
+            after = await conn.fetchval("SELECT pg_backend_pid()")
+        assert after != before
+    finally:
+        await db.close()

@@ -192,13 +192,14 @@ class Database:
                 except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
                     if attempt == 2:
                         raise
-                    self.expire_asyncpg_connections()
+                    await self.expire_asyncpg_connections()
         return None
 
-    def expire_asyncpg_connections(self) -> None:
-        """After a connection error: replace every pooled connection (the server restarted)."""
+    async def expire_asyncpg_connections(self) -> None:
+        """After a connection error: replace every pooled connection (the server restarted).
+        asyncpg's ``expire_connections`` is a coroutine: called without ``await`` it did nothing."""
         if self._pg_pool is not None:
-            self._pg_pool.expire_connections()
+            await self._pg_pool.expire_connections()
 
     @property
     def dialect(self) -> str:

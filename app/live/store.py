@@ -504,7 +504,7 @@ class PostgresEventStore(EventStore):
             except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
                 if attempt == 2:
                     raise
-                self.db.expire_asyncpg_connections()
+                await self.db.expire_asyncpg_connections()
         raise AssertionError("unreachable")
 
     @staticmethod
