@@ -28,6 +28,7 @@ from app.db.database import Database
 from app.db.gamelog import load_events
 from app.db.models import GameEvent, ListenerRequest, WorkerHeartbeat
 from app.game.rules import GameConfig, replay
+from app.live.bus import LISTEN_NAME
 from app.processes import WorkerProcess
 from tests.conftest import ADMIN_TOKEN, ROOT, require
 from tests.pgcluster import private_pg  # noqa: F401 - fixture
@@ -406,11 +407,55 @@ async def test_postgres_restarted_mid_game_nothing_lost_or_doubled(start_server,
             await b.close()
         assert all(s.proc.poll() is None for s in servers), "a server process died with the database"
         for s in servers:  # both replicas are healthy again, their buses reconnected
-            assert httpx.get(s.url + "/healthz", timeout=5).status_code == 200
+            assert wait_health(s.url, 200, 30)["status"] == "ok"
             assert "reconnected to PostgreSQL" in s.log_path.read_text(errors="replace")
     for created, speaker, listener, seen in games:
         await assert_log_sound(url, created["game_id"], [speaker, listener], seen)
     await check_all(url)
+
+
+def wait_health(url: str, status_code: int, timeout: float) -> dict:
+    """The body of the first /healthz answer with ``status_code`` (the games can end before a
+    replica's bus has reconnected: it retries with backoff)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(url + "/healthz", timeout=5)
+        if r.status_code == status_code:
+            return r.json()
+        assert time.monotonic() < deadline, f"/healthz still {r.status_code} {r.text} after {timeout} s"
+        time.sleep(0.1)
+
+
+def test_a_replica_whose_bus_lost_postgres_is_unhealthy_until_it_reconnects(start_server, private_pg):
+    """A replica whose LISTEN connection is gone does not hear the other replicas' moves: the
+    proxy must route its players elsewhere until the bus is back (it answered 200 before)."""
+    import psycopg2
+
+    url = private_pg.new_database()
+    name = url.rsplit("/", 1)[1]
+    server = start_server(url, **FAULT_ENV)
+    assert wait_health(server.url, 200, 10)["status"] == "ok"
+    admin = psycopg2.connect(private_pg.dsn())
+    admin.autocommit = True
+
+    def run(sql: str, *args) -> list:
+        with admin.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else []
+
+    try:  # no new connection to the database; the bus's listener cut (the pool's stay open)
+        run(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        cut = run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name = %s", name, LISTEN_NAME,
+        )
+        assert cut == [(True,)]
+        assert wait_health(server.url, 503, 15)["status"] == "bus_disconnected"
+    finally:
+        run(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.close()
+    assert wait_health(server.url, 200, 30)["status"] == "ok"
+    assert "reconnected to PostgreSQL" in server.log_path.read_text(errors="replace")
 
 
 # ---------------------------------------------------------------- a policy worker killed mid-turn

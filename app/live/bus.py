@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 log = logging.getLogger("multiref.bus")
 
 CHANNEL = "multiref"
+LISTEN_NAME = "multiref-bus-listen"  # application_name of the bus's connections in pg_stat_activity
+NOTIFY_NAME = "multiref-bus-notify"
 MAX_PAYLOAD = 7000  # PostgreSQL caps a notification at 8000 bytes
 
 Handler = Callable[[dict], Awaitable[None]]
@@ -174,7 +176,9 @@ class PostgresBus(Bus):
                 for attempt in (1, 2):
                     try:
                         if conn is None or conn.is_closed():
-                            conn = await asyncpg.connect(self.dsn)
+                            conn = await asyncpg.connect(
+                                self.dsn, server_settings={"application_name": NOTIFY_NAME}
+                            )
                             self._notifier_pid = conn.get_server_pid()
                         await conn.executemany("SELECT pg_notify($1, $2)", args)
                         break
@@ -207,7 +211,9 @@ class PostgresBus(Bus):
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self.dsn)
+                conn = await asyncpg.connect(
+                    self.dsn, server_settings={"application_name": LISTEN_NAME}
+                )
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.connected.set()
                 delay = 0.2

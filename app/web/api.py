@@ -63,6 +63,9 @@ async def healthz(request: Request) -> JSONResponse:
     except Exception as exc:
         body.update(status="database_unavailable", error=type(exc).__name__)
         return JSONResponse(body, status_code=503)
+    if not services.bus.connected.is_set():  # deaf to the other replicas' moves until it is back
+        body.update(status="bus_disconnected")
+        return JSONResponse(body, status_code=503)
     return JSONResponse(body)
 
 
