@@ -88,9 +88,18 @@ class PretrainConfig:
     freeze_vision: bool = True
     policy_steps: int = 400
     feedback_steps: int = 300
+    # "mixed": the two kinds of step shuffled together under one schedule; "feedback-last": the
+    # listener steps, then the decoder steps as a phase of their own (own warm-up and cosine,
+    # at ``feedback_learning_rate``), so the decoder the study uses is the model as it ends.
+    order: str = "mixed"
+    feedback_learning_rate: float | None = None  # None: ``learning_rate``
     batch_size: int = 16
     learning_rate: float = 3e-3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.order not in ("mixed", "feedback-last"):
+            raise ValueError(f"order must be mixed or feedback-last, not {self.order!r}")
 
 
 def build_small_idefics2(out_dir: str | Path, corpus: list[str], size: ModelSize) -> Path:
@@ -142,6 +151,9 @@ def pretraining_descriptions(everything: Any, pool: list[str], per_pool_tangram:
 class FeedbackExample:
     context: Any  # learning.retrospect.FeedbackContext
     word: str  # "positive" | "negative"
+    # The sim.speakers.Utterance that reacts (its true label, what it said): for measuring the
+    # decoder against the truth (bench/decoder_probe.py), never for training.
+    reaction: Any = None
 
 
 # A speaker who gives no feedback word still says "moving on" when the next message starts
@@ -213,6 +225,7 @@ def pretraining_data(
                             next_utterance=utt.text,
                         ),
                         wording_label(utt),
+                        utt,
                     )
                 )
             after = listener.choose(listener_order, selection, utt)
@@ -239,6 +252,71 @@ def _token_loss(logits, targets, mask):
     return -(tok * mask).sum() / mask.sum().clamp(min=1)
 
 
+def step_plan(config: PretrainConfig, rng: random.Random) -> list[tuple[str, float]]:
+    """(kind, learning rate) of every pre-training step: ``policy`` and ``feedback`` steps
+    shuffled under one schedule (``mixed``), or the feedback steps as a last phase with a
+    schedule of its own (``feedback-last``). Each schedule warms up over 20 steps, then falls
+    to 0 along a cosine."""
+
+    def schedule(lr: float, n: int) -> list[float]:
+        return [lr * min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / n)) for s in range(n)]
+
+    kinds = ["policy"] * config.policy_steps + ["feedback"] * config.feedback_steps
+    if config.order == "mixed":
+        rng.shuffle(kinds)
+        return list(zip(kinds, schedule(config.learning_rate, len(kinds))))
+    feedback_lr = config.feedback_learning_rate or config.learning_rate
+    return [
+        *(("policy", lr) for lr in schedule(config.learning_rate, config.policy_steps)),
+        *(("feedback", lr) for lr in schedule(feedback_lr, config.feedback_steps)),
+    ]
+
+
+def feedback_loss(policy: Any, rows: list[list[int]], label_lens: list[int], shared_prefix: bool = True) -> Any:
+    """Token loss on the label word that ends each row (decoder prompt + label word).
+
+    Every decoder prompt starts with the same instructions (about 100 of ~140 tokens): they are
+    encoded once and their keys and values shared by the batch (``shared_prefix``), as
+    ``FeedbackDecoder`` reads its prompts — the same loss and gradients as encoding every row
+    whole, for about a third of the tokens."""
+    import torch
+
+    from learning.retrospect import common_prefix_len
+    from policy_worker.decoding import _cache_kwarg, _output_cache
+
+    model, dev = policy.model, policy.device
+    keep = max(label_lens) + 1  # left-padded: only the label word's positions count
+    p = min(common_prefix_len(rows), min(len(r) for r in rows) - keep) if shared_prefix else 0
+    kwargs: dict[str, Any] = {}
+    if p >= 2:
+        out = model(
+            input_ids=torch.tensor([rows[0][:p]], device=dev),
+            attention_mask=torch.ones((1, p), dtype=torch.long, device=dev),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = _output_cache(out)
+        cache.batch_repeat_interleave(len(rows))
+        kwargs = {_cache_kwarg(policy): cache, "use_cache": True}
+    else:
+        p = 0
+    rows = [r[p:] for r in rows]
+    n = max(len(r) for r in rows)
+    pad = policy.tokenizer.pad_token_id or 0
+    ids = torch.full((len(rows), n), pad, dtype=torch.long)
+    att = torch.zeros((len(rows), n), dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.float)
+    for i, (r, k) in enumerate(zip(rows, label_lens)):
+        ids[i, n - len(r) :] = torch.tensor(r)
+        att[i, n - len(r) :] = 1
+        mask[i, n - k :] = 1
+    pos = (att.cumsum(-1) - 1).clamp(min=0) + p
+    att = torch.cat([torch.ones((len(rows), p), dtype=torch.long), att], -1)
+    ids, att, pos, mask = (x.to(dev) for x in (ids, att, pos, mask))
+    logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=keep, **kwargs).logits
+    return _token_loss(logits[:, :-1], ids[:, -(keep - 1) :], mask[:, -(keep - 1) :])
+
+
 def pretrain(
     base_dir: Path,
     out_dir: Path,
@@ -249,7 +327,7 @@ def pretrain(
     progress: Any = None,
     device: str = "cpu",
 ) -> dict:
-    """Full fine-tuning of the small model on both tasks, interleaved; saves it to ``out_dir``."""
+    """Full fine-tuning of the small model on both tasks (``config.order``); saves it to ``out_dir``."""
     import torch
 
     from learning.datasets import ActionCollator, augment, model_inputs
@@ -269,20 +347,17 @@ def pretrain(
             module.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
-    total = config.policy_steps + config.feedback_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
     sizes: dict[int, list] = {}
     for e in turns:
         sizes.setdefault(len(e.game.listener_order), []).append(e)
     by_size = list(sizes.values())
-    kinds = ["policy"] * config.policy_steps + ["feedback"] * config.feedback_steps
-    rng.shuffle(kinds)
-    task = progress.add_task("pre-train stand-in base", total=total) if progress else None
+    plan = step_plan(config, rng)
+    task = progress.add_task("pre-train stand-in base", total=len(plan)) if progress else None
     losses = {"policy": [], "feedback": []}
+    seconds = {"policy": 0.0, "feedback": 0.0}
     started = time.perf_counter()
-    for kind in kinds:
+    for kind, lr in plan:
+        t0 = time.perf_counter()
         if kind == "policy" and turns:
             group = rng.choices(by_size, weights=[len(g) for g in by_size])[0]  # one image count a batch
             batch = collator([augment(e, rng) for e in rng.sample(group, min(config.batch_size, len(group)))])
@@ -299,26 +374,17 @@ def pretrain(
             prompts = [decoder.prompt(f.context) for f in chosen]
             label_ids = dict(zip(("positive", "negative"), decoder.label_token_ids(prompts[0])))
             rows = [tok(p)["input_ids"] + list(label_ids[f.word]) for p, f in zip(prompts, chosen)]
-            n = max(len(r) for r in rows)
-            ids = torch.full((len(rows), n), tok.pad_token_id, dtype=torch.long)
-            att = torch.zeros((len(rows), n), dtype=torch.long)
-            mask = torch.zeros((len(rows), n), dtype=torch.float)
-            for i, (r, f) in enumerate(zip(rows, chosen)):
-                ids[i, n - len(r) :] = torch.tensor(r)
-                att[i, n - len(r) :] = 1
-                mask[i, n - len(label_ids[f.word]) :] = 1
-            pos = (att.cumsum(-1) - 1).clamp(min=0)
-            ids, att, pos, mask = (x.to(policy.device) for x in (ids, att, pos, mask))
-            logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits
-            loss = _token_loss(logits[:, :-1], ids[:, 1:], mask[:, 1:])
+            loss = feedback_loss(policy, rows, [len(label_ids[f.word]) for f in chosen])
         else:
             continue
+        for group in opt.param_groups:
+            group["lr"] = lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
-        sched.step()
         losses[kind].append(loss.item())
+        seconds[kind] += time.perf_counter() - t0
         if task is not None:
             progress.update(task, advance=1, description=f"pre-train ({kind} loss {losses[kind][-1]:.3f})")
     model.eval()
@@ -336,6 +402,7 @@ def pretrain(
         "final_policy_loss": tail(losses["policy"]),
         "final_feedback_loss": tail(losses["feedback"]),
         "seconds": round(time.perf_counter() - started, 1),
+        "seconds_by_kind": {k: round(v, 1) for k, v in seconds.items()},
     }
     (out / "pretraining.json").write_text(json.dumps(info, indent=2))
     return info

@@ -41,6 +41,11 @@ def simulate_command(
     database_url: Optional[str] = typer.Option(None, help="Default: SQLite in the run folder."),
     pretrain_steps: int = typer.Option(_P.policy_steps, help="Stand-in base: pre-training steps on listener turns."),
     feedback_steps: int = typer.Option(_P.feedback_steps, help="Stand-in base: pre-training steps on decoder examples."),
+    feedback_order: str = typer.Option(
+        _P.order,
+        help="Stand-in base: feedback-last (the decoder steps as a last phase of their own) or "
+        "mixed (shuffled among the listener steps under one schedule).",
+    ),
     pool_descriptions: int = typer.Option(
         _P.pool_descriptions,
         help="Stand-in base: descriptions of each pool tangram its pre-training sees (the rest of "
@@ -88,7 +93,7 @@ def simulate_command(
         database_url=database_url,
         noise=Noise(noise_silent, noise_rephrase, noise_ambiguous, noise_wrong),
         pretrain=PretrainConfig(
-            policy_steps=pretrain_steps, feedback_steps=feedback_steps, seed=seed,
+            policy_steps=pretrain_steps, feedback_steps=feedback_steps, order=feedback_order, seed=seed,
             pool_descriptions=None if pool_descriptions < 0 else pool_descriptions,
         ),
         quiet=quiet,
