@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy-steps", type=int, default=d.policy_steps)
     ap.add_argument("--feedback-steps", type=int, default=d.feedback_steps)
+    ap.add_argument("--final-policy-steps", type=int, default=d.final_policy_steps,
+                    help="feedback-last: listener steps shuffled into the last phase")
     ap.add_argument("--order", choices=("mixed", "feedback-last"), default=d.order)
     ap.add_argument("--feedback-lr", type=float, default=d.feedback_learning_rate,
                     help="learning rate of the decoder phase (feedback-last; default: --lr)")
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     pre = PretrainConfig(
         policy_steps=args.policy_steps, feedback_steps=args.feedback_steps, order=args.order,
         feedback_learning_rate=args.feedback_lr, learning_rate=args.lr, seed=args.seed,
+        final_policy_steps=args.final_policy_steps,
     )
     console = Console()
     with tempfile.TemporaryDirectory() as tmp:

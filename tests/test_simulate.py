@@ -148,8 +148,10 @@ def test_pre_training_sees_the_pool_only_through_a_few_descriptions(descriptions
 
 
 def test_pre_training_can_put_the_decoder_steps_last_with_their_own_schedule():
-    """Shuffled among the listener steps under one schedule, the decoder steps left the study's
-    decoder at 11 % false positives (offline, as a last phase: see bench/README.md, stop 24)."""
+    """Shuffled among all the listener steps under one schedule, the decoder steps left the
+    stand-in decoder at 11 % false positives in the study (20 % offline); alone as a last phase,
+    0.5 % offline, but the listener was overwritten (bench/README.md, stop 24): the order is an
+    option, and the last phase can keep listener steps."""
     from sim.base import PretrainConfig, step_plan
 
     mixed = step_plan(PretrainConfig(policy_steps=400, feedback_steps=300, order="mixed"), random.Random(0))
@@ -157,13 +159,15 @@ def test_pre_training_can_put_the_decoder_steps_last_with_their_own_schedule():
     assert kinds.count("policy") == 400 and kinds.count("feedback") == 300
     assert "feedback" in kinds[:350] and "policy" in kinds[350:]  # shuffled together
     assert max(lr for _, lr in mixed) == pytest.approx(3e-3, rel=0.01) and mixed[-1][1] < 1e-6
-    last = step_plan(PretrainConfig(policy_steps=400, feedback_steps=300, order="feedback-last",
-                                    feedback_learning_rate=1e-3), random.Random(0))
-    assert [k for k, _ in last] == ["policy"] * 400 + ["feedback"] * 300
-    policy, feedback = [lr for _, lr in last[:400]], [lr for _, lr in last[400:]]
-    assert max(policy) == pytest.approx(3e-3, rel=0.01) and policy[-1] < 1e-6
-    assert feedback[0] == pytest.approx(1e-3 / 20) and max(feedback) == pytest.approx(1e-3, rel=0.01)
-    assert feedback[-1] < 1e-6  # the decoder ends where its own schedule does
+    last = step_plan(PretrainConfig(policy_steps=400, feedback_steps=450, order="feedback-last",
+                                    final_policy_steps=150, feedback_learning_rate=1e-3), random.Random(0))
+    kinds = [k for k, _ in last]
+    assert kinds[:250] == ["policy"] * 250  # the listener first, under its own schedule
+    assert kinds[250:].count("feedback") == 450 and kinds[250:].count("policy") == 150  # then the decoder
+    policy, final = [lr for _, lr in last[:250]], [lr for _, lr in last[250:]]
+    assert max(policy) == pytest.approx(3e-3, rel=0.02) and policy[-1] < 1e-6
+    assert final[0] == pytest.approx(1e-3 / 20) and max(final) == pytest.approx(1e-3, rel=0.01)
+    assert final[-1] < 1e-6  # the decoder ends where its own schedule does
     with pytest.raises(ValueError):
         PretrainConfig(order="decoder-first")
 
