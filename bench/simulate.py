@@ -32,6 +32,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REFERENCE = ROOT.parent / "shared" / "reference" / "kilogram"
 
 
+def _ci(row: dict) -> str:
+    low, high = row["success_ci95"]
+    return f"[{100 * low:.1f}%, {100 * high:.1f}%]"
+
+
 def checks(rows: list[dict], seconds: float, budget_s: float = 45 * 60) -> list[tuple[str, bool, str]]:
     sup = sorted((r for r in rows if r["system"] == "B-SUP"), key=lambda r: r["round"])
     oracle = sorted((r for r in rows if r["system"] == "ORACLE"), key=lambda r: r["round"])
@@ -42,7 +47,7 @@ def checks(rows: list[dict], seconds: float, budget_s: float = 45 * 60) -> list[
         apart = last["success_ci95"][0] > first["success_ci95"][1]
         out.append(("B-SUP last − first ≥ 20 points", gain >= 20, f"{gain:+.1f} points"))
         out.append(("B-SUP first/last 95% intervals apart", apart,
-                    f"{first['success_ci95']} vs {last['success_ci95']}"))
+                    f"{_ci(first)} vs {_ci(last)}"))
     if sup and oracle:
         out.append(("ORACLE ≥ B-SUP (last round)", oracle[-1]["success_rate"] >= sup[-1]["success_rate"],
                     f"{100 * oracle[-1]['success_rate']:.1f}% vs {100 * sup[-1]['success_rate']:.1f}%"))
