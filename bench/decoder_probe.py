@@ -7,7 +7,7 @@ the pre-training never drew — through ``learning.retrospect``'s ``FeedbackDeco
 it against the speakers' true labels, as the study's report does.
 
     .venv/bin/python bench/decoder_probe.py                                   # the defaults
-    .venv/bin/python bench/decoder_probe.py --order mixed                     # steps shuffled together
+    .venv/bin/python bench/decoder_probe.py --order mixed --feedback-steps 300   # shuffled together
     .venv/bin/python bench/decoder_probe.py --order feedback-last --feedback-steps 500 --feedback-lr 1e-3
 
 Prints precision, recall and false-positive rate, the false positives by what the reaction
