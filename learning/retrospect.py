@@ -340,15 +340,16 @@ class FeedbackDecoder:
         b = max(1, self.config.batch_size)
         return [order[k : k + b] for k in range(0, len(order), b)]
 
-    def _prefix(self, ids: list[list[int]]) -> tuple[int, Any]:
-        """Length and key/value cache of the token prefix every prompt shares (0, None if off)."""
+    def _prefix(self, ids: list[list[int]], reserve: int = 1) -> tuple[int, Any]:
+        """Length and key/value cache of the token prefix every prompt shares (0, None if off),
+        leaving at least ``reserve`` tokens of every prompt after it."""
         import torch
 
         from policy_worker.decoding import _output_cache
 
         if not self.config.prefix_cache:
             return 0, None
-        p = min(common_prefix_len(ids), min(len(s) for s in ids) - 1)
+        p = min(common_prefix_len(ids), min(len(s) for s in ids) - reserve)
         if p < 2:
             return 0, None
         dev = self.policy.device
@@ -360,8 +361,13 @@ class FeedbackDecoder:
         )
         return p, _output_cache(out)
 
-    def _forward(self, rows: list[list[int]], p: int, prefix_cache: Any, keep: int) -> Any:
-        """Log-softmax at the last ``keep`` positions of left-padded rows after the prefix."""
+    def _forward(
+        self, rows: list[list[int]], p: int, prefix_cache: Any, keep: int, reuse_cache: bool = True
+    ) -> Any:
+        """Log-softmax at the last ``keep`` positions of left-padded rows after the prefix.
+
+        The prefix cache is copied for the batch unless ``reuse_cache`` is False (used once, as
+        in pre-training, where it carries gradients and cannot be deep-copied)."""
         import torch
 
         from policy_worker.decoding import _cache_kwarg
@@ -374,7 +380,7 @@ class FeedbackDecoder:
         pos = (mask.cumsum(-1) - 1).clamp(min=0) + p
         kwargs: dict[str, Any] = {}
         if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
+            cache = copy.deepcopy(prefix_cache) if reuse_cache else prefix_cache
             cache.batch_repeat_interleave(n)
             mask = torch.cat([torch.ones((n, p), dtype=mask.dtype, device=dev), mask], dim=-1)
             kwargs[_cache_kwarg(self.policy)] = cache

@@ -283,8 +283,9 @@ def step_plan(config: PretrainConfig, rng: random.Random) -> list[tuple[str, flo
     ]
 
 
-def feedback_loss(policy: Any, rows: list[list[int]], label_lens: list[int], shared_prefix: bool = True) -> Any:
-    """Token loss on the label word that ends each row (decoder prompt + label word).
+def feedback_loss(decoder: Any, rows: list[list[int]], label_lens: list[int], shared_prefix: bool = True) -> Any:
+    """Token loss on the label word that ends each row (decoder prompt + label word), read
+    through the decoder's own forward pass.
 
     Every decoder prompt starts with the same instructions (about 100 of ~140 tokens): they are
     encoded once and their keys and values shared by the batch (``shared_prefix``), as
@@ -292,40 +293,14 @@ def feedback_loss(policy: Any, rows: list[list[int]], label_lens: list[int], sha
     whole, for about a third of the tokens."""
     import torch
 
-    from learning.retrospect import common_prefix_len
-    from policy_worker.decoding import _cache_kwarg, _output_cache
-
-    model, dev = policy.model, policy.device
     keep = max(label_lens) + 1  # left-padded: only the label word's positions count
-    p = min(common_prefix_len(rows), min(len(r) for r in rows) - keep) if shared_prefix else 0
-    kwargs: dict[str, Any] = {}
-    if p >= 2:
-        out = model(
-            input_ids=torch.tensor([rows[0][:p]], device=dev),
-            attention_mask=torch.ones((1, p), dtype=torch.long, device=dev),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = _output_cache(out)
-        cache.batch_repeat_interleave(len(rows))
-        kwargs = {_cache_kwarg(policy): cache, "use_cache": True}
-    else:
-        p = 0
-    rows = [r[p:] for r in rows]
-    n = max(len(r) for r in rows)
-    pad = policy.tokenizer.pad_token_id or 0
-    ids = torch.full((len(rows), n), pad, dtype=torch.long)
-    att = torch.zeros((len(rows), n), dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.float)
-    for i, (r, k) in enumerate(zip(rows, label_lens)):
-        ids[i, n - len(r) :] = torch.tensor(r)
-        att[i, n - len(r) :] = 1
-        mask[i, n - k :] = 1
-    pos = (att.cumsum(-1) - 1).clamp(min=0) + p
-    att = torch.cat([torch.ones((len(rows), p), dtype=torch.long), att], -1)
-    ids, att, pos, mask = (x.to(dev) for x in (ids, att, pos, mask))
-    logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=keep, **kwargs).logits
-    return _token_loss(logits[:, :-1], ids[:, -(keep - 1) :], mask[:, -(keep - 1) :])
+    p, cache = decoder._prefix(rows, reserve=keep) if shared_prefix else (0, None)
+    logp = decoder._forward([r[p:] for r in rows], p, cache, keep, reuse_cache=False)
+    dev = logp.device
+    targets = torch.tensor([r[-(keep - 1) :] for r in rows], device=dev)
+    mask = torch.tensor([[0.0] * (keep - 1 - k) + [1.0] * k for k in label_lens], device=dev)
+    tok = logp[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return -(tok * mask).sum() / mask.sum().clamp(min=1)
 
 
 def pretrain(
@@ -385,7 +360,7 @@ def pretrain(
             prompts = [decoder.prompt(f.context) for f in chosen]
             label_ids = dict(zip(("positive", "negative"), decoder.label_token_ids(prompts[0])))
             rows = [tok(p)["input_ids"] + list(label_ids[f.word]) for p, f in zip(prompts, chosen)]
-            loss = feedback_loss(policy, rows, [len(label_ids[f.word]) for f in chosen])
+            loss = feedback_loss(decoder, rows, [len(label_ids[f.word]) for f in chosen])
         else:
             continue
         for group in opt.param_groups:

@@ -193,7 +193,7 @@ def test_decoder_steps_encode_the_shared_instructions_once_with_the_same_loss_an
     results = []
     for shared in (False, True):
         policy.model.zero_grad()
-        loss = feedback_loss(policy, rows, [len(words[f.word]) for f in feedback[:8]], shared_prefix=shared)
+        loss = feedback_loss(decoder, rows, [len(words[f.word]) for f in feedback[:8]], shared_prefix=shared)
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in policy.model.parameters() if p.grad is not None])
         results.append((loss.item(), grads))
