@@ -11,8 +11,10 @@ one it runs on:
 * SQLite: plain statements on the database's one writer connection (``Database.sqlite_writer``),
   run without yielding to the event loop, so SQLite's single write lock is held for the
   transaction's CPU time only; when another connection holds it, wait with short sleeps.
-* PostgreSQL: the database's asyncpg pool; the append alone is one statement (one round trip),
-  with reactions it is a transaction of a few.
+* PostgreSQL: the database's asyncpg pool. Appends without reactions are group-committed: those
+  of every game that arrive while a statement is in flight go together in the next one (one
+  round trip for all, each game still checked against its expected version). With reactions,
+  an append is a transaction of a few statements.
 
 ``create_game`` writes a new game (its players, the game row, its first event, an audit entry)
 in one transaction on the same connections, the config queue's lock included. It is the only
@@ -44,7 +46,7 @@ from app.db.gamelog import (
     game_row,
     load_events,
     load_events_direct,
-    pg_append_statement,
+    pg_append,
 )
 from app.db.models import AuditEntry, Game, GameEvent, Participant
 from app.game.rules import Event, GameConfig, GameCreated, GameRules, GameState, ListenerKind, Seat, new_game
@@ -455,12 +457,22 @@ class _PostgresOps(_Ops):
         return True
 
 
+class _GroupFailed(Exception):
+    """A group's statement failed: its appends go again one by one (``PostgresEventStore``)."""
+
+
 class PostgresEventStore(EventStore):
     CREATORS = 3  # creations holding a pool connection at once
+    FLUSHES = 2  # group statements in flight at once
+    GROUP = 64  # appends per group statement, at most
 
     def __init__(self, db: Database, bus: Bus) -> None:
         super().__init__(db, bus)
         self._creating = asyncio.Semaphore(self.CREATORS)
+        self._waiting: list[tuple[AppendRows, asyncio.Future]] = []
+        self._flushing = 0
+        self._flush_soon = False
+        self._flushes: set[asyncio.Task] = set()
 
     async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
         """A few creations at a time in this process: they wait for each other on the config
@@ -472,6 +484,78 @@ class PostgresEventStore(EventStore):
                 return await _create_game(_PostgresOps(conn, self.bus), new)
 
     async def commit(self, batch: Batch) -> Committed:
+        """An append without reactions joins a group commit: the appends of every game that
+        arrive while a group statement is in flight go together in the next one (one round
+        trip and one pool connection for all of them, instead of one each). With reactions,
+        or when its group's statement failed, an append goes alone (``_commit_alone``)."""
+        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
+        if not batch.reactions:
+            try:
+                await self._grouped(rows)
+                return Committed(None, self._staged(batch))
+            except _GroupFailed:  # the outcome may be unknown: alone, reading the log first
+                self._count("group_fallbacks")
+                return await self._commit_alone(batch, rows, check_first=True)
+        return await self._commit_alone(batch, rows, check_first=False)
+
+    async def _grouped(self, rows: AppendRows) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._waiting.append((rows, done))
+        if not self._flush_soon:  # after this turn of the loop: its other appends join
+            self._flush_soon = True
+            loop.call_soon(self._start_flushes)
+        await done
+
+    def _start_flushes(self) -> None:
+        self._flush_soon = False
+        while self._waiting and self._flushing < self.FLUSHES:
+            group: list[tuple[AppendRows, asyncio.Future]] = []
+            later: list[tuple[AppendRows, asyncio.Future]] = []
+            games: set[str] = set()
+            for item in self._waiting:
+                if item[1].done():  # its command was cancelled before the statement
+                    continue
+                if len(group) < self.GROUP and item[0].game_id not in games:
+                    games.add(item[0].game_id)
+                    group.append(item)
+                else:
+                    later.append(item)
+            self._waiting = later
+            if not group:
+                return
+            self._flushing += 1
+            task = asyncio.ensure_future(self._flush(group))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, group: list[tuple[AppendRows, asyncio.Future]]) -> None:
+        import asyncpg
+
+        try:
+            sql, args = pg_append([rows for rows, _ in group])
+            async with self.db.asyncpg_connection() as conn:
+                appended = {record[0] for record in await conn.fetch(sql, *args)}
+        except Exception as exc:
+            if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)):
+                await self.db.expire_asyncpg_connections()
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(_GroupFailed(repr(exc)))
+        else:
+            self._count("groups")
+            for rows, done in group:
+                if not done.done():
+                    if rows.game_id in appended:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(Conflict(rows.game_id))
+        finally:
+            self._flushing -= 1
+            if self._waiting and not self._flush_soon:
+                self._start_flushes()
+
+    async def _commit_alone(self, batch: Batch, rows: AppendRows, check_first: bool) -> Committed:
         """The append as one statement; with reactions, in a transaction with their rows and
         the workers' wake-up (``pg_notify`` is transactional: sent only if this commits).
 
@@ -480,18 +564,12 @@ class PostgresEventStore(EventStore):
         events are not there, so an action is never applied twice."""
         import asyncpg
 
-        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
-        statement = pg_append_statement(rows.game_cols, rows.turn_cols, len(rows.events), len(rows.turns))
-        args: list = [rows.game_id, rows.version, *rows.game]
-        for event in rows.events:
-            args += event[1:]  # without game_id
-        for turn in rows.turns:
-            args += turn[1:]
+        statement, args = pg_append([rows])
         reactions = batch.reactions
         for attempt in range(3):
             try:
                 async with self.db.asyncpg_connection() as conn:
-                    if attempt and await self._already_committed(conn, rows):
+                    if (attempt or check_first) and await self._already_committed(conn, rows):
                         codes = await self._codes(conn, rows.game_id) if reactions.settlements else None
                         return Committed(codes, self._staged(batch))
                     if not reactions:
@@ -512,7 +590,7 @@ class PostgresEventStore(EventStore):
         import asyncpg
 
         try:
-            if await conn.fetchval(statement, *args) != 1:
+            if not await conn.fetch(statement, *args):
                 raise Conflict(game_id)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(game_id) from exc
