@@ -257,8 +257,8 @@ def pg_append_statement(game_cols: tuple[str, ...], turn_cols: tuple[str, ...]) 
     its own): update each game row that is still at its expected version, and only for those
     insert the events and upsert the turns; returns the ids of the games appended to (a game
     missing from them lost a race: :class:`Conflict`). Parameters (``pg_append``): one array
-    per column, JSON values as text (cast to ``json``, so kept verbatim). One shape per
-    (game columns, turn columns), whatever the number of appends, events and turns."""
+    per column, JSON values as their text (cast to the column's type in the statement). One
+    shape per (game columns, turn columns), whatever the number of appends, events and turns."""
     n = 0
 
     def arrays(table: str, cols) -> list[str]:
@@ -271,7 +271,7 @@ def pg_append_statement(game_cols: tuple[str, ...], turn_cols: tuple[str, ...]) 
         return out
 
     def value(table: str, c: str) -> str:
-        return f"x.{c}::json" if c in _json_columns(table) else f"x.{c}"
+        return f"x.{c}::{_pg_types(table)[c]}" if c in _json_columns(table) else f"x.{c}"
 
     game_in = arrays("games", ("id", "version", *game_cols, "speaker_draft"))
     game_set = [f"{c} = {value('games', c)}" for c in game_cols]

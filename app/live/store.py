@@ -463,7 +463,7 @@ class _GroupFailed(Exception):
 
 class PostgresEventStore(EventStore):
     CREATORS = 3  # creations holding a pool connection at once
-    FLUSHES = 2  # group statements in flight at once
+    FLUSHES = 4  # group statements in flight at once
     GROUP = 64  # appends per group statement, at most
 
     def __init__(self, db: Database, bus: Bus) -> None:
