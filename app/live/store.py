@@ -17,7 +17,9 @@ one it runs on:
   an append is a transaction of a few statements.
 
 ``create_game`` writes a new game (its players, the game row, its first event, an audit entry)
-in one transaction on the same connections, the config queue's lock included. It is the only
+in one transaction on the same connections; its config index is claimed from the queue's
+counter (``config_queues``) by one statement, outside that transaction on PostgreSQL, so that
+creations never wait for each other. It is the only
 way games are created live: the lobby's pairing and lobby-timeout fallback (``waiting``: seat
 the players only if they still wait) and the admin API.
 
@@ -28,7 +30,6 @@ in order, so SQLite runs them with ``?`` in their place.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import sqlite3
 from collections.abc import Callable
@@ -124,10 +125,10 @@ CURRENT_ROUND = 'SELECT number FROM rounds WHERE "current" ORDER BY number DESC 
 ACTIVE_CHECKPOINT = (
     "SELECT id FROM checkpoints WHERE system = $1 AND active ORDER BY created_at DESC LIMIT 1"
 )
-# read from ix_games_config_queue, not a count over every game
-HIGHEST_CONFIG = "SELECT max(config_index) FROM games WHERE system = $1 AND round = $2 AND source = 'live'"
-HIGHEST_CONFIG_NO_ROUND = (
-    "SELECT max(config_index) FROM games WHERE system = $1 AND round IS NULL AND source = 'live'"
+# the queue's next index, claimed: the statement holds the queue's row for its own duration only
+CLAIM_CONFIG_INDEX = (
+    "INSERT INTO config_queues (queue, next_index) VALUES ($1, 1) ON CONFLICT (queue) "
+    "DO UPDATE SET next_index = config_queues.next_index + 1 RETURNING next_index - 1"
 )
 SEAT_PARTICIPANT = (
     f"UPDATE participants SET status = '{Status.IN_GAME}', game_id = $1, seat = $2, waiting_since = NULL "
@@ -158,10 +159,9 @@ def insert_statement(table: str, row: dict) -> tuple[str, tuple]:
     return _insert_sql(table, tuple(row)), params
 
 
-def config_lock_key(system: str, round_: int | None) -> int:
-    """The advisory lock that makes one creator at a time pick the next config of a queue."""
-    digest = hashlib.sha256(f"config:{system}:{round_}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+def config_queue_key(system: str, round_: int | None) -> str:
+    """The ``config_queues`` row of (system, round) (migration 0008 builds the same keys)."""
+    return f"{system}/{'-' if round_ is None else round_}"
 
 
 @dataclass
@@ -204,8 +204,9 @@ class _Ops:
         """Rows changed."""
         raise NotImplementedError
 
-    async def lock_config_queue(self, key: int) -> None:
-        raise NotImplementedError
+    async def claim_config_index(self, queue: str) -> int:
+        """The queue's next config index, never handed out again."""
+        return await self.value(CLAIM_CONFIG_INDEX, queue)
 
     async def insert(self, rows: list[tuple[str, dict]]) -> None:
         """Insert (table, row) pairs, in this order; a store may send them as one statement."""
@@ -220,9 +221,9 @@ class _Ops:
 
 
 async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]]:
-    """Game creation's statements, the same for every database. The config queue's lock is
-    taken last, so that it is held (to the commit) for the fewest round trips: the lock, the
-    queue's highest index, the rows (one statement on PostgreSQL), the commit."""
+    """Game creation's statements, the same for every database. The config index is claimed
+    after the players are seated, so that a pairing another process won (``NotWaiting``)
+    uses none."""
     round_ = await ops.value(CURRENT_ROUND)
     checkpoint = None
     if new.listener_kind is ListenerKind.MODEL:
@@ -251,12 +252,7 @@ async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]
         rows.append(("audit_log", new.audit))
     index, config = None, new.config
     if config is None:
-        await ops.lock_config_queue(config_lock_key(new.system, round_))
-        if round_ is None:
-            highest = await ops.value(HIGHEST_CONFIG_NO_ROUND, new.system)
-        else:
-            highest = await ops.value(HIGHEST_CONFIG, new.system, round_)
-        index = 0 if highest is None else highest + 1
+        index = await ops.claim_config_index(config_queue_key(new.system, round_))
         config = new.next_config(index)
     created = GameCreated(
         game_id=new.game_id, config=config, rules=new.rules, listener_kind=new.listener_kind, at=new.at
@@ -343,8 +339,6 @@ class _SqliteOps(_Ops):
     async def execute(self, sql: str, *args) -> int:
         return self.conn.execute(_DOLLAR_PARAM.sub("?", sql), args).rowcount
 
-    async def lock_config_queue(self, key: int) -> None:
-        return None  # BEGIN IMMEDIATE: this transaction is the only writer already
 
 
 class SqliteEventStore(EventStore):
@@ -421,9 +415,10 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 class _PostgresOps(_Ops):
-    def __init__(self, conn, bus: Bus) -> None:
+    def __init__(self, conn, bus: Bus, db: Database) -> None:
         self.conn = conn
         self.bus = bus
+        self.db = db
 
     async def value(self, sql: str, *args):
         return await self.conn.fetchval(sql, *args)
@@ -432,8 +427,12 @@ class _PostgresOps(_Ops):
         status = await self.conn.execute(sql, *args)  # "UPDATE 1", "INSERT 0 1"
         return int(status.rsplit(" ", 1)[-1])
 
-    async def lock_config_queue(self, key: int) -> None:
-        await self.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+    async def claim_config_index(self, queue: str) -> int:
+        """On a connection of its own, outside the creation's transaction: the queue's row is
+        then held for the claim's statement only, not to the creation's commit, so creations
+        do not wait for each other."""
+        async with self.db.asyncpg_connection() as conn:
+            return await conn.fetchval(CLAIM_CONFIG_INDEX, queue)
 
     async def insert(self, rows: list[tuple[str, dict]]) -> None:
         """One statement (one round trip) for every row: the first ones as data-modifying
@@ -475,13 +474,12 @@ class PostgresEventStore(EventStore):
         self._flushes: set[asyncio.Task] = set()
 
     async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
-        """A few creations at a time in this process: they wait for each other on the config
-        queue's lock (across processes too), and those waiting here hold no pool connection,
-        which the appends of every game need; a few, so that one can do the work before the
-        lock while another holds it."""
+        """A few creations at a time in this process: each holds a pool connection (and, for
+        its config claim, a second one briefly), and the appends of every game need the pool
+        too."""
         async with self._creating:
             async with self.db.asyncpg_connection() as conn, conn.transaction():
-                return await _create_game(_PostgresOps(conn, self.bus), new)
+                return await _create_game(_PostgresOps(conn, self.bus, self.db), new)
 
     async def commit(self, batch: Batch) -> Committed:
         """An append without reactions joins a group commit: the appends of every game that
