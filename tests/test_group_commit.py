@@ -114,7 +114,8 @@ async def test_a_member_the_database_refuses_does_not_take_its_group_down(databa
     await db.migrate()
     try:
         store = event_store(db, Bus())
-        games = await _games(db, 6)
+        n = 20  # more than the statements in flight at once: the last ones go as one group
+        games = await _games(db, n)
         joined = []
         for g in games:
             b1 = _batch(g, Join(seat=Seat.SPEAKER, at=T0 + 1))
@@ -122,17 +123,17 @@ async def test_a_member_the_database_refuses_does_not_take_its_group_down(databa
             b2 = _batch(b1.after, Join(seat=Seat.LISTENER, at=T0 + 2))
             await store.commit(b2)
             joined.append(b2.after)
-        texts = ["fine"] * 6
-        texts[2] = "bad \x00 byte"
+        texts = ["fine"] * n
+        texts[-2] = "bad \x00 byte"
         sends = [_batch(s, SendUtterance(seat=Seat.SPEAKER, text=t, at=T0 + 5)) for s, t in zip(joined, texts)]
         results = await asyncio.gather(*(store.commit(b) for b in sends), return_exceptions=True)
         kinds = [type(r).__name__ for r in results]
         if db.dialect == "postgresql":
-            assert kinds[:2] + kinds[3:] == ["Committed"] * 5 and kinds[2] != "Committed", results
-            assert not isinstance(results[2], Conflict)  # the database's own error, not a lost race
-            assert store.stats.get("group_fallbacks", 0) >= 5
+            assert kinds[:-2] + kinds[-1:] == ["Committed"] * (n - 1) and kinds[-2] != "Committed", results
+            assert not isinstance(results[-2], Conflict)  # the database's own error, not a lost race
+            assert store.stats["group_fallbacks"] >= 2  # it went in a group, with others
         else:
-            assert kinds == ["Committed"] * 6
+            assert kinds == ["Committed"] * n
         for b, r in zip(sends, results):
             logged = await _logged(db, b.after.game_id)
             assert len(logged) == (b.after.version if type(r).__name__ == "Committed" else b.before.version)

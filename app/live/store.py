@@ -428,9 +428,11 @@ class _PostgresOps(_Ops):
         return int(status.rsplit(" ", 1)[-1])
 
     async def claim_config_index(self, queue: str) -> int:
-        """On a connection of its own, outside the creation's transaction: the queue's row is
-        then held for the claim's statement only, not to the creation's commit, so creations
-        do not wait for each other."""
+        """Outside the creation's transaction (on a connection of its own when there is one):
+        the queue's row is then held for the claim's statement only, not to the creation's
+        commit, so creations do not wait for each other."""
+        if not self.conn.is_in_transaction():
+            return await self.conn.fetchval(CLAIM_CONFIG_INDEX, queue)
         async with self.db.asyncpg_connection() as conn:
             return await conn.fetchval(CLAIM_CONFIG_INDEX, queue)
 
@@ -461,25 +463,29 @@ class _GroupFailed(Exception):
 
 
 class PostgresEventStore(EventStore):
-    CREATORS = 3  # creations holding a pool connection at once
-    FLUSHES = 4  # group statements in flight at once
+    CREATORS = 4  # creations holding a pool connection at once
+    FLUSHES = 6  # group statements in flight at once
     GROUP = 64  # appends per group statement, at most
 
     def __init__(self, db: Database, bus: Bus) -> None:
         super().__init__(db, bus)
         self._creating = asyncio.Semaphore(self.CREATORS)
         self._waiting: list[tuple[AppendRows, asyncio.Future]] = []
-        self._flushing = 0
-        self._flush_soon = False
+        self._flushing = 0  # group statements in flight
         self._flushes: set[asyncio.Task] = set()
 
     async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
         """A few creations at a time in this process: each holds a pool connection (and, for
         its config claim, a second one briefly), and the appends of every game need the pool
         too."""
-        async with self._creating:
-            async with self.db.asyncpg_connection() as conn, conn.transaction():
-                return await _create_game(_PostgresOps(conn, self.bus, self.db), new)
+        async with self._creating, self.db.asyncpg_connection() as conn:
+            ops = _PostgresOps(conn, self.bus, self.db)
+            if all(pid in {p["id"] for p in new.new_participants} for pid in new.players.values()):
+                # every row is new and goes in the one statement of ``ops.insert``, atomic on
+                # its own: no transaction (two round trips fewer, the admin API's games)
+                return await _create_game(ops, new)
+            async with conn.transaction():  # players to seat (the lobby): with the rows
+                return await _create_game(ops, new)
 
     async def commit(self, batch: Batch) -> Committed:
         """An append without reactions joins a group commit: the appends of every game that
@@ -497,49 +503,52 @@ class PostgresEventStore(EventStore):
         return await self._commit_alone(batch, rows, check_first=False)
 
     async def _grouped(self, rows: AppendRows) -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
+        """With a statement slot free, this append goes at once, itself (no wait for a group to
+        form); with all of them in flight, it waits and goes with the others that came
+        meanwhile, in the statement the first slot to free sends."""
+        done = asyncio.get_running_loop().create_future()
         self._waiting.append((rows, done))
-        if not self._flush_soon:  # after this turn of the loop: its other appends join
-            self._flush_soon = True
-            loop.call_soon(self._start_flushes)
+        if self._flushing < self.FLUSHES:
+            group = self._next_group()
+            if group:
+                self._flushing += 1
+                await self._flush(group)
         await done
 
-    def _start_flushes(self) -> None:
-        self._flush_soon = False
-        while self._waiting and self._flushing < self.FLUSHES:
-            group: list[tuple[AppendRows, asyncio.Future]] = []
-            later: list[tuple[AppendRows, asyncio.Future]] = []
-            games: set[str] = set()
-            for item in self._waiting:
-                if item[1].done():  # its command was cancelled before the statement
-                    continue
-                if len(group) < self.GROUP and item[0].game_id not in games:
-                    games.add(item[0].game_id)
-                    group.append(item)
-                else:
-                    later.append(item)
-            self._waiting = later
-            if not group:
-                return
-            self._flushing += 1
-            task = asyncio.ensure_future(self._flush(group))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+    def _next_group(self) -> list[tuple[AppendRows, asyncio.Future]]:
+        """The waiting appends of distinct games (a game's next append waits for its previous
+        one), up to ``GROUP``, oldest first; taken out of the queue."""
+        group: list[tuple[AppendRows, asyncio.Future]] = []
+        later: list[tuple[AppendRows, asyncio.Future]] = []
+        games: set[str] = set()
+        for item in self._waiting:
+            if item[1].done():  # its command was cancelled before the statement
+                continue
+            if len(group) < self.GROUP and item[0].game_id not in games:
+                games.add(item[0].game_id)
+                group.append(item)
+            else:
+                later.append(item)
+        self._waiting = later
+        return group
 
     async def _flush(self, group: list[tuple[AppendRows, asyncio.Future]]) -> None:
+        """One group statement, in a slot its caller counted in ``_flushing``; then the next
+        groups of those that waited, while slots are free."""
         import asyncpg
 
         try:
             sql, args = pg_append([rows for rows, _ in group])
             async with self.db.asyncpg_connection() as conn:
                 appended = {record[0] for record in await conn.fetch(sql, *args)}
-        except Exception as exc:
-            if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)):
-                await self.db.expire_asyncpg_connections()
+        except BaseException as exc:  # its leader cancelled too: the others must not hang
             for _, done in group:
                 if not done.done():
                     done.set_exception(_GroupFailed(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)):
+                await self.db.expire_asyncpg_connections()
         else:
             self._count("groups")
             for rows, done in group:
@@ -550,8 +559,14 @@ class PostgresEventStore(EventStore):
                         done.set_exception(Conflict(rows.game_id))
         finally:
             self._flushing -= 1
-            if self._waiting and not self._flush_soon:
-                self._start_flushes()
+            while self._waiting and self._flushing < self.FLUSHES:
+                group = self._next_group()
+                if not group:
+                    break
+                self._flushing += 1
+                task = asyncio.ensure_future(self._flush(group))
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
 
     async def _commit_alone(self, batch: Batch, rows: AppendRows, check_first: bool) -> Committed:
         """The append as one statement; with reactions, in a transaction with their rows and
