@@ -37,11 +37,12 @@ async def test_each_system_and_round_plays_the_config_queue_in_order(database_ur
     assert [games[g][3] for g in first] == [list(queue.config(i).context) for i in range(3)]
     assert [games[g][:2] for g in first] == [("human", None)] * 3
 
-    # an imported game (a recorded one, any index) is no live game of the queue
+    # an index is never handed out twice, and an imported game (a recorded one, any index)
+    # does not move the queue
     async with w.db.session() as s, s.begin():
         await s.execute(update(Game).where(Game.id == first[2]).values(source="imported", config_index=40))
     g3 = await _new_game(w, "g3")
-    assert (await _games(w))[g3][2] == 2
+    assert (await _games(w))[g3][2] == 3
 
     # another system counts its own games from 0
     b1 = await _new_game(w, "b1", system="B-SUP")
@@ -57,3 +58,34 @@ async def test_each_system_and_round_plays_the_config_queue_in_order(database_ur
     games = await _games(w)
     assert (games[r1][:3], games[r2][:3]) == (("human", 1, 0), ("human", 1, 1))
     await w.db.close()
+
+
+async def test_a_database_from_before_the_queue_counters_continues_each_queue(database_url, tmp_path):
+    """Migration 0008: each (system, round) queue of live games goes on after its highest
+    index; imported games and other queues do not count."""
+    import asyncio
+
+    from alembic import command
+
+    from app.db.database import Database, alembic_config
+    from app.db.gamelog import create_game
+    from app.game.rules import GameCreated, ListenerKind
+    from app.live.store import CLAIM_CONFIG_INDEX, config_queue_key
+
+    db = Database(database_url)
+    await asyncio.to_thread(command.upgrade, alembic_config(db.url), "0007")
+    queue = ConfigQueue(POOL, 7)
+    games = [("human", None, 0, "live"), ("human", None, 4, "live"), ("B-SUP", 1, 2, "live"),
+             ("B-SUP", 2, 0, "live"), ("human", None, 40, "imported"), ("B-SUP", 1, None, "live")]
+    async with db.session() as s, s.begin():
+        for i, (system, round_, index, source) in enumerate(games):
+            created = GameCreated(game_id=f"old{i}", config=queue.config(i), rules=queue.rules,
+                                  listener_kind=ListenerKind.HUMAN, at=T0)
+            await create_game(s, created, system=system, round=round_, config_index=index, source=source)
+    await db.migrate()
+    claims = {}
+    for system, round_ in [("human", None), ("B-SUP", 1), ("B-SUP", 2), ("B-SUP", None)]:
+        rows = await db.fetch(CLAIM_CONFIG_INDEX, config_queue_key(system, round_))
+        claims[(system, round_)] = rows[0][0]
+    assert claims == {("human", None): 5, ("B-SUP", 1): 3, ("B-SUP", 2): 1, ("B-SUP", None): 0}
+    await db.close()

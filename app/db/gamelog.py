@@ -252,51 +252,68 @@ def _pg_types(table_name: str) -> dict[str, str]:
 
 
 @lru_cache(maxsize=None)
-def pg_append_statement(
-    game_cols: tuple[str, ...], turn_cols: tuple[str, ...], n_events: int, n_turns: int
-) -> str:
-    """The whole append as one statement (one round trip, atomic on its own): update the game
-    row if it is still at the expected version, and only then insert the events and upsert
-    the turns. Parameters: game id, version, the game values, each event's (seq, type, at,
-    data, actor), each turn row's values (without game_id). Scalar parameters, so one prepared
-    statement per shape (events and turn rows per append: a handful of shapes)."""
-    n = 2
+def pg_append_statement(game_cols: tuple[str, ...], turn_cols: tuple[str, ...]) -> str:
+    """Any number of appends, to distinct games, as one statement (one round trip, atomic on
+    its own): update each game row that is still at its expected version, and only for those
+    insert the events and upsert the turns; returns the ids of the games appended to (a game
+    missing from them lost a race: :class:`Conflict`). Parameters (``pg_append``): one array
+    per column, JSON values as their text (cast to the column's type in the statement). One
+    shape per (game columns, turn columns), whatever the number of appends, events and turns."""
+    n = 0
 
-    def params(types: list[str]) -> str:
+    def arrays(table: str, cols) -> list[str]:
         nonlocal n
+        types = _pg_types(table)
         out = []
-        for t in types:
+        for c in cols:
             n += 1
-            out.append(f"${n}::{t}")
-        return "(" + ", ".join(out) + ")"
+            out.append(f"${n}::{'TEXT' if c in _json_columns(table) else types[c]}[]")
+        return out
 
-    game_set = []
-    for c in game_cols:
-        n += 1
-        game_set.append(f"{c} = ${n}")
-    ev_cols = EVENT_COLUMNS[1:]  # game_id comes from the updated row
-    ev_types = [_pg_types("game_events")[c] for c in ev_cols]
-    ev_rows = ", ".join(params(ev_types) for _ in range(n_events))
+    def value(table: str, c: str) -> str:
+        return f"x.{c}::{_pg_types(table)[c]}" if c in _json_columns(table) else f"x.{c}"
+
+    game_in = arrays("games", ("id", "version", *game_cols, "speaker_draft"))
+    game_set = [f"{c} = {value('games', c)}" for c in game_cols]
+    # None: the draft is kept (an append that neither sent nor ended clears nothing)
+    game_set.append("speaker_draft = COALESCE(x.draft, games.speaker_draft)")
     sql = (
-        "WITH g AS (UPDATE games SET " + ", ".join(game_set)
-        + " WHERE id = $1 AND version = $2 RETURNING id)"
+        f"WITH g AS (UPDATE games SET {', '.join(game_set)} "
+        f"FROM unnest({', '.join(game_in)}) AS x(id, expected, {', '.join(game_cols)}, draft) "
+        "WHERE games.id = x.id AND games.version = x.expected RETURNING games.id)"
         f", e AS (INSERT INTO game_events ({', '.join(EVENT_COLUMNS)}) "
-        f"SELECT g.id, {', '.join('x.' + c for c in ev_cols)} "
-        f"FROM g, (VALUES {ev_rows}) AS x({', '.join(ev_cols)}))"
+        f"SELECT {', '.join(value('game_events', c) for c in EVENT_COLUMNS)} "
+        f"FROM unnest({', '.join(arrays('game_events', EVENT_COLUMNS))}) WITH ORDINALITY "
+        f"AS x({', '.join(EVENT_COLUMNS)}, ord) JOIN g ON g.id = x.game_id ORDER BY x.ord)"
     )
-    t_cols = [c for c in turn_cols if c != "game_id"]
-    if n_turns:
-        t_types = [_pg_types("turns")[c] for c in t_cols]
-        t_rows = ", ".join(params(t_types) for _ in range(n_turns))
+    if turn_cols:
         sql += (
-            f", t AS (INSERT INTO turns (game_id, {', '.join(t_cols)}) "
-            f"SELECT g.id, {', '.join('x.' + c for c in t_cols)} "
-            f"FROM g, (VALUES {t_rows}) AS x({', '.join(t_cols)}) "
+            f", t AS (INSERT INTO turns ({', '.join(turn_cols)}) "
+            f"SELECT {', '.join(value('turns', c) for c in turn_cols)} "
+            f"FROM unnest({', '.join(arrays('turns', turn_cols))}) AS x({', '.join(turn_cols)}) "
+            "JOIN g ON g.id = x.game_id "
             "ON CONFLICT (game_id, turn) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in t_cols if c != "turn")
+            + ", ".join(f"{c} = excluded.{c}" for c in turn_cols if c not in ("game_id", "turn"))
             + ")"
         )
-    return sql + " SELECT count(*) FROM g"
+    return sql + " SELECT id FROM g"
+
+
+def pg_append(appends: list[AppendRows]) -> tuple[str, list]:
+    """``pg_append_statement`` and its parameters for ``appends`` (of distinct games)."""
+    game_cols = tuple(c for c in appends[0].game_cols if c != "speaker_draft")
+    turn_cols = next((a.turn_cols for a in appends if a.turns), ())
+    game: list[list] = [[] for _ in range(len(game_cols) + 3)]  # id, expected, the columns, draft
+    for a in appends:
+        values = dict(zip(a.game_cols, a.game))
+        game[0].append(a.game_id)
+        game[1].append(a.version)
+        for i, c in enumerate(game_cols, 2):
+            game[i].append(values[c])
+        game[-1].append(values.get("speaker_draft"))
+    events = [list(col) for col in zip(*(e for a in appends for e in a.events))]
+    turns = [list(col) for col in zip(*(t for a in appends for t in a.turns))] if turn_cols else []
+    return pg_append_statement(game_cols, turn_cols), [*game, *events, *turns]
 
 
 async def load_events(session: AsyncSession, game_id: str, after_seq: int = 0) -> list[Event]:

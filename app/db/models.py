@@ -68,6 +68,16 @@ class Game(Base):
     source: Mapped[str] = mapped_column(String(16), default="live")  # live | imported
 
 
+class ConfigQueue(Base):
+    """The next config index of each (system, round) queue of live games: claimed by one
+    statement that increments it, so that creations never wait for each other. A creation
+    that fails after its claim leaves its index unplayed, as an abandoned game does."""
+
+    __tablename__ = "config_queues"
+    queue: Mapped[str] = mapped_column(String(100), primary_key=True)  # "system/round" ("/-": no round)
+    next_index: Mapped[int] = mapped_column(Integer)
+
+
 class GameEvent(Base):
     __tablename__ = "game_events"
     __table_args__ = (UniqueConstraint("game_id", "seq", name="uq_game_events_game_seq"),)

@@ -11,11 +11,15 @@ one it runs on:
 * SQLite: plain statements on the database's one writer connection (``Database.sqlite_writer``),
   run without yielding to the event loop, so SQLite's single write lock is held for the
   transaction's CPU time only; when another connection holds it, wait with short sleeps.
-* PostgreSQL: the database's asyncpg pool; the append alone is one statement (one round trip),
-  with reactions it is a transaction of a few.
+* PostgreSQL: the database's asyncpg pool. Appends without reactions are group-committed: those
+  of every game that arrive while a statement is in flight go together in the next one (one
+  round trip for all, each game still checked against its expected version). With reactions,
+  an append is a transaction of a few statements.
 
 ``create_game`` writes a new game (its players, the game row, its first event, an audit entry)
-in one transaction on the same connections, the config queue's lock included. It is the only
+in one transaction on the same connections; its config index is claimed from the queue's
+counter (``config_queues``) by one statement, outside that transaction on PostgreSQL, so that
+creations never wait for each other. It is the only
 way games are created live: the lobby's pairing and lobby-timeout fallback (``waiting``: seat
 the players only if they still wait) and the admin API.
 
@@ -26,7 +30,6 @@ in order, so SQLite runs them with ``?`` in their place.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import sqlite3
 from collections.abc import Callable
@@ -44,7 +47,7 @@ from app.db.gamelog import (
     game_row,
     load_events,
     load_events_direct,
-    pg_append_statement,
+    pg_append,
 )
 from app.db.models import AuditEntry, Game, GameEvent, Participant
 from app.game.rules import Event, GameConfig, GameCreated, GameRules, GameState, ListenerKind, Seat, new_game
@@ -122,10 +125,10 @@ CURRENT_ROUND = 'SELECT number FROM rounds WHERE "current" ORDER BY number DESC 
 ACTIVE_CHECKPOINT = (
     "SELECT id FROM checkpoints WHERE system = $1 AND active ORDER BY created_at DESC LIMIT 1"
 )
-# read from ix_games_config_queue, not a count over every game
-HIGHEST_CONFIG = "SELECT max(config_index) FROM games WHERE system = $1 AND round = $2 AND source = 'live'"
-HIGHEST_CONFIG_NO_ROUND = (
-    "SELECT max(config_index) FROM games WHERE system = $1 AND round IS NULL AND source = 'live'"
+# the queue's next index, claimed: the statement holds the queue's row for its own duration only
+CLAIM_CONFIG_INDEX = (
+    "INSERT INTO config_queues (queue, next_index) VALUES ($1, 1) ON CONFLICT (queue) "
+    "DO UPDATE SET next_index = config_queues.next_index + 1 RETURNING next_index - 1"
 )
 SEAT_PARTICIPANT = (
     f"UPDATE participants SET status = '{Status.IN_GAME}', game_id = $1, seat = $2, waiting_since = NULL "
@@ -156,10 +159,9 @@ def insert_statement(table: str, row: dict) -> tuple[str, tuple]:
     return _insert_sql(table, tuple(row)), params
 
 
-def config_lock_key(system: str, round_: int | None) -> int:
-    """The advisory lock that makes one creator at a time pick the next config of a queue."""
-    digest = hashlib.sha256(f"config:{system}:{round_}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+def config_queue_key(system: str, round_: int | None) -> str:
+    """The ``config_queues`` row of (system, round) (migration 0008 builds the same keys)."""
+    return f"{system}/{'-' if round_ is None else round_}"
 
 
 @dataclass
@@ -202,8 +204,9 @@ class _Ops:
         """Rows changed."""
         raise NotImplementedError
 
-    async def lock_config_queue(self, key: int) -> None:
-        raise NotImplementedError
+    async def claim_config_index(self, queue: str) -> int:
+        """The queue's next config index, never handed out again."""
+        return await self.value(CLAIM_CONFIG_INDEX, queue)
 
     async def insert(self, rows: list[tuple[str, dict]]) -> None:
         """Insert (table, row) pairs, in this order; a store may send them as one statement."""
@@ -218,9 +221,9 @@ class _Ops:
 
 
 async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]]:
-    """Game creation's statements, the same for every database. The config queue's lock is
-    taken last, so that it is held (to the commit) for the fewest round trips: the lock, the
-    queue's highest index, the rows (one statement on PostgreSQL), the commit."""
+    """Game creation's statements, the same for every database. The config index is claimed
+    after the players are seated, so that a pairing another process won (``NotWaiting``)
+    uses none."""
     round_ = await ops.value(CURRENT_ROUND)
     checkpoint = None
     if new.listener_kind is ListenerKind.MODEL:
@@ -249,12 +252,7 @@ async def _create_game(ops: _Ops, new: NewGame) -> tuple[GameCreated, list[dict]
         rows.append(("audit_log", new.audit))
     index, config = None, new.config
     if config is None:
-        await ops.lock_config_queue(config_lock_key(new.system, round_))
-        if round_ is None:
-            highest = await ops.value(HIGHEST_CONFIG_NO_ROUND, new.system)
-        else:
-            highest = await ops.value(HIGHEST_CONFIG, new.system, round_)
-        index = 0 if highest is None else highest + 1
+        index = await ops.claim_config_index(config_queue_key(new.system, round_))
         config = new.next_config(index)
     created = GameCreated(
         game_id=new.game_id, config=config, rules=new.rules, listener_kind=new.listener_kind, at=new.at
@@ -341,8 +339,6 @@ class _SqliteOps(_Ops):
     async def execute(self, sql: str, *args) -> int:
         return self.conn.execute(_DOLLAR_PARAM.sub("?", sql), args).rowcount
 
-    async def lock_config_queue(self, key: int) -> None:
-        return None  # BEGIN IMMEDIATE: this transaction is the only writer already
 
 
 class SqliteEventStore(EventStore):
@@ -419,9 +415,10 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 class _PostgresOps(_Ops):
-    def __init__(self, conn, bus: Bus) -> None:
+    def __init__(self, conn, bus: Bus, db: Database) -> None:
         self.conn = conn
         self.bus = bus
+        self.db = db
 
     async def value(self, sql: str, *args):
         return await self.conn.fetchval(sql, *args)
@@ -430,8 +427,14 @@ class _PostgresOps(_Ops):
         status = await self.conn.execute(sql, *args)  # "UPDATE 1", "INSERT 0 1"
         return int(status.rsplit(" ", 1)[-1])
 
-    async def lock_config_queue(self, key: int) -> None:
-        await self.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+    async def claim_config_index(self, queue: str) -> int:
+        """Outside the creation's transaction (on a connection of its own when there is one):
+        the queue's row is then held for the claim's statement only, not to the creation's
+        commit, so creations do not wait for each other."""
+        if not self.conn.is_in_transaction():
+            return await self.conn.fetchval(CLAIM_CONFIG_INDEX, queue)
+        async with self.db.asyncpg_connection() as conn:
+            return await conn.fetchval(CLAIM_CONFIG_INDEX, queue)
 
     async def insert(self, rows: list[tuple[str, dict]]) -> None:
         """One statement (one round trip) for every row: the first ones as data-modifying
@@ -455,23 +458,117 @@ class _PostgresOps(_Ops):
         return True
 
 
+class _GroupFailed(Exception):
+    """A group's statement failed: its appends go again one by one (``PostgresEventStore``)."""
+
+
 class PostgresEventStore(EventStore):
-    CREATORS = 3  # creations holding a pool connection at once
+    CREATORS = 4  # creations holding a pool connection at once
+    FLUSHES = 6  # group statements in flight at once
+    GROUP = 64  # appends per group statement, at most
 
     def __init__(self, db: Database, bus: Bus) -> None:
         super().__init__(db, bus)
         self._creating = asyncio.Semaphore(self.CREATORS)
+        self._waiting: list[tuple[AppendRows, asyncio.Future]] = []
+        self._flushing = 0  # group statements in flight
+        self._flushes: set[asyncio.Task] = set()
 
     async def _create_game(self, new: NewGame) -> tuple[GameCreated, list[dict]]:
-        """A few creations at a time in this process: they wait for each other on the config
-        queue's lock (across processes too), and those waiting here hold no pool connection,
-        which the appends of every game need; a few, so that one can do the work before the
-        lock while another holds it."""
-        async with self._creating:
-            async with self.db.asyncpg_connection() as conn, conn.transaction():
-                return await _create_game(_PostgresOps(conn, self.bus), new)
+        """A few creations at a time in this process: each holds a pool connection (and, for
+        its config claim, a second one briefly), and the appends of every game need the pool
+        too."""
+        async with self._creating, self.db.asyncpg_connection() as conn:
+            ops = _PostgresOps(conn, self.bus, self.db)
+            if all(pid in {p["id"] for p in new.new_participants} for pid in new.players.values()):
+                # every row is new and goes in the one statement of ``ops.insert``, atomic on
+                # its own: no transaction (two round trips fewer, the admin API's games)
+                return await _create_game(ops, new)
+            async with conn.transaction():  # players to seat (the lobby): with the rows
+                return await _create_game(ops, new)
 
     async def commit(self, batch: Batch) -> Committed:
+        """An append without reactions joins a group commit: the appends of every game that
+        arrive while a group statement is in flight go together in the next one (one round
+        trip and one pool connection for all of them, instead of one each). With reactions,
+        or when its group's statement failed, an append goes alone (``_commit_alone``)."""
+        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
+        if not batch.reactions:
+            try:
+                await self._grouped(rows)
+                return Committed(None, self._staged(batch))
+            except _GroupFailed:  # the outcome may be unknown: alone, reading the log first
+                self._count("group_fallbacks")
+                return await self._commit_alone(batch, rows, check_first=True)
+        return await self._commit_alone(batch, rows, check_first=False)
+
+    async def _grouped(self, rows: AppendRows) -> None:
+        """With a statement slot free, this append goes at once, itself (no wait for a group to
+        form); with all of them in flight, it waits and goes with the others that came
+        meanwhile, in the statement the first slot to free sends."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((rows, done))
+        if self._flushing < self.FLUSHES:
+            group = self._next_group()
+            if group:
+                self._flushing += 1
+                await self._flush(group)
+        await done
+
+    def _next_group(self) -> list[tuple[AppendRows, asyncio.Future]]:
+        """The waiting appends of distinct games (a game's next append waits for its previous
+        one), up to ``GROUP``, oldest first; taken out of the queue."""
+        group: list[tuple[AppendRows, asyncio.Future]] = []
+        later: list[tuple[AppendRows, asyncio.Future]] = []
+        games: set[str] = set()
+        for item in self._waiting:
+            if item[1].done():  # its command was cancelled before the statement
+                continue
+            if len(group) < self.GROUP and item[0].game_id not in games:
+                games.add(item[0].game_id)
+                group.append(item)
+            else:
+                later.append(item)
+        self._waiting = later
+        return group
+
+    async def _flush(self, group: list[tuple[AppendRows, asyncio.Future]]) -> None:
+        """One group statement, in a slot its caller counted in ``_flushing``; then the next
+        groups of those that waited, while slots are free."""
+        import asyncpg
+
+        try:
+            sql, args = pg_append([rows for rows, _ in group])
+            async with self.db.asyncpg_connection() as conn:
+                appended = {record[0] for record in await conn.fetch(sql, *args)}
+        except BaseException as exc:  # its leader cancelled too: the others must not hang
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(_GroupFailed(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)):
+                await self.db.expire_asyncpg_connections()
+        else:
+            self._count("groups")
+            for rows, done in group:
+                if not done.done():
+                    if rows.game_id in appended:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(Conflict(rows.game_id))
+        finally:
+            self._flushing -= 1
+            while self._waiting and self._flushing < self.FLUSHES:
+                group = self._next_group()
+                if not group:
+                    break
+                self._flushing += 1
+                task = asyncio.ensure_future(self._flush(group))
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+
+    async def _commit_alone(self, batch: Batch, rows: AppendRows, check_first: bool) -> Committed:
         """The append as one statement; with reactions, in a transaction with their rows and
         the workers' wake-up (``pg_notify`` is transactional: sent only if this commits).
 
@@ -480,18 +577,12 @@ class PostgresEventStore(EventStore):
         events are not there, so an action is never applied twice."""
         import asyncpg
 
-        rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
-        statement = pg_append_statement(rows.game_cols, rows.turn_cols, len(rows.events), len(rows.turns))
-        args: list = [rows.game_id, rows.version, *rows.game]
-        for event in rows.events:
-            args += event[1:]  # without game_id
-        for turn in rows.turns:
-            args += turn[1:]
+        statement, args = pg_append([rows])
         reactions = batch.reactions
         for attempt in range(3):
             try:
                 async with self.db.asyncpg_connection() as conn:
-                    if attempt and await self._already_committed(conn, rows):
+                    if (attempt or check_first) and await self._already_committed(conn, rows):
                         codes = await self._codes(conn, rows.game_id) if reactions.settlements else None
                         return Committed(codes, self._staged(batch))
                     if not reactions:
@@ -512,7 +603,7 @@ class PostgresEventStore(EventStore):
         import asyncpg
 
         try:
-            if await conn.fetchval(statement, *args) != 1:
+            if not await conn.fetch(statement, *args):
                 raise Conflict(game_id)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(game_id) from exc
