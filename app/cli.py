@@ -159,7 +159,8 @@ def tune_gc(settings) -> None:
     cyclic garbage waits for them), so the default stays."""
     import gc
 
-    _last_trim[:] = [time.monotonic(), settings.malloc_trim_seconds]
+    _trim_after_full_collections.last = time.monotonic()
+    _trim_after_full_collections.interval = settings.malloc_trim_seconds
     gc.collect()
     if settings.gc_freeze:
         gc.freeze()
@@ -180,24 +181,30 @@ def _malloc_trim():
         return None
 
 
-_last_trim = [0.0, 60.0]  # monotonic time of the last trim, seconds between two
+class _HeapTrim:
+    """After a full collection (at most once every ``interval`` seconds: a trim stops the loop
+    for ~10-40 ms), give the pages glibc keeps free inside its heap back to the kernel. Without
+    it the server's resident memory followed the highest heap it had ever needed (live objects
+    plus the sockets' cyclic garbage waiting for a full collection) and crept up while live
+    objects did not (bench/mem_probe.py; bench/README.md, issue 14 fourth pass)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0  # monotonic time of the last trim
+        self.interval = 60.0
+
+    def __call__(self, phase: str, info: dict) -> None:  # a gc.callbacks entry
+        if phase != "stop" or info.get("generation") != 2:
+            return
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        trim = _malloc_trim()
+        if trim is not None:
+            trim(0)
 
 
-def _trim_after_full_collections(phase: str, info: dict) -> None:
-    """After a full collection (at most once a minute: a trim stops the loop for ~10-40 ms),
-    give the pages glibc keeps free inside its heap back to the kernel. Without it the
-    server's resident memory followed the highest heap it had ever needed (live objects plus
-    the sockets' cyclic garbage waiting for a full collection) and crept up while live objects
-    did not (bench/mem_probe.py; bench/README.md, issue 14 fourth pass)."""
-    if phase != "stop" or info.get("generation") != 2:
-        return
-    now = time.monotonic()
-    if now - _last_trim[0] < _last_trim[1]:
-        return
-    _last_trim[0] = now
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+_trim_after_full_collections = _HeapTrim()
 
 
 def _worker_options(settings, systems, base, device, **extra):
