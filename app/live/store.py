@@ -11,10 +11,10 @@ one it runs on:
 * SQLite: plain statements on the database's one writer connection (``Database.sqlite_writer``),
   run without yielding to the event loop, so SQLite's single write lock is held for the
   transaction's CPU time only; when another connection holds it, wait with short sleeps.
-* PostgreSQL: the database's asyncpg pool. Appends without reactions are group-committed: those
-  of every game that arrive while a statement is in flight go together in the next one (one
-  round trip for all, each game still checked against its expected version). With reactions,
-  an append is a transaction of a few statements.
+* PostgreSQL: the database's asyncpg pool. Appends without reactions are group-committed: one
+  goes at once while a statement slot is free; while all are busy, those of every game that
+  arrive go together in the next statement (one round trip for all, each game still checked
+  against its expected version). With reactions, an append is a transaction of a few statements.
 
 ``create_game`` writes a new game (its players, the game row, its first event, an audit entry)
 in one transaction on the same connections; its config index is claimed from the queue's
@@ -340,7 +340,6 @@ class _SqliteOps(_Ops):
         return self.conn.execute(_DOLLAR_PARAM.sub("?", sql), args).rowcount
 
 
-
 class SqliteEventStore(EventStore):
     def _writer(self) -> sqlite3.Connection:
         conn = self.db.sqlite_writer()
@@ -488,10 +487,10 @@ class PostgresEventStore(EventStore):
                 return await _create_game(ops, new)
 
     async def commit(self, batch: Batch) -> Committed:
-        """An append without reactions joins a group commit: the appends of every game that
-        arrive while a group statement is in flight go together in the next one (one round
-        trip and one pool connection for all of them, instead of one each). With reactions,
-        or when its group's statement failed, an append goes alone (``_commit_alone``)."""
+        """An append without reactions is group-committed (``_grouped``): under load, the
+        appends of many games share one statement, one round trip and one pool connection
+        instead of one each. With reactions, or when its group's statement failed, an append
+        goes alone (``_commit_alone``)."""
         rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
         if not batch.reactions:
             try:
