@@ -654,3 +654,31 @@ def test_pay_follows_the_rules(data) -> None:
     success = state.outcome is Outcome.SUCCESSFUL
     assert pay.success_cents == (r.success_bonus_cents if success else 0)
     assert pay.total_cents == pay.base_cents + pay.bonus_cents + pay.success_cents >= 0
+
+
+@PROPS
+@given(data=st.data())
+def test_the_fast_replace_makes_what_dataclasses_replace_makes(data) -> None:
+    """``evolve`` copies states with ``rules._replace`` (not through the frozen ``__init__``):
+    equal objects, of the same type, with every field and nothing else, the original unchanged."""
+    import dataclasses
+
+    from app.game.rules import _replace
+
+    run = start(data)
+    for s in play(data, run, data.draw(STEPS, label="steps")):
+        state = s.after
+        original = dict(vars(state))
+        changes = {"version": state.version + 1, "selection": frozenset({"x"}), "turn": 99}
+        fast, slow = _replace(state, **changes), dataclasses.replace(state, **changes)
+        assert type(fast) is GameState and fast == slow and vars(fast) == vars(slow)
+        assert vars(state) == original
+        if state.turns:
+            turn = state.turns[-1]
+            assert _replace(turn, clicks=(("a", True),)) == dataclasses.replace(turn, clicks=(("a", True),))
+    try:
+        _replace(run.state, no_such_field=1)
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("an unknown field must be refused, as dataclasses.replace does")
