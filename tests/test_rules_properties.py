@@ -62,7 +62,7 @@ from app.game.rules import (
     replay,
     step,
 )
-from app.protocol import GameView, StateFrame, state_frame_json
+from app.protocol import GameView, StateFrame, state_frame_json, view_data
 
 
 def _visible(text: str) -> bool:
@@ -528,11 +528,13 @@ def check_views(state: GameState, now: float) -> None:
         else:
             assert {t.tangram_id for t in view.tiles if t.target} == state.targets
             assert all(t.target is not None for t in view.tiles)
-        # the hub's broadcasts build the frame as plain data: the same JSON as the models'
+        # the hub's broadcasts build the frame from plain data and cached pieces: byte for byte
+        # the models' JSON
         for kw in ({}, {"cause": "selection_toggled", "pay": game_pay(state), "completion_code": "C0DE",
                         "redirect_url": "https://app.prolific.com/submissions/complete?cc=X"}):
-            fast = json.loads(state_frame_json(state, seat, now, **kw))
-            assert fast == json.loads(StateFrame(view=GameView.of(state, seat, now, **kw)).model_dump_json())
+            fast = state_frame_json(state, seat, now, **kw)
+            assert fast == StateFrame(view=GameView.of(state, seat, now, **kw)).model_dump_json()
+            assert json.loads(fast) == {"type": "state", "view": view_data(state, seat, now, **kw)}
 
 
 # ---------------------------------------------------------------- properties
