@@ -247,15 +247,48 @@ async def append(
         await conn.exec_driver_sql(upsert_turns, rows.turns[0] if len(rows.turns) == 1 else rows.turns)
 
 
-def append_sqlite_in_transaction(conn: sqlite3.Connection, rows: AppendRows) -> None:
+def changed_game_values(before: GameState, rows: AppendRows) -> tuple[tuple[str, ...], tuple]:
+    """The ``games`` columns of ``rows`` (with their values) that differ from ``before``'s row.
+
+    The row an append updates is ``game_row(before)`` (its derived columns are written only by
+    the game's creation and its appends, and the UPDATE checks the version), so setting only
+    what changed leaves the same row. On SQLite that matters: an UPDATE rewrites the entries of
+    every index on a column it sets, changed or not (``status``, ``next_deadline``): measured
+    3.1-3.6 WAL pages and ~55 µs per commit against 1.0 page and ~25 µs for a click's
+    (``version``, ``selection``). Columns that are not derived (``speaker_draft``) are always set."""
+    old = game_row(before)
+    json_at = _json_positions("games", rows.game_cols)
+    cols, values = [], []
+    for i, (col, value) in enumerate(zip(rows.game_cols, rows.game)):
+        if col in old:
+            was = _dump(old[col]) if i in json_at else old[col]
+            if was == value and type(was) is type(value):
+                continue
+        cols.append(col)
+        values.append(value)
+    return tuple(cols), tuple(values)
+
+
+@lru_cache(maxsize=None)
+def _sqlite_update_game(cols: tuple[str, ...]) -> str:
+    return "UPDATE games SET " + ", ".join(f"{c} = ?" for c in cols) + " WHERE id = ? AND version = ?"
+
+
+def append_sqlite_in_transaction(conn: sqlite3.Connection, rows: AppendRows, before: GameState | None = None) -> None:
     """``append``'s statements on a plain sqlite3 connection, in the caller's transaction.
-    Raises :class:`Conflict` like ``append``."""
+    Raises :class:`Conflict` like ``append``. With ``before`` (the state ``rows`` start from),
+    the ``games`` row is updated in the columns that change only (``changed_game_values``)."""
     insert_events, update_game, upsert_turns = rows.sql("sqlite")
     try:
         conn.executemany(insert_events, rows.events)
     except sqlite3.IntegrityError as exc:
         raise Conflict(rows.game_id) from exc
-    if conn.execute(update_game, (*rows.game, rows.game_id, rows.version)).rowcount != 1:
+    if before is not None:
+        cols, values = changed_game_values(before, rows)
+        update_game = _sqlite_update_game(cols)
+    else:
+        values = rows.game
+    if conn.execute(update_game, (*values, rows.game_id, rows.version)).rowcount != 1:
         raise Conflict(rows.game_id)
     if rows.turns:
         conn.executemany(upsert_turns, rows.turns)

@@ -389,7 +389,7 @@ class SqliteEventStore(EventStore):
         rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
         await self._begin(conn)
         try:
-            append_sqlite_in_transaction(conn, rows)
+            append_sqlite_in_transaction(conn, rows, batch.before)
             codes = self._react(conn, rows.game_id, batch.reactions)
             conn.execute("COMMIT")
         except BaseException:
