@@ -22,7 +22,6 @@ over a real socket; a code no path can produce does not belong in the list).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
@@ -183,9 +182,28 @@ def view_data(
 ) -> dict:
     """What ``seat`` may see of ``state``, as plain data: the one definition of a seat's view
     (``GameView.of`` validates it; ``state_frame_json`` sends it without validating)."""
-    order, targets = _tile_source(state, seat)
+    order = state.config.speaker_order if seat is Seat.SPEAKER else state.config.listener_order
+    show_targets = seat is Seat.SPEAKER or state.ended
     selection = state.selection
-    shown = None if targets is None else frozenset(targets)
+    if show_targets:
+        targets = state.targets
+        tiles = [{"tangram_id": t, "selected": t in selection, "target": t in targets} for t in order]
+    else:
+        tiles = [{"tangram_id": t, "selected": t in selection, "target": None} for t in order]
+    current = state.current_turn
+    last = None
+    for t in reversed(state.turns):
+        if t.selection_after is not None:
+            last = list(t.selection_after)
+            break
+    forfeited = state.ended and seat in forfeits(state)
+    pay_view = None
+    if pay is not None and show_targets and not forfeited:
+        pay_view = {
+            "base_cents": pay.base_cents, "bonus_cents": pay.bonus_cents,
+            "success_cents": pay.success_cents, "total_cents": pay.total_cents,
+            "correct": pay.correct, "wrong": pay.wrong,
+        }
     return {
         "game_id": state.game_id,
         "seat": seat.value,
@@ -193,53 +211,14 @@ def view_data(
         "phase": state.phase.value,
         "turn": state.turn,
         "max_turns": state.rules.max_turns,
-        "tiles": [
-            {"tangram_id": t, "selected": t in selection, "target": None if shown is None else t in shown}
-            for t in order
-        ],
-        "messages": _messages(state),
-        **_view_rest(state, seat, now, cause, pay, completion_code, redirect_url),
-    }
-
-
-def _tile_source(state: GameState, seat: Seat) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
-    """The seat's image order, and the targets when the seat may see them (else None)."""
-    if seat is Seat.SPEAKER:
-        return state.config.speaker_order, state.config.targets
-    return state.config.listener_order, state.config.targets if state.ended else None
-
-
-def _messages(state: GameState) -> list[dict]:
-    return [{"turn": m.turn, "text": m.text, "auto": m.auto} for m in state.messages]
-
-
-def _view_rest(
-    state: GameState, seat: Seat, now: float, cause: str | None, pay: Pay | None,
-    completion_code: str | None, redirect_url: str | None,
-) -> dict:
-    """The view's fields after ``messages``, in the models' order."""
-    current = state.current_turn
-    last = None
-    for t in reversed(state.turns):
-        if t.selection_after is not None:
-            last = list(t.selection_after)
-            break
-    ended = state.ended
-    forfeited = ended and seat in forfeits(state)
-    pay_view = None
-    if pay is not None and (seat is Seat.SPEAKER or ended) and not forfeited:
-        pay_view = {
-            "base_cents": pay.base_cents, "bonus_cents": pay.bonus_cents,
-            "success_cents": pay.success_cents, "total_cents": pay.total_cents,
-            "correct": pay.correct, "wrong": pay.wrong,
-        }
-    return {
+        "tiles": tiles,
+        "messages": [{"turn": m.turn, "text": m.text, "auto": m.auto} for m in state.messages],
         "last_submitted": last,
         "turn_submitted": current is not None and current.selection_after is not None,
         "deadline": state.phase_deadline,
         "speaker_deadline": current.started_at + state.rules.speaker_seconds if current is not None else None,
         "server_time": now,
-        "idle_warning": state.warned_this_turn(seat) and not ended,
+        "idle_warning": state.warned_this_turn(seat) and not state.ended,
         "partner_connected": state.seat_is_present(seat.partner),
         "listener_kind": state.listener_kind.value,
         "max_utterance_chars": state.rules.max_utterance_chars,
@@ -253,54 +232,12 @@ def _view_rest(
     }
 
 
-@lru_cache(maxsize=2048)
-def _tile_pieces(order: tuple[str, ...], targets: tuple[str, ...] | None) -> tuple[tuple[str, str, str], ...]:
-    """(tangram id, its tile's JSON unselected, selected) for each image of ``order``: a game's
-    tiles change only in ``selected``, so each is encoded once per game and seat."""
-    shown = None if targets is None else frozenset(targets)
-    pieces = []
-    for t in order:
-        target = None if shown is None else t in shown
-        pieces.append((
-            t,
-            to_json({"tangram_id": t, "selected": False, "target": target}).decode(),
-            to_json({"tangram_id": t, "selected": True, "target": target}).decode(),
-        ))
-    return tuple(pieces)
-
-
-@lru_cache(maxsize=2048)
-def _frame_head(game_id: str, seat: str) -> str:
-    """The frame's JSON up to the view's ``version`` value."""
-    return '{"type":"state","view":' + to_json({"game_id": game_id, "seat": seat}).decode()[:-1] + ',"version":'
-
-
-_PHASE_JSON = {p: to_json(p.value).decode() for p in Phase}
-
-
 def state_frame_json(state: GameState, seat: Seat, now: float, **view: Any) -> str:
     """``StateFrame(view=GameView.of(...)).model_dump_json()`` without the models: every
     committed action sends one per seat, and validating a dozen models for each was a tenth
-    of the server's CPU at 500 games. The tiles come from encoded pieces cached per game and
-    seat (half of the rest). tests/test_rules_properties.py holds the bytes equal to the
-    models' and the content to ``view_data``'s."""
-    order, targets = _tile_source(state, seat)
-    selection = state.selection
-    tiles = ",".join([sel if t in selection else unsel for t, unsel, sel in _tile_pieces(order, targets)])
-    rest = view_data_rest_json(state, seat, now, **view)
-    return (
-        f"{_frame_head(state.game_id, seat.value)}{state.version:d},\"phase\":{_PHASE_JSON[state.phase]},"
-        f"\"turn\":{state.turn:d},\"max_turns\":{state.rules.max_turns:d},\"tiles\":[{tiles}],"
-        f"\"messages\":{to_json(_messages(state)).decode()},{rest}}}"
-    )
-
-
-def view_data_rest_json(
-    state: GameState, seat: Seat, now: float, *, cause: str | None = None, pay: Pay | None = None,
-    completion_code: str | None = None, redirect_url: str | None = None,
-) -> str:
-    """``_view_rest`` as JSON, without its opening brace."""
-    return to_json(_view_rest(state, seat, now, cause, pay, completion_code, redirect_url)).decode()[1:]
+    of the server's CPU at 500 games. tests/test_rules_properties.py holds the two equal."""
+    frame = {"type": "state", "view": view_data(state, seat, now, **view)}
+    return to_json(frame).decode()  # compact, as the models' JSON
 
 
 class WelcomeFrame(_Frame):
