@@ -62,7 +62,7 @@ from app.game.rules import (
     replay,
     step,
 )
-from app.protocol import GameView, StateFrame, state_frame_json
+from app.protocol import GameView, StateFrame, state_frame_json, view_data
 
 
 def _visible(text: str) -> bool:
@@ -528,11 +528,13 @@ def check_views(state: GameState, now: float) -> None:
         else:
             assert {t.tangram_id for t in view.tiles if t.target} == state.targets
             assert all(t.target is not None for t in view.tiles)
-        # the hub's broadcasts build the frame as plain data: the same JSON as the models'
+        # the hub's broadcasts build the frame from plain data and cached pieces: byte for byte
+        # the models' JSON
         for kw in ({}, {"cause": "selection_toggled", "pay": game_pay(state), "completion_code": "C0DE",
                         "redirect_url": "https://app.prolific.com/submissions/complete?cc=X"}):
-            fast = json.loads(state_frame_json(state, seat, now, **kw))
-            assert fast == json.loads(StateFrame(view=GameView.of(state, seat, now, **kw)).model_dump_json())
+            fast = state_frame_json(state, seat, now, **kw)
+            assert fast == StateFrame(view=GameView.of(state, seat, now, **kw)).model_dump_json()
+            assert json.loads(fast) == {"type": "state", "view": view_data(state, seat, now, **kw)}
 
 
 # ---------------------------------------------------------------- properties
@@ -654,3 +656,31 @@ def test_pay_follows_the_rules(data) -> None:
     success = state.outcome is Outcome.SUCCESSFUL
     assert pay.success_cents == (r.success_bonus_cents if success else 0)
     assert pay.total_cents == pay.base_cents + pay.bonus_cents + pay.success_cents >= 0
+
+
+@PROPS
+@given(data=st.data())
+def test_the_fast_replace_makes_what_dataclasses_replace_makes(data) -> None:
+    """``evolve`` copies states with ``rules._replace`` (not through the frozen ``__init__``):
+    equal objects, of the same type, with every field and nothing else, the original unchanged."""
+    import dataclasses
+
+    from app.game.rules import _replace
+
+    run = start(data)
+    for s in play(data, run, data.draw(STEPS, label="steps")):
+        state = s.after
+        original = dict(vars(state))
+        changes = {"version": state.version + 1, "selection": frozenset({"x"}), "turn": 99}
+        fast, slow = _replace(state, **changes), dataclasses.replace(state, **changes)
+        assert type(fast) is GameState and fast == slow and vars(fast) == vars(slow)
+        assert vars(state) == original
+        if state.turns:
+            turn = state.turns[-1]
+            assert _replace(turn, clicks=(("a", True),)) == dataclasses.replace(turn, clicks=(("a", True),))
+    try:
+        _replace(run.state, no_such_field=1)
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("an unknown field must be refused, as dataclasses.replace does")

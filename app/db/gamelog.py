@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from functools import lru_cache
+from typing import get_args
 
 from pydantic_core import to_json
 from sqlalchemy import JSON, select
@@ -158,6 +159,26 @@ def _dump(value) -> str:
     return to_json(value).decode()
 
 
+@lru_cache(maxsize=None)
+def _json_positions(table_name: str, columns: tuple[str, ...]) -> tuple[int, ...]:
+    """Where in a row of ``columns`` the JSON columns are (their values are sent as JSON text)."""
+    json_cols = _json_columns(table_name)
+    return tuple(i for i, c in enumerate(columns) if c in json_cols)
+
+
+def _row_values(table_name: str, row: dict) -> tuple[tuple[str, ...], tuple]:
+    """(columns, values) of ``row``, JSON columns as JSON text."""
+    cols = tuple(row)
+    values = list(row.values())
+    for i in _json_positions(table_name, cols):
+        values[i] = _dump(values[i])
+    return cols, tuple(values)
+
+
+# the events that name a turn: an append rewrites the ``turns`` rows from the first one on
+_TURN_EVENT_TYPES = frozenset(cls for cls in get_args(get_args(Event)[0]) if "turn" in cls.model_fields)
+
+
 class AppendRows:
     """The parameters of one append (``app.live.store``'s per-database statements), computed once."""
 
@@ -169,33 +190,30 @@ class AppendRows:
     ) -> None:
         """``data``: the events' ``event_json``, when the caller has it already (the bus
         message carries it)."""
-        self.game_id = before.game_id
-        self.version = before.version
+        game_id = self.game_id = before.game_id
+        version = self.version = before.version
         if data is None:
             data = [event_json(e) for e in events]
         self.events = [
-            (before.game_id, before.version + i + 1, e.type, e.at, _dump(d), actor)
+            (game_id, version + i + 1, e.type, e.at, _dump(d), actor)
             for i, (e, d) in enumerate(zip(events, data, strict=True))
         ]
         values = game_row(after)
         # a sent draft is in the event log; an unsent one is not kept past the game's end
-        if any(e.type in ("utterance_sent", "game_ended") for e in events):
-            values["speaker_draft"] = ""
-        json_game = _json_columns("games")
-        self.game_cols = tuple(values)
-        self.game = tuple(_dump(v) if c in json_game else v for c, v in values.items())
-        # (``model_fields``, not ``hasattr``: a missing attribute costs a pydantic exception)
-        touched = [e.turn for e in events if "turn" in type(e).model_fields]
+        first = None
+        for e in events:
+            if e.type in ("utterance_sent", "game_ended"):
+                values["speaker_draft"] = ""
+            if type(e) in _TURN_EVENT_TYPES and (first is None or e.turn < first):
+                first = e.turn
+        self.game_cols, self.game = _row_values("games", values)
         self.turn_cols: tuple[str, ...] = ()
         self.turns: list[tuple] = []
-        if touched and after.turns:
-            first = min(touched)
-            json_turn = _json_columns("turns")
+        if first is not None and after.turns:
             for t in after.turns:
                 if t.turn >= first:
-                    row = turn_row(after.game_id, t)
-                    self.turn_cols = tuple(row)
-                    self.turns.append(tuple(_dump(v) if c in json_turn else v for c, v in row.items()))
+                    self.turn_cols, row = _row_values("turns", turn_row(game_id, t))
+                    self.turns.append(row)
 
     def sql(self, dialect: str) -> tuple[str, str, str]:
         return _append_sql(dialect, self.game_cols, self.turn_cols)
@@ -229,15 +247,48 @@ async def append(
         await conn.exec_driver_sql(upsert_turns, rows.turns[0] if len(rows.turns) == 1 else rows.turns)
 
 
-def append_sqlite_in_transaction(conn: sqlite3.Connection, rows: AppendRows) -> None:
+def changed_game_values(before: GameState, rows: AppendRows) -> tuple[tuple[str, ...], tuple]:
+    """The ``games`` columns of ``rows`` (with their values) that differ from ``before``'s row.
+
+    The row an append updates is ``game_row(before)`` (its derived columns are written only by
+    the game's creation and its appends, and the UPDATE checks the version), so setting only
+    what changed leaves the same row. On SQLite that matters: an UPDATE rewrites the entries of
+    every index on a column it sets, changed or not (``status``, ``next_deadline``): measured
+    3.1-3.6 WAL pages and ~55 µs per commit against 1.0 page and ~25 µs for a click's
+    (``version``, ``selection``). Columns that are not derived (``speaker_draft``) are always set."""
+    old = game_row(before)
+    json_at = _json_positions("games", rows.game_cols)
+    cols, values = [], []
+    for i, (col, value) in enumerate(zip(rows.game_cols, rows.game)):
+        if col in old:
+            was = _dump(old[col]) if i in json_at else old[col]
+            if was == value and type(was) is type(value):
+                continue
+        cols.append(col)
+        values.append(value)
+    return tuple(cols), tuple(values)
+
+
+@lru_cache(maxsize=None)
+def _sqlite_update_game(cols: tuple[str, ...]) -> str:
+    return "UPDATE games SET " + ", ".join(f"{c} = ?" for c in cols) + " WHERE id = ? AND version = ?"
+
+
+def append_sqlite_in_transaction(conn: sqlite3.Connection, rows: AppendRows, before: GameState | None = None) -> None:
     """``append``'s statements on a plain sqlite3 connection, in the caller's transaction.
-    Raises :class:`Conflict` like ``append``."""
+    Raises :class:`Conflict` like ``append``. With ``before`` (the state ``rows`` start from),
+    the ``games`` row is updated in the columns that change only (``changed_game_values``)."""
     insert_events, update_game, upsert_turns = rows.sql("sqlite")
     try:
         conn.executemany(insert_events, rows.events)
     except sqlite3.IntegrityError as exc:
         raise Conflict(rows.game_id) from exc
-    if conn.execute(update_game, (*rows.game, rows.game_id, rows.version)).rowcount != 1:
+    if before is not None:
+        cols, values = changed_game_values(before, rows)
+        update_game = _sqlite_update_game(cols)
+    else:
+        values = rows.game
+    if conn.execute(update_game, (*values, rows.game_id, rows.version)).rowcount != 1:
         raise Conflict(rows.game_id)
     if rows.turns:
         conn.executemany(upsert_turns, rows.turns)

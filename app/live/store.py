@@ -328,16 +328,22 @@ class EventStore:
         self.stats[key] = self.stats.get(key, 0) + 1
 
 
+@lru_cache(maxsize=256)
+def _qmark(sql: str) -> str:
+    """A ``$n`` statement with SQLite's ``?`` parameters (a handful of statements, translated once)."""
+    return _DOLLAR_PARAM.sub("?", sql)
+
+
 class _SqliteOps(_Ops):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     async def value(self, sql: str, *args):
-        row = self.conn.execute(_DOLLAR_PARAM.sub("?", sql), args).fetchone()
+        row = self.conn.execute(_qmark(sql), args).fetchone()
         return None if row is None else row[0]
 
     async def execute(self, sql: str, *args) -> int:
-        return self.conn.execute(_DOLLAR_PARAM.sub("?", sql), args).rowcount
+        return self.conn.execute(_qmark(sql), args).rowcount
 
 
 class SqliteEventStore(EventStore):
@@ -384,7 +390,7 @@ class SqliteEventStore(EventStore):
         rows = AppendRows(batch.before, batch.events, batch.after, batch.actor, batch.message.get("e"))
         await self._begin(conn)
         try:
-            append_sqlite_in_transaction(conn, rows)
+            append_sqlite_in_transaction(conn, rows, batch.before)
             codes = self._react(conn, rows.game_id, batch.reactions)
             conn.execute("COMMIT")
         except BaseException:
@@ -399,7 +405,7 @@ class SqliteEventStore(EventStore):
             return None
         codes: dict[Seat, str] = {}
         for sql, params, seat in reaction_statements(game_id, reactions):
-            cursor = conn.execute(_DOLLAR_PARAM.sub("?", sql), params)
+            cursor = conn.execute(_qmark(sql), params)
             if seat is not None:
                 for (code,) in cursor.fetchall():
                     codes[seat] = code

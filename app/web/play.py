@@ -78,6 +78,14 @@ class PlayerSession:
         self.conn.on_participant_change = self.refresh
         self.participant_id: str | None = None
 
+    def release(self) -> None:
+        """Break the session <-> connection cycle (the connection's callback is this session's
+        method) once the socket is done, so that both, with their queue, events and the
+        websocket, are freed when the handler returns instead of waiting, promoted, for a full
+        garbage collection: those come about every 4 s at 500 games and each scans every live
+        object (bench/README.md, issue 14 third and fifth passes)."""
+        self.conn.on_participant_change = None
+
     def error(self, code: str, message: str, version: int | None = None) -> None:
         self.conn.send_frame(ErrorFrame(code=code, message=message, version=version))
 
@@ -235,6 +243,7 @@ async def play(ws: WebSocket) -> None:
         if pid and session.conn.game_id is None and pid not in services.hub.participant_conns:
             await services.lobby.leave(pid)  # nobody is waiting behind this socket any more
         await session.conn.close()  # lets queued frames (errors, the last view) go out first
+        session.release()
         if refused:
             try:
                 await ws.close(code=1008)
