@@ -269,25 +269,17 @@ def changed_game_values(before: GameState, rows: AppendRows) -> tuple[tuple[str,
     return tuple(cols), tuple(values)
 
 
-@lru_cache(maxsize=None)
-def _sqlite_update_game(cols: tuple[str, ...]) -> str:
-    return "UPDATE games SET " + ", ".join(f"{c} = ?" for c in cols) + " WHERE id = ? AND version = ?"
-
-
-def append_sqlite_in_transaction(conn: sqlite3.Connection, rows: AppendRows, before: GameState | None = None) -> None:
-    """``append``'s statements on a plain sqlite3 connection, in the caller's transaction.
-    Raises :class:`Conflict` like ``append``. With ``before`` (the state ``rows`` start from),
-    the ``games`` row is updated in the columns that change only (``changed_game_values``)."""
-    insert_events, update_game, upsert_turns = rows.sql("sqlite")
+def append_sqlite_in_transaction(conn: sqlite3.Connection, rows: AppendRows, before: GameState) -> None:
+    """``append``'s statements on a plain sqlite3 connection, in the caller's transaction, the
+    ``games`` row updated in the columns that change only (``changed_game_values``; ``before``:
+    the state ``rows`` start from). Raises :class:`Conflict` like ``append``."""
+    insert_events, _, upsert_turns = rows.sql("sqlite")
     try:
         conn.executemany(insert_events, rows.events)
     except sqlite3.IntegrityError as exc:
         raise Conflict(rows.game_id) from exc
-    if before is not None:
-        cols, values = changed_game_values(before, rows)
-        update_game = _sqlite_update_game(cols)
-    else:
-        values = rows.game
+    cols, values = changed_game_values(before, rows)
+    update_game = _append_sql("sqlite", cols, rows.turn_cols)[1]
     if conn.execute(update_game, (*values, rows.game_id, rows.version)).rowcount != 1:
         raise Conflict(rows.game_id)
     if rows.turns:

@@ -485,7 +485,7 @@ class PostgresEventStore(EventStore):
         too."""
         async with self._creating, self.db.asyncpg_connection() as conn:
             ops = _PostgresOps(conn, self.bus, self.db)
-            if all(pid in {p["id"] for p in new.new_participants} for pid in new.players.values()):
+            if set(new.players.values()) <= {p["id"] for p in new.new_participants}:
                 # every row is new and goes in the one statement of ``ops.insert``, atomic on
                 # its own: no transaction (two round trips fewer, the admin API's games)
                 return await _create_game(ops, new)
